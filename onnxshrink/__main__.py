@@ -1,0 +1,5 @@
+"""``python -m onnxshrink``."""
+
+from .cli import main
+
+main(prog_name="onnxshrink")

@@ -1,0 +1,132 @@
+"""Human-readable tables for the terminal (rich); the JSON report holds the same numbers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if not a or b is None:
+        return "-"
+    return f"{b / a:.3f}x"
+
+
+def _num(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def size_table(before: dict[str, Any], after: dict[str, Any]) -> Table:
+    table = Table(title="Model", title_justify="left")
+    for col in ("", "before", "after", "ratio"):
+        table.add_column(col, justify="right" if col else "left")
+    table.add_row("file size", human_bytes(before["file_bytes"]), human_bytes(after["file_bytes"]), _ratio(before["file_bytes"], after["file_bytes"]))
+    table.add_row("compressed", human_bytes(before["compressed_bytes"]), human_bytes(after["compressed_bytes"]), _ratio(before["compressed_bytes"], after["compressed_bytes"]))
+    table.add_row("parameters", f"{before['params']:,}", f"{after['params']:,}", _ratio(before["params"], after["params"]))
+    table.add_row("non-zeros", f"{before['nonzeros']:,}", f"{after['nonzeros']:,}", _ratio(before["nonzeros"], after["nonzeros"]))
+    sp = lambda s: f"{1 - s['nonzeros'] / s['params']:.1%}" if s["params"] else "-"  # noqa: E731
+    table.add_row("sparsity", sp(before), sp(after), "")
+    return table
+
+
+def steps_table(steps: list[dict[str, Any]]) -> Table:
+    table = Table(title="Steps", title_justify="left")
+    table.add_column("plugin")
+    table.add_column("options")
+    table.add_column("seconds", justify="right")
+    table.add_column("summary")
+    for step in steps:
+        stats = step["stats"]
+        summary = ", ".join(f"{k}={_num(v)}" for k, v in stats.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool))
+        options = ", ".join(f"{k}={v}" for k, v in step["options"].items() if v is not None)
+        table.add_row(step["plugin"], options, f"{step['seconds']:.3f}", summary)
+    return table
+
+
+def latency_table(latency: dict[str, Any]) -> Table:
+    table = Table(title="Latency (ms)", title_justify="left")
+    for col in ("provider", "status", "baseline median", "candidate median", "ratio", "baseline p90", "candidate p90", "note"):
+        table.add_column(col, justify="left" if col in ("provider", "status", "note") else "right")
+    for ep, entry in latency.items():
+        status = entry.get("status", "?")
+        if status != "ok":
+            table.add_row(ep, status, "", "", "", "", "", entry.get("reason") or entry.get("error") or "")
+            continue
+        b, c = entry["baseline"], entry["candidate"]
+        table.add_row(ep, status, _num(b["median_ms"]), _num(c["median_ms"]), f"{entry['ratio']:.3f}x", _num(b["p90_ms"]), _num(c["p90_ms"]), entry.get("warning") or "")
+    return table
+
+
+def fidelity_table(fidelity: dict[str, Any]) -> Table:
+    table = Table(title="Fidelity (candidate vs baseline)", title_justify="left")
+    for col in ("output", "cosine", "max abs error", "rel error", "top-1 agreement"):
+        table.add_column(col, justify="left" if col == "output" else "right")
+    for name, m in fidelity.get("outputs", {}).items():
+        table.add_row(name, _num(m.get("cosine"), 6), _num(m.get("max_abs_error")), _num(m.get("rel_error")), _num(m.get("top1_agreement")))
+    acc = fidelity.get("accuracy")
+    if acc:
+        table.caption = f"accuracy on labels: {acc['baseline']:.4f} -> {acc['candidate']:.4f} (drop {acc['drop']:+.4f})"
+    return table
+
+
+def gate_table(gate: dict[str, Any]) -> Table:
+    table = Table(title=f"Gate: {'PASSED' if gate['passed'] else 'FAILED'}", title_justify="left")
+    for col in ("check", "value", "result", "reason"):
+        table.add_column(col)
+    for check in gate["checks"]:
+        table.add_row(check["expr"], _num(check.get("value"), 6), check["status"], check.get("reason") or "")
+    return table
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    """Print the tables of a shrink report."""
+    console.print(f"[bold]{report['input']['path']}[/] -> [bold]{report['output']['path']}[/]")
+    console.print(size_table(report["input"]["size"], report["output"]["size"]))
+    console.print(steps_table(report["steps"]))
+    print_validation(report.get("validation"), console)
+    if "gate" in report:
+        console.print(gate_table(report["gate"]))
+
+
+def print_validation(validation: dict[str, Any] | None, console: Console) -> None:
+    if not validation:
+        return
+    for warning in validation.get("data", {}).get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")
+    if validation.get("latency"):
+        console.print(latency_table(validation["latency"]))
+    if validation.get("fidelity"):
+        console.print(fidelity_table(validation["fidelity"]))
+
+
+@contextlib.contextmanager
+def rich_progress(console: Console, description: str, total: float | None) -> Iterator[Any]:
+    """A progress bar on stderr for long steps (rich hides it when stderr is not a terminal)."""
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=True) as progress:
+        task_id = progress.add_task(description, total=total)
+
+        class _Task:
+            def advance(self, amount: float = 1) -> None:
+                progress.advance(task_id, amount)
+
+        yield _Task()

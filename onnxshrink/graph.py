@@ -1,0 +1,301 @@
+"""Graph helpers every method needs, on ``onnx.ModelProto``.
+
+They see weights wherever real exported models keep them: initializers, ``Constant`` nodes, tensors
+shared by several nodes, initializers that are also graph inputs, and subgraphs of If/Loop/Scan that
+read tensors of an outer scope.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+)
+
+# Which inputs of an op hold weights. Ops are ONNX's, not any method's.
+DEFAULT_WEIGHT_INPUTS: Mapping[str, tuple[int, ...]] = {
+    "Conv": (1,),
+    "ConvTranspose": (1,),
+    "Gemm": (0, 1),
+    "MatMul": (0, 1),
+}
+EMBEDDING_INPUTS: Mapping[str, tuple[int, ...]] = {"Gather": (0,)}
+
+
+@dataclass(frozen=True)
+class Use:
+    """One input slot that reads a tensor: ``node.input[index]`` in ``graph``."""
+
+    graph: onnx.GraphProto
+    node: onnx.NodeProto
+    index: int
+
+
+@dataclass
+class WeightTensor:
+    """A constant float tensor read by weighted ops, and where it is defined.
+
+    ``source`` is ``initializer``, ``constant`` (a Constant node's ``value``) or ``overridable``
+    (an initializer that is also a graph input, so a caller could feed another value).
+    ``weight_uses`` are the slots named in the query (e.g. Conv input 1); ``other_uses`` are every other
+    reader (a weight that also feeds an Add, say).
+    """
+
+    name: str
+    source: str
+    graph: onnx.GraphProto
+    proto: onnx.TensorProto
+    constant_node: onnx.NodeProto | None = None
+    weight_uses: list[Use] = field(default_factory=list)
+    other_uses: list[Use] = field(default_factory=list)
+    in_subgraph: bool = False
+
+    @property
+    def uses(self) -> list[Use]:
+        return self.weight_uses + self.other_uses
+
+    @property
+    def op_types(self) -> list[str]:
+        return sorted({u.node.op_type for u in self.weight_uses})
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.proto.dims)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def dtype(self) -> int:
+        return self.proto.data_type
+
+    def array(self) -> np.ndarray:
+        return numpy_helper.to_array(self.proto)
+
+    def set_array(self, values: np.ndarray) -> None:
+        """Overwrite the values for every reader (the tensor keeps its name, dtype and place)."""
+        values = np.asarray(values)
+        if tuple(values.shape) != self.shape:
+            raise ValueError(f"tensor {self.name!r}: new shape {values.shape} != {self.shape}")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.dtype)
+        new = numpy_helper.from_array(values.astype(dtype, copy=False), self.name)
+        self.proto.CopyFrom(new)
+
+
+def iter_graphs(graph: onnx.GraphProto) -> Iterator[tuple[onnx.GraphProto, tuple[onnx.GraphProto, ...]]]:
+    """Every graph (the main one first, then subgraphs depth-first) with its chain of outer graphs."""
+    stack: list[tuple[onnx.GraphProto, tuple[onnx.GraphProto, ...]]] = [(graph, ())]
+    while stack:
+        g, outer = stack.pop(0)
+        yield g, outer
+        subs = []
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    subs.append((attr.g, (g, *outer)))
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    subs.extend((sg, (g, *outer)) for sg in attr.graphs)
+        stack[0:0] = subs
+
+
+def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every stored tensor: initializers and Constant/attribute tensors, subgraphs included."""
+    for g, _ in iter_graphs(graph):
+        yield from g.initializer
+        for sparse in g.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    yield from attr.tensors
+
+
+def all_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor and node name in the model (for choosing fresh names)."""
+    names: set[str] = set()
+    for g, _ in iter_graphs(model.graph):
+        names.update(t.name for t in g.initializer)
+        names.update(v.name for v in itertools.chain(g.input, g.output, g.value_info))
+        for node in g.node:
+            names.update(node.input)
+            names.update(node.output)
+            names.add(node.name)
+    names.discard("")
+    return names
+
+
+def unique_name(taken: set[str], base: str) -> str:
+    """``base`` or ``base_1``, ``base_2``... whichever is not in ``taken``; the result is added to it."""
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        for attr in node.attribute:
+            if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                return attr.t
+    return None
+
+
+def _definitions(g: onnx.GraphProto) -> dict[str, tuple[str, onnx.TensorProto, onnx.NodeProto | None]]:
+    inputs = {i.name for i in g.input}
+    defs: dict[str, tuple[str, onnx.TensorProto, onnx.NodeProto | None]] = {}
+    for init in g.initializer:
+        defs[init.name] = ("overridable" if init.name in inputs else "initializer", init, None)
+    for node in g.node:
+        value = _constant_value(node)
+        if value is not None and node.output:
+            defs[node.output[0]] = ("constant", value, node)
+    return defs
+
+
+def _locally_bound(g: onnx.GraphProto) -> set[str]:
+    """Names a graph binds itself (so an outer tensor of that name is shadowed)."""
+    bound = {i.name for i in g.input} | {t.name for t in g.initializer}
+    for node in g.node:
+        bound.update(node.output)
+    return bound
+
+
+def weight_tensors(
+    model: onnx.ModelProto,
+    op_inputs: Mapping[str, Sequence[int]] = DEFAULT_WEIGHT_INPUTS,
+    *,
+    float_only: bool = True,
+) -> list[WeightTensor]:
+    """Constant tensors read by the given op inputs, each once, in a deterministic order.
+
+    ``op_inputs`` maps an op type to the input indices that hold weights (default: Conv and
+    ConvTranspose W, Gemm A/B, MatMul A/B). Shared tensors appear once with all their uses.
+    """
+    found: dict[tuple[int, str], WeightTensor] = {}
+    order: list[tuple[int, str]] = []
+    graphs = list(iter_graphs(model.graph))
+    main = graphs[0][0]
+    defs_by_graph = {id(g): _definitions(g) for g, _ in graphs}
+    bound_by_graph = {id(g): _locally_bound(g) for g, _ in graphs}
+
+    def resolve(name: str, g: onnx.GraphProto, outer: tuple[onnx.GraphProto, ...]):
+        for scope in (g, *outer):
+            defs = defs_by_graph[id(scope)]
+            if name in defs:
+                return scope, defs[name]
+            if name in bound_by_graph[id(scope)]:
+                return None  # bound to something that is not a constant
+        return None
+
+    for g, outer in graphs:
+        for node in g.node:
+            wanted = set(op_inputs.get(node.op_type, ())) if node.domain in ("", "ai.onnx") else set()
+            for index, name in enumerate(node.input):
+                if not name:
+                    continue
+                hit = resolve(name, g, outer)
+                if hit is None:
+                    continue
+                scope, (source, proto, const_node) = hit
+                key = (id(scope), name)
+                use = Use(g, node, index)
+                if key not in found:
+                    if float_only and proto.data_type not in FLOAT_TYPES:
+                        continue
+                    found[key] = WeightTensor(name, source, scope, proto, const_node, in_subgraph=scope is not main)
+                    order.append(key)
+                (found[key].weight_uses if index in wanted else found[key].other_uses).append(use)
+    return [found[k] for k in order if found[k].weight_uses]
+
+
+def consumers(model: onnx.ModelProto, name: str) -> list[Use]:
+    """Every node input slot that reads ``name`` (subgraphs included)."""
+    return [
+        Use(g, node, i)
+        for g, _ in iter_graphs(model.graph)
+        for node in g.node
+        for i, inp in enumerate(node.input)
+        if inp == name
+    ]
+
+
+def producer(graph: onnx.GraphProto, name: str) -> onnx.NodeProto | None:
+    """The node of ``graph`` that outputs ``name``, or None (an input, initializer or outer tensor)."""
+    return next((n for n in graph.node if name in n.output), None)
+
+
+def is_graph_output(model: onnx.ModelProto, name: str) -> bool:
+    return any(o.name == name for o in model.graph.output)
+
+
+def replace_weight(
+    model: onnx.ModelProto,
+    weight: WeightTensor,
+    nodes: Sequence[onnx.NodeProto] = (),
+    initializers: Sequence[onnx.TensorProto] = (),
+    uses: Sequence[Use] | None = None,
+) -> str:
+    """Compute ``weight`` from new ``nodes`` and ``initializers`` instead of storing it.
+
+    The last node must output ``weight.name``; the nodes go where the weight was defined, so every
+    reader (in subgraphs too) keeps working. Given ``uses`` (a subset of the readers), the other readers
+    keep the original tensor: the new nodes then output a fresh name, wired into those uses only, and
+    that name is returned. Overridable weights (graph inputs) cannot be replaced.
+    """
+    if weight.source == "overridable":
+        raise ValueError(f"tensor {weight.name!r} is a graph input; it cannot be replaced by a subgraph")
+    if not nodes or nodes[-1].output[-1] != weight.name:
+        raise ValueError(f"the last new node must output {weight.name!r}")
+    g = weight.graph
+    target = weight.name
+    partial = uses is not None and {(id(u.node), u.index) for u in uses} != {(id(u.node), u.index) for u in weight.uses}
+    if partial:
+        target = unique_name(all_names(model), f"{weight.name}_replaced")
+        nodes[-1].output[-1] = target
+        for u in uses:
+            u.node.input[u.index] = target
+    else:
+        _remove_definition(weight)
+    position = 0
+    if weight.constant_node is not None and not partial:
+        position = 0  # Constant nodes removed; new nodes lead the graph (inputs are all constants)
+    for offset, node in enumerate(nodes):
+        g.node.insert(position + offset, node)
+    g.initializer.extend(initializers)
+    return target
+
+
+def _remove_definition(weight: WeightTensor) -> None:
+    g = weight.graph
+    if weight.constant_node is not None:
+        for i, node in enumerate(g.node):
+            if node is weight.constant_node:
+                del g.node[i]
+                return
+    for i, init in enumerate(g.initializer):
+        if init.name == weight.name:
+            del g.initializer[i]
+            return
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    """Node count per op type (``domain::Op`` outside the default domain), subgraphs included."""
+    counts: dict[str, int] = {}
+    for g, _ in iter_graphs(model.graph):
+        for node in g.node:
+            key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

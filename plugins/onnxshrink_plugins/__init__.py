@@ -1,0 +1,1 @@
+"""onnxshrink's built-in methods, one module each, registered through the ``onnxshrink`` entry points."""
