@@ -107,34 +107,167 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return dict(parse_input_shape(v) for v in values)
 
 
+def _validation_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by every command that measures models."""
+    options = [
+        click.option("--data", type=click.Path(path_type=Path), help="Evaluation/calibration data: a .npz (keys = input names, optional 'labels') or a folder of .npz/.npy."),
+        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224", help="Fix dynamic dimensions of an input (repeatable)."),
+        click.option("--providers", default=None, metavar="cpu,cuda,tensorrt", help="Execution providers to time (default: cpu). Missing ones are reported unavailable."),
+        click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads for timing (default 1)."),
+        click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed runs per model and provider (default 20)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _gate_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--gate", "gates", multiple=True, metavar="'METRIC[EP] OP NUMBER'", help="A release check, e.g. 'size_ratio<=0.5' or 'latency_ratio[cpu]<=1.0' (repeatable). See docs/gate.md."),
+        click.option("--allow-unavailable", is_flag=True, default=None, help="A check on an execution provider that is not available passes (and the report says so)."),
+        click.option("--junit", type=click.Path(path_type=Path), help="Write the gate checks as JUnit XML."),
+        click.option("--report", "report_json", type=click.Path(path_type=Path), help="Write the JSON report here."),
+        click.option("--markdown", type=click.Path(path_type=Path), help="Write a Markdown summary (for a pull-request comment)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _progress_and_log(quiet: bool) -> dict[str, Any]:
+    from .console import rich_progress
+
+    err = _stderr_console(quiet)
+    return {
+        "progress": lambda description, total: rich_progress(err, description, total),
+        "log": lambda message: err.print(message, markup=False),
+    }
+
+
+def _providers(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    from .validate.providers import parse_providers
+
+    return list(parse_providers(value))
+
+
 @main.command("shrink")
 @click.argument("model", type=click.Path(path_type=Path), required=False)
 @click.option("--plugin", "-p", "plugins", multiple=True, metavar="NAME[:k=v,...]", help="A method to apply; repeat for a chain (applied in order).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model (default: <stem>.shrunk.onnx beside the input).")
-@click.option("--report", "report_json", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@click.option("--recipe", type=click.Path(path_type=Path), help="A TOML recipe with the chain, data, providers, gates and outputs; flags override it.")
 @click.option("--seed", type=int, default=None, help="Seed for every random choice (default 0).")
+@_validation_options
+@click.option("--no-validate", is_flag=True, default=None, help="Skip validation (size is still reported); for huge models and quick runs.")
+@_gate_options
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @traceback_option
 @handle_errors
-def shrink_command(model: Path | None, plugins: tuple[str, ...], output: Path | None, report_json: Path | None, seed: int | None, quiet: bool) -> int:
-    """Apply methods to MODEL, save the result, and print what changed."""
-    from .console import print_report, rich_progress
-    from .method import parse_plugin_spec
-    from .shrink import ShrinkJob, shrink
+def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | None, quiet: bool, **flags: Any) -> int:
+    """Apply methods to MODEL, save the result, validate it against MODEL, and gate it.
 
-    if model is None:
-        raise UsageError("missing MODEL; usage: onnxshrink MODEL --plugin NAME[:key=value,...]")
+    \b
+    onnxshrink model.onnx --plugin weight_prune --data eval.npz
+    onnxshrink model.onnx --plugin weight_prune --gate 'size_ratio<=0.5' --junit gate.xml
+    onnxshrink --recipe shrink.toml model.onnx
+    """
+    from .console import print_report
+    from .method import parse_plugin_spec
+    from .shrink import job_from, shrink
+
     specs = [parse_plugin_spec(p) for p in plugins]
-    job = ShrinkJob(model=model, steps=specs, output=output, seed=seed or 0, report_json=report_json, validate=False)
-    err = _stderr_console(quiet)
-    report = shrink(
-        job,
-        progress=lambda description, total: rich_progress(err, description, total),
-        log=lambda message: err.print(message, markup=False),
-    )
+    overrides = {
+        "output": flags["output"],
+        "seed": flags["seed"],
+        "data": flags["data"],
+        "input_shapes": _parse_shapes(flags["input_shapes"]) if flags["input_shapes"] else None,
+        "providers": _providers(flags["providers"]),
+        "threads": flags["threads"],
+        "repeats": flags["repeats"],
+        "validate": False if flags["no_validate"] else None,
+        "gates": list(flags["gates"]) or None,
+        "allow_unavailable": flags["allow_unavailable"],
+        "report_json": flags["report_json"],
+        "junit": flags["junit"],
+        "markdown": flags["markdown"],
+    }
+    job = job_from(model=model, steps=specs, recipe=recipe, overrides=overrides)
+    report = shrink(job, **_progress_and_log(quiet))
     if not quiet:
         print_report(report, _console())
+    if "gate" in report and not report["gate"]["passed"]:
+        return EXIT_GATE_FAILED
     return EXIT_OK
+
+
+@main.command("bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_validation_options
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
+@traceback_option
+@handle_errors
+def bench_command(models: tuple[Path, ...], as_json: bool, data: Path | None, input_shapes: tuple[str, ...], providers: str | None, threads: int | None, repeats: int | None) -> int:
+    """Measure one model (size and latency) or compare two: BASELINE CANDIDATE (size, latency, fidelity).
+
+    Works on any two models, e.g. another tool's output against its input.
+    """
+    from .measure import bench
+
+    if len(models) > 2:
+        raise UsageError(f"bench takes one or two models, got {len(models)}")
+    result = bench(
+        list(models),
+        data=data,
+        input_shapes=_parse_shapes(input_shapes),
+        providers=_providers(providers) or ["cpu"],
+        threads=threads or 1,
+        repeats=repeats or 20,
+    )
+    if as_json:
+        click.echo(json.dumps(result, indent=2, allow_nan=False, default=str))
+    else:
+        from .console import print_bench
+
+        print_bench(result, _console())
+    return EXIT_OK
+
+
+@main.command("gate")
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@_validation_options
+@_gate_options
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@traceback_option
+@handle_errors
+def gate_command(baseline: Path, candidate: Path, quiet: bool, gates: tuple[str, ...], allow_unavailable: bool | None, junit: Path | None, report_json: Path | None, markdown: Path | None, data: Path | None, input_shapes: tuple[str, ...], providers: str | None, threads: int | None, repeats: int | None) -> int:
+    """Validate CANDIDATE against BASELINE and apply the --gate checks (exit 1 when one fails)."""
+    from .console import print_validation, gate_table
+    from .measure import gate_models
+
+    if not gates:
+        raise UsageError("gate needs at least one --gate check, e.g. --gate 'cosine>=0.999'")
+    report = gate_models(
+        baseline,
+        candidate,
+        gates=list(gates),
+        allow_unavailable=bool(allow_unavailable),
+        data=data,
+        input_shapes=_parse_shapes(input_shapes),
+        providers=_providers(providers) or ["cpu"],
+        threads=threads or 1,
+        repeats=repeats or 20,
+        report_json=report_json,
+        junit=junit,
+        markdown=markdown,
+        log=_progress_and_log(quiet)["log"],
+    )
+    if not quiet:
+        console = _console()
+        print_validation(report["validation"], console)
+        console.print(gate_table(report["gate"]))
+    return EXIT_OK if report["gate"]["passed"] else EXIT_GATE_FAILED
 
 
 @main.command("plugins")

@@ -44,6 +44,53 @@ class ShrinkJob:
     markdown: Path | None = None
 
 
+def job_from(
+    *,
+    model: Path | None,
+    steps: list[PluginSpec],
+    recipe: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> ShrinkJob:
+    """A job from an optional recipe with command-line values on top (a value of None means "not given").
+
+    Command-line ``--plugin`` steps replace the recipe's chain; other values override one by one.
+    """
+    job = _job_from_recipe(recipe) if recipe else ShrinkJob(model=None, steps=[])  # type: ignore[arg-type]
+    if model is not None:
+        job.model = Path(model)
+    if steps:
+        job.steps = list(steps)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            setattr(job, key, value)
+    if job.model is None:
+        raise UsageError("missing MODEL; usage: onnxshrink MODEL --plugin NAME[:key=value,...] (or a recipe with model = ...)")
+    return job
+
+
+def _job_from_recipe(path: Path) -> ShrinkJob:
+    from .recipe import load_recipe
+
+    recipe = load_recipe(path)
+    return ShrinkJob(
+        model=recipe.model,
+        steps=[PluginSpec(step.plugin, dict(step.options)) for step in recipe.steps],
+        output=recipe.output,
+        seed=recipe.seed,
+        data=recipe.data_path,
+        input_shapes=dict(recipe.input_shapes),
+        validate=recipe.validate,
+        providers=list(recipe.providers),
+        threads=recipe.threads,
+        repeats=recipe.repeats,
+        gates=list(recipe.gates),
+        allow_unavailable=recipe.allow_unavailable,
+        report_json=recipe.report_json,
+        junit=recipe.junit,
+        markdown=recipe.markdown,
+    )
+
+
 def tool_info() -> dict[str, Any]:
     return {
         "name": "onnxshrink",
