@@ -94,7 +94,11 @@ def main() -> None:
 
 
 def _console(quiet: bool = False) -> Console:
-    return Console(quiet=quiet, highlight=False)
+    """stdout; tables are 120 columns wide when stdout is not a terminal (logs, CI)."""
+    console = Console(quiet=quiet, highlight=False)
+    if not console.is_terminal:
+        console.width = 120
+    return console
 
 
 def _stderr_console(quiet: bool) -> Console:
@@ -180,7 +184,7 @@ def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | 
     overrides = {
         "output": flags["output"],
         "seed": flags["seed"],
-        "data": flags["data"],
+        "data_path": flags["data"],
         "input_shapes": _parse_shapes(flags["input_shapes"]) if flags["input_shapes"] else None,
         "providers": _providers(flags["providers"]),
         "threads": flags["threads"],

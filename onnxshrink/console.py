@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 
 def human_bytes(n: float | None) -> str:
@@ -58,22 +59,27 @@ def steps_table(steps: list[dict[str, Any]]) -> Table:
         stats = step["stats"]
         summary = ", ".join(f"{k}={_num(v)}" for k, v in stats.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool))
         options = ", ".join(f"{k}={v}" for k, v in step["options"].items() if v is not None)
-        table.add_row(step["plugin"], options, f"{step['seconds']:.3f}", summary)
+        table.add_row(step["plugin"], Text(options), f"{step['seconds']:.3f}", Text(summary))
     return table
 
 
-def latency_table(latency: dict[str, Any]) -> Table:
-    table = Table(title="Latency (ms)", title_justify="left")
-    for col in ("provider", "status", "baseline median", "candidate median", "ratio", "baseline p90", "candidate p90", "note"):
-        table.add_column(col, justify="left" if col in ("provider", "status", "note") else "right")
+def latency_table(latency: dict[str, Any]) -> tuple[Table, list[str]]:
+    """The latency table and the notes to print under it (reasons, errors, noise warnings)."""
+    table = Table(title="Latency (ms, median of interleaved runs)", title_justify="left")
+    for col in ("provider", "status", "baseline", "candidate", "ratio", "baseline p90", "candidate p90"):
+        table.add_column(col, justify="left" if col in ("provider", "status") else "right")
+    notes = []
     for ep, entry in latency.items():
         status = entry.get("status", "?")
         if status != "ok":
-            table.add_row(ep, status, "", "", "", "", "", entry.get("reason") or entry.get("error") or "")
+            table.add_row(ep, status, "", "", "", "", "")
+            notes.append(f"{ep}: {entry.get('reason') or entry.get('error') or status}")
             continue
         b, c = entry["baseline"], entry["candidate"]
-        table.add_row(ep, status, _num(b["median_ms"]), _num(c["median_ms"]), f"{entry['ratio']:.3f}x", _num(b["p90_ms"]), _num(c["p90_ms"]), entry.get("warning") or "")
-    return table
+        table.add_row(ep, status, _num(b["median_ms"]), _num(c["median_ms"]), f"{entry['ratio']:.3f}x", _num(b["p90_ms"]), _num(c["p90_ms"]))
+        if entry.get("warning"):
+            notes.append(f"{ep}: {entry['warning']}")
+    return table, notes
 
 
 def fidelity_table(fidelity: dict[str, Any]) -> Table:
@@ -93,13 +99,13 @@ def gate_table(gate: dict[str, Any]) -> Table:
     for col in ("check", "value", "result", "reason"):
         table.add_column(col)
     for check in gate["checks"]:
-        table.add_row(check["expr"], _num(check.get("value"), 6), check["status"], check.get("reason") or "")
+        table.add_row(Text(check["expr"]), _num(check.get("value"), 6), check["status"], Text(check.get("reason") or ""))
     return table
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     """Print the tables of a shrink report."""
-    console.print(f"[bold]{report['input']['path']}[/] -> [bold]{report['output']['path']}[/]")
+    console.print(Text(f"{report['input']['path']} -> {report['output']['path']}", style="bold"))
     console.print(size_table(report["input"]["size"], report["output"]["size"]))
     console.print(steps_table(report["steps"]))
     print_validation(report.get("validation"), console)
@@ -111,9 +117,12 @@ def print_validation(validation: dict[str, Any] | None, console: Console) -> Non
     if not validation:
         return
     for warning in validation.get("data", {}).get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(Text(f"warning: {warning}", style="yellow"))
     if validation.get("latency"):
-        console.print(latency_table(validation["latency"]))
+        table, notes = latency_table(validation["latency"])
+        console.print(table)
+        for note in notes:
+            console.print(Text(f"  note: {note}", style="dim"))
     if validation.get("fidelity"):
         console.print(fidelity_table(validation["fidelity"]))
 

@@ -162,17 +162,18 @@ class Method:
         raise NotImplementedError
 
 
-@dataclass
+@dataclass(frozen=True)
 class PluginSpec:
-    """One ``--plugin NAME[:key=value,...]`` step: the method name and its raw options."""
+    """One step of a chain: a method name and its raw options (``--plugin NAME[:key=value,...]``
+    strings, or typed values from a recipe; the method validates them)."""
 
-    name: str
+    plugin: str
     options: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         if not self.options:
-            return self.name
-        return self.name + ":" + ",".join(f"{k}={v}" for k, v in self.options.items())
+            return self.plugin
+        return self.plugin + ":" + ",".join(f"{k}={v}" for k, v in self.options.items())
 
 
 def parse_plugin_spec(text: str) -> PluginSpec:

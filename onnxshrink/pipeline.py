@@ -53,7 +53,7 @@ def prepare_steps(specs: Sequence[PluginSpec], registry: Registry) -> list[Prepa
     """Resolve every method and validate every option before anything runs (UsageError on the first bad one)."""
     steps = []
     for spec in specs:
-        info = registry.get(spec.name)
+        info = registry.get(spec.plugin)
         steps.append(PreparedStep(info, info.cls.validate_options(spec.options)))
     return steps
 

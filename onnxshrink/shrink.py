@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,33 +14,18 @@ import onnxruntime
 from . import __version__
 from .context import ProgressFactory
 from .errors import UsageError
+from .gate import GateCheck, evaluate_gates
 from .method import PluginSpec
 from .model_io import check_output_path, default_output_path, load_model, save_model
 from .pipeline import prepare_steps, run_steps
 from .plugins import Registry, default_registry
+from .recipe import Recipe, load_recipe, merge_cli
+from .reports import write_reports
+from .validate import validate
+from .validate.data import DataSet, load_feeds, split_calibration
+from .validate.size import measure_size
 
 REPORT_SCHEMA = "onnxshrink.report/1"
-
-
-@dataclass
-class ShrinkJob:
-    """Everything one run needs; the CLI and recipes both build one."""
-
-    model: Path
-    steps: list[PluginSpec]
-    output: Path | None = None
-    seed: int = 0
-    data: Path | None = None
-    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    validate: bool = True
-    providers: list[str] = field(default_factory=lambda: ["cpu"])
-    threads: int = 1
-    repeats: int = 20
-    gates: list[str] = field(default_factory=list)
-    allow_unavailable: bool = False
-    report_json: Path | None = None
-    junit: Path | None = None
-    markdown: Path | None = None
 
 
 def job_from(
@@ -50,45 +34,17 @@ def job_from(
     steps: list[PluginSpec],
     recipe: Path | None = None,
     overrides: dict[str, Any] | None = None,
-) -> ShrinkJob:
-    """A job from an optional recipe with command-line values on top (a value of None means "not given").
+) -> Recipe:
+    """The run to do: an optional recipe file with command-line values on top (None = not given).
 
-    Command-line ``--plugin`` steps replace the recipe's chain; other values override one by one.
+    Command-line ``--plugin`` steps replace the recipe's chain, ``--gate`` checks replace its checks;
+    other values override one by one (see :func:`onnxshrink.recipe.merge_cli`).
     """
-    job = _job_from_recipe(recipe) if recipe else ShrinkJob(model=None, steps=[])  # type: ignore[arg-type]
-    if model is not None:
-        job.model = Path(model)
-    if steps:
-        job.steps = list(steps)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            setattr(job, key, value)
+    base = load_recipe(recipe) if recipe else Recipe()
+    job = merge_cli(base, {**(overrides or {}), "model": model, "steps": steps})
     if job.model is None:
         raise UsageError("missing MODEL; usage: onnxshrink MODEL --plugin NAME[:key=value,...] (or a recipe with model = ...)")
     return job
-
-
-def _job_from_recipe(path: Path) -> ShrinkJob:
-    from .recipe import load_recipe
-
-    recipe = load_recipe(path)
-    return ShrinkJob(
-        model=recipe.model,
-        steps=[PluginSpec(step.plugin, dict(step.options)) for step in recipe.steps],
-        output=recipe.output,
-        seed=recipe.seed,
-        data=recipe.data_path,
-        input_shapes=dict(recipe.input_shapes),
-        validate=recipe.validate,
-        providers=list(recipe.providers),
-        threads=recipe.threads,
-        repeats=recipe.repeats,
-        gates=list(recipe.gates),
-        allow_unavailable=recipe.allow_unavailable,
-        report_json=recipe.report_json,
-        junit=recipe.junit,
-        markdown=recipe.markdown,
-    )
 
 
 def tool_info() -> dict[str, Any]:
@@ -102,7 +58,7 @@ def tool_info() -> dict[str, Any]:
 
 
 def shrink(
-    job: ShrinkJob,
+    job: Recipe,
     *,
     registry: Registry | None = None,
     progress: ProgressFactory | None = None,
@@ -113,16 +69,13 @@ def shrink(
     Everything that can be checked is checked before anything is written: plugins and their options,
     gate expressions, the output path, the model and the data.
     """
-    from .validate.size import measure_size
-
     log = log or (lambda message: None)
     registry = registry or default_registry()
     registry.raise_for_errors()
     if not job.steps:
-        known = ", ".join(sorted(registry.methods))
-        raise UsageError(f"no --plugin given; known plugins: {known}")
+        raise UsageError(f"no --plugin given; known plugins: {', '.join(sorted(registry.methods))}")
     prepared = prepare_steps(job.steps, registry)
-    checks = _parse_gates(job.gates)
+    checks = job.gate_checks
     if checks and not job.validate:
         raise UsageError("--gate needs validation; remove --no-validate")
 
@@ -130,24 +83,16 @@ def shrink(
     check_output_path(output, [Path(job.model)])
     loaded = load_model(job.model)
     check_output_path(output, [Path(job.model), *loaded.external_files])
-    dataset = _load_data(job, loaded.model) if (job.validate or job.data) else None
-
-    calibration, synthetic = None, True
-    if dataset is not None:
-        from .validate.data import split_calibration
-
-        calib_set, eval_set = split_calibration(dataset)
-        calibration, synthetic = (lambda: calib_set.feeds), dataset.synthetic
-    else:
-        eval_set = None
+    dataset = _load_data(job, loaded.model) if (job.validate or job.data_path) else None
+    calibration = _Calibration(dataset, lambda: _load_data(job, loaded.model))
 
     started = time.perf_counter()
     results = run_steps(
         loaded.model,
         prepared,
         seed=job.seed,
-        calibration=calibration,
-        calibration_is_synthetic=synthetic,
+        calibration=calibration.feeds,
+        calibration_is_synthetic=dataset.synthetic if dataset is not None else True,
         progress=progress,
         log=log,
     )
@@ -163,53 +108,53 @@ def shrink(
         "steps": [r.to_dict() for r in results],
         "seconds": round(shrink_seconds, 4),
     }
-    if job.validate and eval_set is not None:
-        from .validate import validate
-
+    if job.validate and dataset is not None:
         log("validating: size, latency, fidelity")
         report["validation"] = validate(
             Path(job.model),
             output,
-            eval_set,
-            providers=tuple(job.providers),
+            calibration.evaluation_set(),
+            providers=tuple(providers_to_measure(job.providers, checks)),
             threads=job.threads,
             repeats=job.repeats,
             progress=log,
         )
     if checks:
-        from .gate import evaluate_gates
-
         report["gate"] = evaluate_gates(checks, report, allow_unavailable=job.allow_unavailable)
-    write_reports(report, job)
+    write_reports(report, json_path=job.report_json, junit_path=job.junit, markdown_path=job.markdown)
     return report
 
 
-def _parse_gates(gates: list[str]) -> list[Any]:
-    if not gates:
-        return []
-    from .gate import parse_gate
+class _Calibration:
+    """Calibration data for methods, and the evaluation data left for validation.
 
-    return [parse_gate(g) for g in gates]
+    Only when a method asks for calibration data is ``--data`` split (see
+    ``onnxshrink.validate.data.split_calibration``); otherwise every sample is used for evaluation.
+    Without data, calibration feeds are synthetic, built only if a method asks.
+    """
+
+    def __init__(self, dataset: DataSet | None, synthetic: Callable[[], DataSet]):
+        self.dataset, self._synthetic, self.used = dataset, synthetic, False
+
+    def feeds(self) -> list[dict[str, Any]]:
+        self.used = True
+        if self.dataset is None:
+            return self._synthetic().feeds
+        return split_calibration(self.dataset)[0].feeds
+
+    def evaluation_set(self) -> DataSet:
+        return split_calibration(self.dataset)[1] if self.used else self.dataset
 
 
-def _load_data(job: ShrinkJob, model: onnx.ModelProto):
-    from .validate.data import load_feeds
+def providers_to_measure(providers: list[str], checks: list[GateCheck]) -> list[str]:
+    """The requested providers plus any a gate check names (so that check has something to judge)."""
+    wanted = list(providers)
+    for check in checks:
+        if check.provider and check.provider not in wanted:
+            wanted.append(check.provider)
+    return wanted
 
-    return load_feeds(str(job.data) if job.data else None, model, input_shapes=job.input_shapes or None, seed=job.seed)
 
-
-def write_reports(report: dict[str, Any], job: ShrinkJob) -> None:
-    """Write the JSON, JUnit and Markdown reports that the job asks for."""
-    if job.report_json:
-        from .reports import write_json
-
-        write_json(report, job.report_json)
-    if job.junit and "gate" in report:
-        from .reports import write_junit
-
-        write_junit(report["gate"], job.junit, report=report)
-    if job.markdown:
-        from .reports import write_markdown
-
-        write_markdown(report, job.markdown)
-
+def _load_data(job: Recipe, model: onnx.ModelProto) -> DataSet:
+    source = str(job.data_path) if job.data_path else None
+    return load_feeds(source, model, input_shapes=job.input_shapes or None, seed=job.seed)

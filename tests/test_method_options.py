@@ -28,7 +28,7 @@ class Demo(Method):
 
 def test_spec_parsing_keeps_commas_inside_brackets():
     spec = parse_plugin_spec("demo:ratio=0.7,names=[conv1,conv2],mode=b")
-    assert spec.name == "demo"
+    assert spec.plugin == "demo"
     assert spec.options == {"ratio": "0.7", "names": "[conv1,conv2]", "mode": "b"}
     assert parse_plugin_spec("demo").options == {}
 

@@ -1,0 +1,182 @@
+"""Size of a model on disk: bytes (with external data), parameters, non-zeros, compressed bytes.
+
+``params`` and ``nonzeros`` count the elements of every initializer, sparse initializer (dense size /
+stored values) and ``Constant``-node tensor, in the main graph, in every ``If``/``Loop``/``Scan``
+subgraph and in model-local functions. ``compressed_bytes`` is the length of one zlib stream (level 6)
+over the model file followed by its external-data files in sorted order, read in 1 MiB chunks.
+External-data files are counted once each, resolved relative to the model's folder; a location that is
+absolute, leaves that folder or does not exist is an ``InvalidModelError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxshrink.errors import InvalidModelError
+
+CHUNK = 1 << 20
+SIZE_KEYS = ("file_bytes", "params", "nonzeros", "compressed_bytes")
+
+
+def measure_size(model_path: str | os.PathLike) -> dict:
+    """``{"file_bytes", "external_files", "params", "nonzeros", "compressed_bytes"}`` for a model file."""
+    path = Path(model_path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises several types for unreadable files
+        raise InvalidModelError(f"cannot read model {str(path)!r}: {' '.join(str(e).split())}") from None
+    base = path.resolve().parent
+    tensors = list(_tensors(model))
+    external = sorted({_external_file(t, path, base) for t in tensors if _is_external(t)})
+    params = nonzeros = 0
+    for tensor, dense_size in _counted(model):
+        params += dense_size
+        nonzeros += _count_nonzero(tensor, base, path)
+    files = [path, *external]
+    return {
+        "file_bytes": sum(f.stat().st_size for f in files),
+        "external_files": [str(f.relative_to(base)) for f in external],
+        "params": int(params),
+        "nonzeros": int(nonzeros),
+        "compressed_bytes": _compressed_bytes(files),
+    }
+
+
+def compare_size(base: dict, cand: dict) -> dict:
+    """Candidate/baseline ratios: ``size_ratio``, ``params_ratio``, ``nonzeros_ratio``, ``compressed_ratio``."""
+    return {
+        "size_ratio": _ratio(cand["file_bytes"], base["file_bytes"]),
+        "params_ratio": _ratio(cand["params"], base["params"]),
+        "nonzeros_ratio": _ratio(cand["nonzeros"], base["nonzeros"]),
+        "compressed_ratio": _ratio(cand["compressed_bytes"], base["compressed_bytes"]),
+    }
+
+
+def _ratio(c: int, b: int) -> float | None:
+    """c / b; 1.0 when both are zero; None when only the baseline is zero (undefined)."""
+    if b == 0:
+        return 1.0 if c == 0 else None
+    return c / b
+
+
+# ------------------------------------------------------------------------------------ tensor walking
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _graphs(g)
+
+
+def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    for g in _graphs(model.graph):
+        yield from g.node
+    for fn in model.functions:
+        for node in fn.node:
+            yield node
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    for g in _graphs(attr.g):
+                        yield from g.node
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        for g in _graphs(sub):
+                            yield from g.node
+
+
+def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every stored tensor (for finding external-data files)."""
+    for tensor, _ in _counted(model):
+        yield tensor
+    for g in _graphs(model.graph):
+        for sp in g.sparse_initializer:
+            yield sp.indices
+
+
+def _counted(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto | list, int]]:
+    """(values, dense element count) for every parameter tensor."""
+    for g in _graphs(model.graph):
+        for t in g.initializer:
+            yield t, _numel(t.dims)
+        for sp in g.sparse_initializer:
+            yield sp.values, _numel(sp.dims)
+    for node in _all_nodes(model):
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for attr in node.attribute:
+            if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t, _numel(attr.t.dims)
+            elif attr.name == "sparse_value":
+                yield attr.sparse_tensor.values, _numel(attr.sparse_tensor.dims)
+            elif attr.name in ("value_float", "value_int"):
+                yield [attr.f if attr.name == "value_float" else attr.i], 1
+            elif attr.name in ("value_floats", "value_ints"):
+                vals = list(attr.floats if attr.name == "value_floats" else attr.ints)
+                yield vals, len(vals)
+            elif attr.name == "value_string":
+                yield [attr.s], 1
+            elif attr.name == "value_strings":
+                yield list(attr.strings), len(attr.strings)
+
+
+def _numel(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def _is_external(t: onnx.TensorProto) -> bool:
+    return isinstance(t, onnx.TensorProto) and t.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _external_file(t: onnx.TensorProto, model_path: Path, base: Path) -> Path:
+    location = next((e.value for e in t.external_data if e.key == "location"), None)
+    if not location:
+        raise InvalidModelError(f"model {str(model_path)!r}: tensor {t.name!r} is external but names no location")
+    if os.path.isabs(location):
+        raise InvalidModelError(f"model {str(model_path)!r}: tensor {t.name!r} has an absolute external-data path {location!r}")
+    target = (base / location).resolve()
+    if base != target and base not in target.parents:
+        raise InvalidModelError(f"model {str(model_path)!r}: tensor {t.name!r} external-data path {location!r} leaves the model folder")
+    if not target.is_file():
+        raise InvalidModelError(f"model {str(model_path)!r}: external-data file {location!r} for tensor {t.name!r} does not exist")
+    return target
+
+
+def _count_nonzero(values, base: Path, model_path: Path) -> int:
+    if isinstance(values, list):
+        return sum(1 for v in values if v)
+    try:
+        arr = numpy_helper.to_array(values, base_dir=str(base))
+    except Exception as e:
+        raise InvalidModelError(f"model {str(model_path)!r}: cannot read tensor {values.name!r}: {' '.join(str(e).split())}") from None
+    if arr.dtype == object:
+        return int(sum(1 for v in arr.reshape(-1) if v))
+    try:
+        return int(np.count_nonzero(arr))
+    except TypeError:  # some ml_dtypes types
+        return int(np.count_nonzero(arr.astype(np.float32)))
+
+
+def _compressed_bytes(files: list[Path]) -> int:
+    comp = zlib.compressobj(6)
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                total += len(comp.compress(chunk))
+    total += len(comp.flush())
+    return total
