@@ -15,8 +15,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	@mkdir -p out
-	$(VENV)/bin/onnxshrink models/cnn.onnx --plugin weight_prune:sparsity=0.7,scope=global \
-		-o out/cnn.pruned.onnx --report out/cnn.report.json
+	$(VENV)/bin/onnxshrink models/cnn.onnx --plugin weight_prune:sparsity=0.5,scope=global \
+		--data models/cnn_eval.npz --gate 'accuracy_drop<=0.02' \
+		-o out/cnn.pruned.onnx --report out/cnn.report.json --markdown out/cnn.summary.md
 
 test: $(STAMP)
 	$(PY) -m pytest -q

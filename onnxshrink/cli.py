@@ -229,7 +229,9 @@ def bench_command(models: tuple[Path, ...], as_json: bool, data: Path | None, in
         repeats=repeats or 20,
     )
     if as_json:
-        click.echo(json.dumps(result, indent=2, allow_nan=False, default=str))
+        from .reports import report_json
+
+        click.echo(report_json(result), nl=False)
     else:
         from .console import print_bench
 
@@ -286,7 +288,7 @@ def plugins_command(as_json: bool) -> int:
     methods = [info.describe() for _, info in sorted(registry.methods.items())]
     errors = [{"plugin": e.plugin, "distribution": e.distribution, "version": e.version, "error": e.message} for e in registry.errors]
     if as_json:
-        click.echo(json.dumps({"methods": methods, "errors": errors}, indent=2))
+        click.echo(json.dumps({"methods": methods, "errors": errors}, indent=2, default=str))
         return EXIT_OK
     console = _console()
     for m in methods:
@@ -316,7 +318,9 @@ def inspect_command(model: Path, as_json: bool) -> int:
 
     info = inspect_model(model)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        from .reports import report_json
+
+        click.echo(report_json(info), nl=False)
         return EXIT_OK
     console = _console()
     size = info["size"]

@@ -139,3 +139,34 @@ def rich_progress(console: Console, description: str, total: float | None) -> It
                 progress.advance(task_id, amount)
 
         yield _Task()
+
+
+def print_bench(result: dict[str, Any], console: Console) -> None:
+    """Print ``onnxshrink bench`` results: one model (size, latency) or a pair (full validation)."""
+    if "validation" in result:
+        console.print(Text(f"{result['baseline']} (baseline) vs {result['candidate']} (candidate)", style="bold"))
+        validation = result["validation"]
+        console.print(size_table(validation["size"]["baseline"], validation["size"]["candidate"]))
+        print_validation(validation, console)
+        return
+    console.print(Text(result["model"], style="bold"))
+    size = result["size"]
+    console.print(
+        f"file {human_bytes(size['file_bytes'])}  compressed {human_bytes(size['compressed_bytes'])}  "
+        f"parameters {size['params']:,}  non-zeros {size['nonzeros']:,}"
+    )
+    table = Table(title="Latency (ms)", title_justify="left")
+    for col in ("provider", "status", "median", "p90", "min", "runs"):
+        table.add_column(col, justify="left" if col in ("provider", "status") else "right")
+    notes = []
+    for ep, entry in result["latency"].items():
+        if entry.get("status") != "ok":
+            table.add_row(ep, entry.get("status", "?"), "", "", "", "")
+            notes.append(f"{ep}: {entry.get('reason') or entry.get('error') or ''}")
+            continue
+        table.add_row(ep, "ok", _num(entry["median_ms"]), _num(entry["p90_ms"]), _num(entry["min_ms"]), _num(entry["runs"]))
+        if entry.get("warning"):
+            notes.append(f"{ep}: {entry['warning']}")
+    console.print(table)
+    for note in notes:
+        console.print(Text(f"  note: {note}", style="dim"))
