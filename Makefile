@@ -5,10 +5,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-slow bench wheel clean
 
-$(STAMP): pyproject.toml
+EXAMPLE := examples/onnxshrink-fp16-example
+
+$(STAMP): pyproject.toml $(EXAMPLE)/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps -e $(EXAMPLE)
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .errors import OnnxShrinkError, UsageError
@@ -288,21 +289,23 @@ def plugins_command(as_json: bool) -> int:
     methods = [info.describe() for _, info in sorted(registry.methods.items())]
     errors = [{"plugin": e.plugin, "distribution": e.distribution, "version": e.version, "error": e.message} for e in registry.errors]
     if as_json:
-        click.echo(json.dumps({"methods": methods, "errors": errors}, indent=2, default=str))
+        click.echo(json.dumps({"methods": methods, "errors": errors, "skipped": registry.skipped}, indent=2, default=str))
         return EXIT_OK
     console = _console()
     for m in methods:
-        console.print(f"[bold]{m['name']}[/] ({m['kind']}) from {m['distribution']} {m['version']}: {m['summary']}")
+        console.print(Text(f"{m['name']} ({m['kind']}) from {m['distribution']} {m['version']}: {m['summary']}", style="bold"))
         table = Table(show_header=True, box=None, padding=(0, 2))
         for col in ("option", "type", "default", "doc"):
             table.add_column(col)
         for opt in m["options"]:
             doc = opt["doc"] + (f" One of: {', '.join(map(str, opt['choices']))}." if "choices" in opt else "")
-            table.add_row(opt["name"], opt["type"], repr(opt["default"]) if opt["default"] is not None else "-", doc)
+            table.add_row(opt["name"], opt["type"], repr(opt["default"]) if opt["default"] is not None else "-", Text(doc))
         console.print(table)
         console.print()
     for e in errors:
-        console.print(f"[red]broken plugin[/] {e['plugin']} ({e['distribution']} {e['version']}): {e['error']}")
+        console.print(Text(f"broken plugin {e['plugin']} ({e['distribution']} {e['version']}): {e['error']}", style="red"))
+    if registry.skipped:
+        console.print(Text(f"not loaded (ONNXSHRINK_LOAD_PLUGINS / ONNXSHRINK_BLOCK_PLUGINS): {', '.join(registry.skipped)}", style="dim"))
     return EXIT_OK
 
 

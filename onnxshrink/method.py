@@ -69,10 +69,13 @@ class Option:
                 raise UsageError(f"{where}: option {self.name!r} must be one of {allowed} (got {bad[0]!r})")
         if self.type in (int, float):
             if self.min is not None and value < self.min or self.max is not None and value > self.max:
-                raise UsageError(
-                    f"{where}: option {self.name!r} must be between {self.min} and {self.max} (got {value})"
-                )
+                raise UsageError(f"{where}: option {self.name!r} must be {self._bounds()} (got {value})")
         return value
+
+    def _bounds(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"between {self.min} and {self.max}"
+        return f">= {self.min}" if self.min is not None else f"<= {self.max}"
 
     def _convert(self, raw: Any, where: str) -> Any:
         expected = f"{where}: option {self.name!r} expects {self.type_name}"

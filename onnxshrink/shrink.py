@@ -137,10 +137,13 @@ class _Calibration:
         self.dataset, self._synthetic, self.used = dataset, synthetic, False
 
     def feeds(self) -> list[dict[str, Any]]:
+        """Read-only arrays: a method that edits them in place fails at once instead of corrupting later steps."""
         self.used = True
-        if self.dataset is None:
-            return self._synthetic().feeds
-        return split_calibration(self.dataset)[0].feeds
+        feeds = self._synthetic().feeds if self.dataset is None else split_calibration(self.dataset)[0].feeds
+        for feed in feeds:
+            for array in feed.values():
+                array.flags.writeable = False
+        return feeds
 
     def evaluation_set(self) -> DataSet:
         return split_calibration(self.dataset)[1] if self.used else self.dataset

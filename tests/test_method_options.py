@@ -54,7 +54,7 @@ def test_values_are_typed_and_defaults_filled():
         ({"ratio": "abc"}, ["'ratio'", "expects float", "'abc'"]),
         ({"ratio": "nan"}, ["'ratio'", "expects float"]),
         ({"count": "2.5"}, ["'count'", "expects int"]),
-        ({"count": "0"}, ["'count'", "between 1"]),
+        ({"count": "0"}, ["'count'", ">= 1", "(got 0)"]),
         ({"mode": "c"}, ["'mode'", "one of a, b", "'c'"]),
         ({"flag": "maybe"}, ["'flag'", "expects bool"]),
     ],

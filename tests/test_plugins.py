@@ -67,6 +67,7 @@ def test_allow_list_and_block_list(site, monkeypatch):
     monkeypatch.setenv("ONNXSHRINK_LOAD_PLUGINS", "")
     registry = load_registry()
     assert "hello" not in registry.methods and "weight_prune" in registry.methods  # built-ins always load
+    assert "hello_plugin" in registry.skipped
     monkeypatch.setenv("ONNXSHRINK_LOAD_PLUGINS", "onnxshrink-hello")
     assert "hello" in load_registry().methods
     monkeypatch.delenv("ONNXSHRINK_LOAD_PLUGINS")

@@ -1,5 +1,25 @@
-"""Helpers for testing onnxshrink methods: reference graphs (and, later, the conformance kit)."""
+"""Helpers for testing onnxshrink methods: reference graphs and the conformance kit."""
 
+from .conformance import (
+    ConformanceError,
+    ConformanceReport,
+    GraphResult,
+    check_method,
+    check_options_documented,
+    run_method,
+    shipped_models,
+    synthetic_feeds,
+)
 from .reference_graphs import REFERENCE_GRAPHS
 
-__all__ = ["REFERENCE_GRAPHS"]
+__all__ = [
+    "REFERENCE_GRAPHS",
+    "ConformanceError",
+    "ConformanceReport",
+    "GraphResult",
+    "check_method",
+    "check_options_documented",
+    "run_method",
+    "shipped_models",
+    "synthetic_feeds",
+]

@@ -1,0 +1,446 @@
+"""Conformance kit: the checks every onnxshrink method must pass, for plugin authors' own tests.
+
+``check_method(MyMethod)`` runs the method through onnxshrink's real pipeline (the code path of
+``onnxshrink MODEL --plugin NAME``) over the reference graphs (shared weights, Constant-node weights,
+If/Loop subgraphs, initializers that are graph inputs, float16, dynamic dimensions...) and the models
+shipped in ``models/``, and checks:
+
+- ``documented options``: the class is a valid method, every option has a doc, every default is a
+  legal value of its option, and the defaults pass ``validate_options``;
+- ``runs in the pipeline``: apply, stats and tidy succeed (a ``UsageError`` is a refusal, reported);
+- ``valid output``: onnx.checker (strict shape inference when the input passed it) accepts the output
+  and onnxruntime loads it;
+- ``interface kept``: names, element types and ranks of the graph inputs and outputs are unchanged;
+- ``runs in onnxruntime``: the output runs on the CPU EP at two sizes of the dynamic dimensions and
+  gives outputs of the original's names, dtypes and shapes;
+- ``input not mutated``: the model handed to the kit and the calibration feeds are unchanged;
+- ``deterministic``: two runs with the same seed give byte-identical models, and the second run does
+  not touch the first run's model.
+
+A failed check raises :class:`ConformanceError` (an ``AssertionError``) whose one-line message names
+the method, the graph and the check. Graphs the method leaves unchanged (nothing it applies to) or
+refuses with a ``UsageError`` are not failures; the returned :class:`ConformanceReport` lists them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import InvalidModelError, OnnxShrinkError, PluginError, UsageError
+from ..method import Method, check_method_class
+from ..model_io import load_model
+from ..pipeline import PreparedStep, StepResult, passes_full_check, run_steps
+from ..plugins import MethodInfo, Registry, load_registry
+from ..runtime import cpu_session
+from ..tidy import tidy_model
+from .reference_graphs import REFERENCE_GRAPHS
+
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root when onnxshrink runs from a checkout
+CALIBRATION_FEEDS = 2  # feeds handed to the method (enough for calibrating methods to run)
+CALIBRATION_BATCH = 8  # samples per feed taken from <model>_calib.npz
+DYNAMIC_SIZES = (2, 3)  # sizes given to every dynamic dimension: calibration, then a second run check
+CHECKS = (
+    "documented options",
+    "runs in the pipeline",
+    "valid output",
+    "interface kept",
+    "runs in onnxruntime",
+    "input not mutated",
+    "deterministic",
+    "changes something",
+)
+
+
+class ConformanceError(AssertionError):
+    """A failed conformance check, naming the method, the graph and the check."""
+
+    def __init__(self, method: str, graph: str, check: str, detail: str):
+        if check not in CHECKS:
+            raise ValueError(f"unknown conformance check {check!r}")
+        self.method, self.graph, self.check, self.detail = method, graph, check, " ".join(str(detail).split())
+        super().__init__(f"method {method!r} on {graph}: check {check!r} failed: {self.detail}")
+
+
+@dataclass
+class GraphResult:
+    """What one graph came to: ``changed``, ``unchanged`` (nothing applied) or ``refused`` (UsageError)."""
+
+    graph: str
+    outcome: str
+    reason: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ConformanceReport:
+    """The graphs a method passed on, and which ones it left alone and why."""
+
+    method: str
+    options: dict[str, Any]
+    results: list[GraphResult]
+
+    @property
+    def outcomes(self) -> dict[str, str]:
+        return {r.graph: r.outcome for r in self.results}
+
+    @property
+    def changed(self) -> list[str]:
+        return [r.graph for r in self.results if r.outcome == "changed"]
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Graph → reason, for every graph the method left unchanged or refused."""
+        return {r.graph: f"{r.outcome}: {r.reason}" for r in self.results if r.outcome != "changed"}
+
+    def __str__(self) -> str:
+        lines = [f"{self.method}: {len(self.changed)} of {len(self.results)} graphs changed, all checks passed"]
+        lines += [f"  {graph}: {reason}" for graph, reason in self.skipped.items()]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Case:
+    label: str
+    build: Callable[[], onnx.ModelProto]
+    calibration: Callable[[onnx.ModelProto], list[dict[str, np.ndarray]]]
+    synthetic: bool
+
+
+def check_method(
+    method: type[Method] | str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    graphs: Iterable[str] | Mapping[str, Callable[[], onnx.ModelProto] | onnx.ModelProto] | None = None,
+    models: Iterable[str | Path] | str | Path | None = None,
+    seed: int = 0,
+    require_change: bool = True,
+    registry: Registry | None = None,
+) -> ConformanceReport:
+    """Run every conformance check for ``method`` (a Method subclass, or the name of an installed one).
+
+    ``options`` are raw option values as on the command line (``{"bits": "4"}``) or typed ones.
+    ``graphs``: reference graph names, or a mapping of label → model (or a builder); default: all of
+    ``REFERENCE_GRAPHS``. ``models``: .onnx paths or a folder; default: the models shipped in
+    ``models/`` when that folder exists (``<name>_calib.npz`` beside a model is its calibration data).
+    ``require_change``: fail when the method changes none of the graphs (a no-op).
+    """
+    info = _method_info(method, registry)
+    cls = info.cls
+    check_options_documented(cls)
+    try:
+        values = cls.validate_options(dict(options or {}))
+    except UsageError as exc:
+        raise ConformanceError(cls.name, "(options)", "documented options", f"the options given do not validate: {exc}") from None
+    step = PreparedStep(info, values)
+    results = [_check_case(step, case, seed) for case in _cases(graphs, models, seed)]
+    report = ConformanceReport(cls.name, values, results)
+    if require_change and results and not report.changed:
+        raise ConformanceError(cls.name, "every graph", "changes something", f"the method changed none of {len(results)} graphs: {report.skipped}")
+    return report
+
+
+def run_method(
+    method: type[Method] | str,
+    model: onnx.ModelProto,
+    options: Mapping[str, Any] | None = None,
+    *,
+    feeds: Sequence[dict[str, np.ndarray]] | None = None,
+    seed: int = 0,
+    registry: Registry | None = None,
+) -> StepResult:
+    """Apply one method to ``model`` in place exactly as ``--plugin NAME:options`` does (options
+    validated, apply, tidy, onnx.checker, onnxruntime load) and return its result (``.stats``,
+    ``.warnings``). ``feeds`` are the calibration data; default: :func:`synthetic_feeds`."""
+    info = _method_info(method, registry)
+    step = PreparedStep(info, info.cls.validate_options(dict(options or {})))
+    calibration = list(feeds) if feeds is not None else synthetic_feeds(model, seed=seed)
+    [result] = run_steps(model, [step], seed=seed, calibration=lambda: calibration, calibration_is_synthetic=feeds is None)
+    return result
+
+
+def check_options_documented(method: type[Method]) -> None:
+    """The method class is valid, its options documented, and every default is a legal value."""
+    name = getattr(method, "name", None) or getattr(method, "__name__", repr(method))
+    problem = check_method_class(method)
+    if problem:
+        raise ConformanceError(name, "(class)", "documented options", problem)
+    where = f"plugin {name!r}"
+    for opt in method.options:
+        if opt.default is None:
+            continue
+        try:
+            parsed = opt.parse(opt.default, where)
+        except UsageError as exc:
+            raise ConformanceError(name, "(class)", "documented options", f"default of option {opt.name!r} is not a legal value: {exc}") from None
+        if not _same_value(parsed, opt.default):
+            raise ConformanceError(name, "(class)", "documented options", f"default of option {opt.name!r} is {opt.default!r}, not a {opt.type_name}")
+    try:
+        method.validate_options({})
+    except UsageError as exc:
+        raise ConformanceError(name, "(class)", "documented options", f"the default options do not validate: {exc}") from None
+
+
+def shipped_models(folder: str | Path | None = None) -> list[Path]:
+    """The .onnx models in ``folder`` (default: the ``models/`` folder of an onnxshrink checkout; none
+    when onnxshrink is installed from a wheel)."""
+    if folder is None:
+        is_checkout = (CHECKOUT / "pyproject.toml").is_file() and (CHECKOUT / "onnxshrink" / "__init__.py").is_file()
+        folder = CHECKOUT / "models" if is_checkout else None
+    return sorted(Path(folder).glob("*.onnx")) if folder is not None and Path(folder).is_dir() else []
+
+
+def synthetic_feeds(model: onnx.ModelProto, count: int = CALIBRATION_FEEDS, *, dynamic: int = DYNAMIC_SIZES[0], seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``count`` random feeds for the model's inputs: floats in [0, 1), integers in {0, 1}, every
+    dynamic dimension set to ``dynamic``."""
+    rng = np.random.default_rng([seed, dynamic])
+    stored = {t.name for t in model.graph.initializer}
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for value in model.graph.input:
+            if value.name in stored:
+                continue
+            tensor = value.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else dynamic for d in tensor.shape.dim]
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+            if np.issubdtype(dtype, np.floating):
+                array = rng.random(shape).astype(dtype)
+            elif dtype == np.bool_:
+                array = rng.random(shape) < 0.5
+            else:
+                array = rng.integers(0, 2, shape).astype(dtype)
+            feed[value.name] = array
+        feeds.append(feed)
+    return feeds
+
+
+# ------------------------------------------------------------------------------------------------
+# One graph
+
+
+def _check_case(step: PreparedStep, case: _Case, seed: int) -> GraphResult:
+    name, label = step.name, case.label
+
+    def fail(check: str, detail: str) -> ConformanceError:
+        return ConformanceError(name, label, check, detail)
+
+    original = case.build()
+    original_bytes = _bytes(original)
+    feeds = case.calibration(original)
+    feeds_copy = _copy_feeds(feeds)
+
+    first = _clone(original)
+    try:
+        [result] = run_steps(first, [step], seed=seed, calibration=lambda: feeds, calibration_is_synthetic=case.synthetic)
+    except (UsageError, InvalidModelError) as exc:  # exit 2: the method refuses this model, with a reason
+        _check_untouched(original, original_bytes, feeds, feeds_copy, fail)
+        return GraphResult(label, "refused", exc.message)
+    except PluginError as exc:
+        produced = exc.message.partition(": ")[2]  # the pipeline's own wording for a rejected output
+        check = "valid output" if produced.startswith(("produced an invalid model", "produced a model onnxruntime cannot load")) else "runs in the pipeline"
+        raise fail(check, exc.message) from None
+    _check_untouched(original, original_bytes, feeds, feeds_copy, fail)
+    first_bytes = _bytes(first)
+
+    _check_valid(first, strict=passes_full_check(original), fail=fail)
+    _check_interface(original, first, fail)
+    _check_runs(original, first, case, seed, fail)
+
+    second = _clone(original)
+    try:
+        run_steps(second, [step], seed=seed, calibration=lambda: _copy_feeds(feeds_copy), calibration_is_synthetic=case.synthetic)
+    except OnnxShrinkError as exc:
+        raise fail("deterministic", f"the second run failed where the first succeeded: {exc.message}") from None
+    if _bytes(first) != first_bytes:
+        raise fail("deterministic", "the second run changed the first run's model (the method keeps state between runs)")
+    if _bytes(second) != first_bytes:
+        raise fail("deterministic", f"two runs with seed {seed} gave different models{_first_difference(first, second)}")
+
+    tidied = _clone(original)
+    tidy_model(tidied)
+    if first_bytes == _bytes(tidied):
+        reason = "; ".join(result.warnings) or "(the method gave no warning)"
+        return GraphResult(label, "unchanged", reason, result.stats)
+    return GraphResult(label, "changed", "", result.stats)
+
+
+def _check_untouched(original, original_bytes, feeds, feeds_copy, fail) -> None:
+    if _bytes(original) != original_bytes:
+        raise fail("input not mutated", "the model object handed to the kit was modified (the method edited a model it was not given)")
+    for index, (feed, kept) in enumerate(zip(feeds, feeds_copy)):
+        if set(feed) != set(kept):
+            raise fail("input not mutated", f"calibration feed {index} had its keys changed from {sorted(kept)} to {sorted(feed)}")
+        for key, value in kept.items():
+            now = feed[key]
+            if not (isinstance(now, np.ndarray) and now.dtype == value.dtype and now.shape == value.shape and np.array_equal(now, value, equal_nan=_is_float(value))):
+                raise fail("input not mutated", f"calibration feed {index} input {key!r} was modified in place (the feeds are shared by every step of a chain)")
+
+
+def _check_valid(model: onnx.ModelProto, *, strict: bool, fail) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=strict)
+    except Exception as exc:  # noqa: BLE001
+        raise fail("valid output", f"onnx.checker: {_first_line(exc)}") from None
+    try:
+        cpu_session(model)
+    except Exception as exc:  # noqa: BLE001
+        raise fail("valid output", f"onnxruntime cannot load it: {_first_line(exc)}") from None
+
+
+def _signature(values: Sequence[onnx.ValueInfoProto]) -> list[tuple[str, str, int | None]]:
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        dtype = onnx.TensorProto.DataType.Name(t.elem_type) if v.type.HasField("tensor_type") else v.type.WhichOneof("value")
+        out.append((v.name, dtype, len(t.shape.dim) if t.HasField("shape") else None))
+    return out
+
+
+def _check_interface(original: onnx.ModelProto, out: onnx.ModelProto, fail) -> None:
+    for kind in ("input", "output"):
+        before, after = _signature(getattr(original.graph, kind)), _signature(getattr(out.graph, kind))
+        if before != after:
+            changed = [f"{b} -> {a}" for b, a in zip(before, after) if b != a] or [f"{len(before)} {kind}s -> {len(after)}"]
+            raise fail("interface kept", f"graph {kind}s changed (name, type, rank): {'; '.join(map(str, changed))}")
+
+
+def _check_runs(original: onnx.ModelProto, out: onnx.ModelProto, case: _Case, seed: int, fail) -> None:
+    reference = cpu_session(original)
+    try:
+        candidate = cpu_session(out)
+    except Exception as exc:  # noqa: BLE001
+        raise fail("runs in onnxruntime", f"cannot create a session: {_first_line(exc)}") from None
+    names = [o.name for o in reference.get_outputs()]
+    probes = [(f"dynamic dimensions = {size}", synthetic_feeds(original, 1, dynamic=size, seed=seed)[0]) for size in DYNAMIC_SIZES]
+    if not case.synthetic:
+        probes.insert(0, ("calibration data", case.calibration(original)[0]))
+    for what, feed in probes:
+        try:
+            expected = reference.run(names, feed)
+        except Exception:  # noqa: BLE001 - the original itself does not run at this size: nothing to compare
+            continue
+        try:
+            got = candidate.run(names, feed)
+        except Exception as exc:  # noqa: BLE001
+            raise fail("runs in onnxruntime", f"the output fails on {what} where the original runs: {_first_line(exc)}") from None
+        for name, e, g in zip(names, expected, got):
+            e, g = np.asarray(e), np.asarray(g)
+            if e.dtype != g.dtype or e.shape != g.shape:
+                raise fail("runs in onnxruntime", f"output {name!r} on {what} is {g.dtype}{list(g.shape)}, the original gives {e.dtype}{list(e.shape)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Cases
+
+
+def _cases(graphs, models, seed: int) -> list[_Case]:
+    cases = []
+    if graphs is None:
+        graphs = REFERENCE_GRAPHS
+    elif not isinstance(graphs, Mapping):
+        names = list(graphs)
+        unknown = sorted(set(names) - set(REFERENCE_GRAPHS))
+        if unknown:
+            raise ValueError(f"unknown reference graphs {unknown}; known: {sorted(REFERENCE_GRAPHS)}")
+        graphs = {n: REFERENCE_GRAPHS[n] for n in names}
+    for label, source in graphs.items():
+        build = _builder(source)
+        cases.append(_Case(f"graph {label!r}", build, lambda m: synthetic_feeds(m, seed=seed), True))
+    if models is None:
+        paths = shipped_models()
+    elif isinstance(models, (str, Path)):
+        paths = shipped_models(models) if Path(models).is_dir() else [Path(models)]
+    else:
+        paths = [Path(p) for p in models]
+    for path in paths:
+        cases.append(_model_case(path, seed))
+    return cases
+
+
+def _builder(source: Callable[[], onnx.ModelProto] | onnx.ModelProto) -> Callable[[], onnx.ModelProto]:
+    if isinstance(source, onnx.ModelProto):
+        return lambda: _clone(source)
+    return source
+
+
+def _model_case(path: Path, seed: int) -> _Case:
+    calib = path.with_name(f"{path.stem}_calib.npz")
+
+    def build() -> onnx.ModelProto:
+        return load_model(path).model
+
+    if not calib.exists():
+        return _Case(f"model {path.name!r}", build, lambda m: synthetic_feeds(m, seed=seed), True)
+
+    def calibration(model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+        with np.load(calib) as data:
+            arrays = {i.name: data[i.name] for i in model.graph.input if i.name in data.files}
+        first = model.graph.input[0].type.tensor_type.shape.dim
+        fixed = first[0].dim_value if first and first[0].HasField("dim_value") else 0
+        batch = fixed or CALIBRATION_BATCH
+        return [{k: v[i * batch : (i + 1) * batch] for k, v in arrays.items()} for i in range(CALIBRATION_FEEDS)]
+
+    return _Case(f"model {path.name!r}", build, calibration, False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _method_info(method: type[Method] | str, registry: Registry | None) -> MethodInfo:
+    if isinstance(method, str):
+        return (registry or load_registry()).get(method)
+    return MethodInfo(method, plugin=getattr(method, "name", "") or "", distribution="(conformance kit)", version="")
+
+
+def _clone(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _bytes(model: onnx.ModelProto) -> bytes:
+    return model.SerializeToString(deterministic=True)
+
+
+def _copy_feeds(feeds: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    return [{k: np.array(v, copy=True) for k, v in feed.items()} for feed in feeds]
+
+
+def _is_float(array: np.ndarray) -> bool:
+    return np.issubdtype(array.dtype, np.floating)
+
+
+def _same_value(parsed: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(parsed, bool):
+        return type(parsed) is type(default) and parsed == default
+    if isinstance(default, (int, float)) and isinstance(parsed, (int, float)):
+        return math.isclose(parsed, default)
+    if isinstance(default, (list, tuple)):
+        return list(parsed) == [str(v) for v in default]
+    return parsed == default
+
+
+def _first_difference(a: onnx.ModelProto, b: onnx.ModelProto) -> str:
+    """Where two models differ first, for the message: an initializer, a node, or elsewhere."""
+    inits_a = {t.name: t.SerializeToString(deterministic=True) for t in a.graph.initializer}
+    inits_b = {t.name: t.SerializeToString(deterministic=True) for t in b.graph.initializer}
+    for name in sorted(set(inits_a) | set(inits_b)):
+        if inits_a.get(name) != inits_b.get(name):
+            return f" (first difference: initializer {name!r})"
+    for na, nb in zip(a.graph.node, b.graph.node):
+        if na.SerializeToString(deterministic=True) != nb.SerializeToString(deterministic=True):
+            return f" (first difference: node {na.name or na.op_type!r})"
+    return ""
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
