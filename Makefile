@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench wheel clean
+.PHONY: install demo test test-slow bench wheel fuzz clean
 
 EXAMPLE := examples/onnxshrink-fp16-example
 
@@ -30,6 +30,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+fuzz: $(STAMP)
+	$(PY) tests/fuzz/fuzz_load.py --seconds $(or $(FUZZ_SECONDS),600)
 
 wheel: $(STAMP)
 	$(PY) -m build --wheel --outdir dist .

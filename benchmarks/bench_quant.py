@@ -3,7 +3,7 @@
 For each model: the float baseline, onnxshrink int_quant (int8 storage, weights, dynamic, static,
 int4 weights, auto) and onnxruntime's quantize_dynamic, quantize_static (QDQ, per-channel, after
 quant_pre_process) and MatMulNBits 4-bit, side by side: file size, CPU latency ratio against the float
-model (interleaved A B A B after warm-up, 1 thread, one batch of eval inputs) and accuracy on the
+model (interleaved A B A B after warm-up, 1 thread, on 1 and on 32 eval inputs) and accuracy on the
 labels of models/<name>_eval.npz. Calibration uses models/<name>_calib.npz for both tools.
 
     python benchmarks/bench_quant.py            # every model
@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-LATENCY_BATCH = 32
+LATENCY_BATCHES = (1, 32)
 CALIB_BATCH = 16
 INT4_BLOCK = 32
 
@@ -159,9 +159,9 @@ def bench_model(name: str) -> list[dict]:
     calibration = np.load(MODELS / f"{name}_calib.npz")
     input_name = model.graph.input[0].name
     feeds = _batches(calibration["input"], input_name, CALIB_BATCH)
-    latency_feed = {input_name: evaluation["input"][:LATENCY_BATCH]}
+    latency_feeds = {n: {input_name: evaluation["input"][:n]} for n in LATENCY_BATCHES}
     base_acc = accuracy(model, evaluation["input"], evaluation["labels"])
-    rows = [{"model": name, "method": "float32", "bytes": model.ByteSize(), "latency": 1.0, "accuracy": base_acc, "note": ""}]
+    rows = [{"model": name, "method": "float32", "bytes": model.ByteSize(), "latency": {n: 1.0 for n in LATENCY_BATCHES}, "accuracy": base_acc, "note": ""}]
     for label, make in CANDIDATES:
         row = {"model": name, "method": label}
         try:
@@ -170,7 +170,7 @@ def bench_model(name: str) -> list[dict]:
             stats = getattr(make, "last_stats", None)
             row.update(
                 bytes=candidate.ByteSize(),
-                latency=latency_ratio(model, candidate, latency_feed),
+                latency={n: latency_ratio(model, candidate, feed) for n, feed in latency_feeds.items()},
                 accuracy=accuracy(candidate, evaluation["input"], evaluation["labels"]),
                 note=_note(stats),
             )
@@ -197,13 +197,13 @@ def print_table(rows: list[dict]) -> None:
         from rich.table import Table
     except ImportError:  # pragma: no cover - rich is a dependency
         Console = None
-    headers = ["model", "method", "size (bytes)", "size ratio", "CPU latency ratio", "accuracy", "Δ accuracy (pts)", "note"]
+    headers = ["model", "method", "size (bytes)", "size ratio", *(f"latency ratio, batch {n}" for n in LATENCY_BATCHES), "accuracy", "Δ accuracy (pts)", "note"]
     base = {r["model"]: r for r in rows if r["method"] == "float32"}
     cells = []
     for r in rows:
         b = base[r["model"]]
         if r["bytes"] is None:
-            cells.append([r["model"], r["method"], "-", "-", "-", "-", "-", r["note"]])
+            cells.append([r["model"], r["method"], "-", "-", *("-" for _ in LATENCY_BATCHES), "-", "-", r["note"]])
             continue
         cells.append(
             [
@@ -211,7 +211,7 @@ def print_table(rows: list[dict]) -> None:
                 r["method"],
                 f"{r['bytes']:,}",
                 f"{r['bytes'] / b['bytes']:.3f}",
-                f"{r['latency']:.2f}x",
+                *(f"{r['latency'][n]:.2f}x" for n in LATENCY_BATCHES),
                 f"{100 * r['accuracy']:.2f}%",
                 f"{100 * (r['accuracy'] - b['accuracy']):+.2f}",
                 r["note"],
@@ -222,7 +222,7 @@ def print_table(rows: list[dict]) -> None:
         for c in cells:
             print(" | ".join(c))
         return
-    table = Table(title=f"int_quant vs onnxruntime.quantization (onnxruntime {ort.__version__}, CPU EP, 1 thread, latency batch {LATENCY_BATCH})")
+    table = Table(title=f"int_quant vs onnxruntime.quantization (onnxruntime {ort.__version__}, CPU EP, 1 thread; latency = candidate / float32 median, interleaved)")
     for h in headers:
         table.add_column(h, justify="right" if h not in ("model", "method", "note") else "left")
     for c in cells:

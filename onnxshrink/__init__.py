@@ -5,6 +5,16 @@ The public API for plugin authors and Python users. Plugins import only what is 
 
 from __future__ import annotations
 
+from .channels import (
+    ChannelAnalysis,
+    ChannelGroup,
+    ChannelRemoval,
+    analyze_channels,
+    channel_importance,
+    reconstruct_consumers,
+    remove_channels,
+    select_channels,
+)
 from .context import Context
 from .errors import InvalidModelError, OnnxShrinkError, PluginError, UsageError
 from .graph import (
@@ -27,11 +37,35 @@ from .graph import (
 from .hookspecs import hookimpl
 from .method import KINDS, Method, Option
 from .model_io import LoadedModel, load_model, save_model
-from .tidy import from_graph, to_graph
+from .quantization import (
+    QuantizedTensor,
+    dequantize_linear,
+    matmul_nbits,
+    matmul_nbits_reason,
+    model_opset,
+    pack_bits,
+    quant_range,
+    quantization_markers,
+    quantize,
+    required_opset,
+    storage_chain,
+    unpack_bits,
+    upgrade_opset,
+)
+from .lowbit import StoredWeight, pack_codes, packed_chain, sparse_chain, store_weight, tensor_bytes, unpack_codes, weight_chain
+from .tidy import from_graph, tidy_model, to_graph
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelAnalysis",
+    "ChannelGroup",
+    "ChannelRemoval",
+    "analyze_channels",
+    "channel_importance",
+    "reconstruct_consumers",
+    "remove_channels",
+    "select_channels",
     "Context",
     "DEFAULT_WEIGHT_INPUTS",
     "EMBEDDING_INPUTS",
@@ -43,23 +77,45 @@ __all__ = [
     "OnnxShrinkError",
     "Option",
     "PluginError",
+    "QuantizedTensor",
+    "StoredWeight",
     "Use",
     "UsageError",
     "WeightTensor",
     "__version__",
     "all_names",
     "consumers",
+    "dequantize_linear",
     "from_graph",
     "hookimpl",
     "is_graph_output",
     "iter_graphs",
     "iter_tensors",
     "load_model",
+    "matmul_nbits",
+    "matmul_nbits_reason",
+    "model_opset",
     "op_histogram",
+    "pack_codes",
+    "packed_chain",
+    "pack_bits",
     "producer",
+    "quant_range",
+    "quantization_markers",
+    "quantize",
     "replace_weight",
+    "required_opset",
     "save_model",
+    "sparse_chain",
+    "storage_chain",
+    "store_weight",
+    "tensor_bytes",
+    "tidy_model",
     "to_graph",
     "unique_name",
+    "unpack_bits",
+    "unpack_codes",
+    "upgrade_opset",
+    "weight_chain",
     "weight_tensors",
 ]

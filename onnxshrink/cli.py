@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -38,6 +39,7 @@ def handle_errors(func: Callable[..., int | None]) -> Callable[..., None]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             code = func(*args, **kwargs) or EXIT_OK
         except OnnxShrinkError as exc:
@@ -46,7 +48,7 @@ def handle_errors(func: Callable[..., int | None]) -> Callable[..., None]:
             _err(exc.message)
             code = exc.exit_code
         except KeyboardInterrupt:
-            _err("interrupted; nothing was written")
+            _err("interrupted; files are written atomically, so no partial file was left")
             code = 130
         except Exception as exc:  # noqa: BLE001 - never a bare traceback by default
             if _State.traceback:
@@ -56,6 +58,11 @@ def handle_errors(func: Callable[..., int | None]) -> Callable[..., None]:
         sys.exit(code)
 
     return wrapper
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (a CI job cancelled) cleans up like Ctrl-C: temporary files removed, no partial output."""
+    raise KeyboardInterrupt
 
 
 def traceback_option(func: Callable[..., Any]) -> Callable[..., Any]:

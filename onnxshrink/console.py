@@ -49,6 +49,16 @@ def size_table(before: dict[str, Any], after: dict[str, Any]) -> Table:
     return table
 
 
+def _non_default(plugin: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options that differ from the method's defaults (the full set is in the JSON report)."""
+    from .plugins import default_registry
+
+    info = default_registry().methods.get(plugin)
+    if info is None:
+        return options
+    return {k: v for k, v in options.items() if (opt := info.cls.option(k)) is None or v != opt.default}
+
+
 def steps_table(steps: list[dict[str, Any]]) -> Table:
     table = Table(title="Steps", title_justify="left")
     table.add_column("plugin")
@@ -58,7 +68,7 @@ def steps_table(steps: list[dict[str, Any]]) -> Table:
     for step in steps:
         stats = step["stats"]
         summary = ", ".join(f"{k}={_num(v)}" for k, v in stats.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool))
-        options = ", ".join(f"{k}={v}" for k, v in step["options"].items() if v is not None)
+        options = ", ".join(f"{k}={v}" for k, v in _non_default(step["plugin"], step["options"]).items()) or "(defaults)"
         table.add_row(step["plugin"], Text(options), f"{step['seconds']:.3f}", Text(summary))
     return table
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .gate import evaluate_gates, parse_gates
-from .model_io import load_model
+from .model_io import check_writable_file, load_model
 from .reports import write_reports
 from .shrink import REPORT_SCHEMA, providers_to_measure, tool_info
 from .validate import bench_single, validate
@@ -60,6 +60,9 @@ def gate_models(
 ) -> dict[str, Any]:
     """Validate ``candidate`` against ``baseline``, apply the gate checks, write the reports asked for."""
     checks = parse_gates(gates)
+    for report_path in (report_json, junit, markdown):
+        if report_path:
+            check_writable_file(report_path)
     load_model(candidate)
     dataset = _dataset(Path(baseline), data, input_shapes or {})
     validation = validate(

@@ -7,9 +7,11 @@ folder, then ``os.replace``) and names external-data files deterministically.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +20,11 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from .errors import InvalidModelError, UsageError
-from .graph import iter_tensors
+from .graph import iter_graphs
 
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_THRESHOLD = 1024  # tensors smaller than this stay inside the .onnx when saving externally
+EXTERNAL_DATA_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})  # the spec's, and onnx's
 
 
 @dataclass
@@ -50,12 +53,14 @@ def read_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
         raise _fail(p, "is a folder, not an .onnx file")
     try:
         size = p.stat().st_size
+        if size == 0:
+            raise _fail(p, "empty file, not an ONNX model")
+        if size > PROTOBUF_LIMIT:  # refused before reading: protobuf cannot parse it anyway
+            raise _fail(p, f"{_human(size)} is over protobuf's 2 GiB limit for an .onnx file; large models keep their weights in external data")
         with open(p, "rb") as fh:
             data = fh.read()
     except OSError as exc:
         raise _fail(p, f"cannot read: {exc.strerror or exc}") from None
-    if size == 0:
-        raise _fail(p, "empty file, not an ONNX model")
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -64,6 +69,7 @@ def read_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.HasField("graph") or model.ir_version == 0:
         raise _fail(p, "not an ONNX model (no graph or IR version; truncated or another format)")
     _check_versions(p, model)
+    _check_structure(p, model)
     return model
 
 
@@ -89,79 +95,279 @@ def external_data_files(model: onnx.ModelProto, model_path: str | os.PathLike) -
     Refuses locations that are absolute, leave the model's folder (also through symlinks), are missing,
     or whose offset/length do not fit the file, before any byte is read.
     """
-    path = Path(model_path)
+    return sorted({target for target, _ in _external_references(model, Path(model_path))})
+
+
+def _external_references(model: onnx.ModelProto, path: Path) -> list[tuple[Path, int]]:
+    """(file, bytes to read) of every tensor stored as external data, each checked before any byte is read."""
     base = path.resolve().parent
-    files: set[Path] = set()
-    for tensor in iter_tensors(model.graph):
+    refs = []
+    for tensor in stored_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        location = info.get("location", "")
-        where = f"tensor {tensor.name!r}"
-        if not location:
-            raise _fail(path, f"{where} has external data without a location")
-        if os.path.isabs(location) or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
-            raise _fail(path, f"{where}: external data location {location!r} is absolute; only paths inside the model's folder are allowed")
-        target = (base / location).resolve()
-        if target != base and base not in target.parents:
-            raise _fail(path, f"{where}: external data location {location!r} leaves the model's folder")
-        if not target.is_file():
-            raise _fail(path, f"{where}: external data file {location!r} is missing")
-        file_size = target.stat().st_size
         try:
-            offset = int(info.get("offset", "0"))
-            length = int(info["length"]) if "length" in info else file_size - offset
-        except ValueError:
-            raise _fail(path, f"{where}: external data offset/length are not integers") from None
-        if offset < 0 or length < 0:
-            raise _fail(path, f"{where}: negative external data offset or length ({offset}, {length})")
-        if offset + length > file_size:
-            raise _fail(
-                path,
-                f"{where}: external data {location!r} is too short: needs bytes {offset}..{offset + length}, file has {file_size}",
-            )
-        expected = _expected_nbytes(tensor)
-        if expected is not None and length != expected:
-            raise _fail(path, f"{where}: external data length {length} does not match its shape and type ({expected} bytes)")
-        files.add(target)
-    return sorted(files)
+            refs.append(_external_reference(tensor, path, base))
+        except (OSError, ValueError, RuntimeError, TypeError) as exc:  # odd names: NUL bytes, too long, symlink loops
+            raise _fail(path, f"tensor {tensor.name!r}: unusable external data location: {exc}") from None
+    return refs
+
+
+def _external_reference(tensor: onnx.TensorProto, path: Path, base: Path) -> tuple[Path, int]:
+    where = f"tensor {tensor.name!r}"
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    if not all(isinstance(text, str) for item in info.items() for text in item):  # protobuf hands back bytes for bad UTF-8
+        raise _fail(path, f"{where}: external data fields are not valid UTF-8")
+    unknown = sorted(set(info) - EXTERNAL_DATA_KEYS)
+    if unknown:  # onnx would ignore it (a mangled "offset" then reads from offset 0)
+        raise _fail(path, f"{where}: unknown external data key {unknown[0]!r}; known keys: {', '.join(sorted(EXTERNAL_DATA_KEYS))}")
+    location = info.get("location", "")
+    if not location:
+        raise _fail(path, f"{where} has external data without a location")
+    if os.path.isabs(location) or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
+        raise _fail(path, f"{where}: external data location {location!r} is absolute; only paths inside the model's folder are allowed")
+    target = (base / location).resolve()
+    if target != base and base not in target.parents:
+        raise _fail(path, f"{where}: external data location {location!r} leaves the model's folder")
+    if not target.is_file():
+        raise _fail(path, f"{where}: external data file {location!r} is missing (or not a file)")
+    file_size = target.stat().st_size
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info["length"]) if "length" in info else file_size - offset
+    except ValueError:
+        raise _fail(path, f"{where}: external data offset/length are not integers") from None
+    if offset < 0 or length < 0:
+        raise _fail(path, f"{where}: negative external data offset or length ({offset}, {length})")
+    if offset + length > file_size:
+        raise _fail(
+            path,
+            f"{where}: external data {location!r} is too short: needs bytes {offset}..{offset + length}, file has {file_size}",
+        )
+    _check_dims(path, tensor)
+    expected = _expected_nbytes(tensor)
+    if expected is not None and length != expected:
+        raise _fail(path, f"{where}: external data length {length} does not match its shape and type ({expected} bytes)")
+    return target, length
+
+
+# ------------------------------------------------------------------------------------ tensors and limits
+
+_T = onnx.TensorProto
+# Sub-byte types are packed: raw_data holds ceil(n * bits / 8) bytes.
+_PACKED_BITS = {
+    getattr(_T, name): bits
+    for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2), ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6))
+    if hasattr(_T, name)
+}
+# The repeated field holding values that are not in raw_data (int32_data for every other type).
+_TYPED_FIELD = {
+    _T.FLOAT: "float_data", _T.COMPLEX64: "float_data", _T.DOUBLE: "double_data", _T.COMPLEX128: "double_data",
+    _T.INT64: "int64_data", _T.UINT32: "uint64_data", _T.UINT64: "uint64_data", _T.STRING: "string_data",
+}
+_VALUE_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def stored_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor the file stores, wherever onnx or onnxruntime may read one: initializers, sparse
+    tensors (values and indices), node attributes whatever their declared type, every subgraph and
+    model-local functions. A superset of what onnx's external-data loader visits."""
+    for item in _stored(model):
+        if isinstance(item, onnx.SparseTensorProto):
+            yield item.values
+            yield item.indices
+        else:
+            yield item
+
+
+def _stored(model: onnx.ModelProto) -> Iterator[onnx.TensorProto | onnx.SparseTensorProto]:
+    def nodes(node_list) -> Iterator[onnx.TensorProto | onnx.SparseTensorProto]:
+        for node in node_list:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("sparse_tensor"):
+                    yield attr.sparse_tensor
+                yield from attr.sparse_tensors
+                if attr.HasField("g"):
+                    yield from graph(attr.g)
+                for sub in attr.graphs:
+                    yield from graph(sub)
+
+    def graph(g: onnx.GraphProto) -> Iterator[onnx.TensorProto | onnx.SparseTensorProto]:
+        yield from g.initializer
+        yield from g.sparse_initializer
+        yield from nodes(g.node)
+
+    yield from graph(model.graph)
+    for function in model.functions:
+        yield from nodes(function.node)
+
+
+def _element_count(tensor: onnx.TensorProto | onnx.SparseTensorProto) -> int:
+    return math.prod(int(d) for d in tensor.dims)
+
+
+def _check_dims(path: Path, tensor: onnx.TensorProto | onnx.SparseTensorProto) -> None:
+    if any(d < 0 for d in tensor.dims):
+        name = tensor.values.name if isinstance(tensor, onnx.SparseTensorProto) else tensor.name
+        raise _fail(path, f"tensor {name!r} has a negative dimension {list(tensor.dims)}")
 
 
 def _expected_nbytes(tensor: onnx.TensorProto) -> int | None:
-    try:
-        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    except (KeyError, ValueError, TypeError):
+    """Bytes of raw data a tensor's dims and type call for; None for strings and unknown types."""
+    if tensor.data_type == _T.STRING:
         return None
-    count = 1
-    for d in tensor.dims:
-        count *= int(d)
-    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
-    if bits is None and hasattr(onnx.TensorProto, "INT2"):
-        bits = {getattr(onnx.TensorProto, "INT2"): 2, getattr(onnx.TensorProto, "UINT2"): 2}.get(tensor.data_type)
+    count = _element_count(tensor)
+    bits = _PACKED_BITS.get(tensor.data_type)
     if bits is not None:
         return (count * bits + 7) // 8
-    if tensor.data_type == onnx.TensorProto.STRING:
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
         return None
-    return count * int(getattr(np_dtype, "itemsize", 0) or 0) or None
+    return count * itemsize
+
+
+def _expected_values(tensor: onnx.TensorProto) -> int:
+    """Values a tensor's dims and type call for in its typed field (int32_data, float_data...)."""
+    count = _element_count(tensor)
+    if tensor.data_type in (_T.COMPLEX64, _T.COMPLEX128):
+        return 2 * count
+    if _PACKED_BITS.get(tensor.data_type) in (2, 4):  # packed into int32_data; 6-bit types are not
+        return (count * _PACKED_BITS[tensor.data_type] + 7) // 8
+    return count
+
+
+def _check_inline_data(path: Path, tensor: onnx.TensorProto) -> None:
+    """The data held in the file must be exactly what the tensor's dims and type declare.
+
+    Refuses, before anything is allocated, a tensor that declares 10**12 elements and holds 4 bytes,
+    and one holding more than it declares (which would crash the first method that reads it)."""
+    _check_dims(path, tensor)
+    if tensor.data_location == _T.EXTERNAL or tensor.data_type == _T.UNDEFINED:
+        return  # external data is checked against its file; an undefined type is the checker's to refuse
+    where = f"tensor {tensor.name!r} (shape {list(tensor.dims)}, {_type_name(tensor.data_type)})"
+    if tensor.raw_data:
+        expected = _expected_nbytes(tensor)
+        if expected is not None and len(tensor.raw_data) != expected:
+            raise _fail(path, f"{where} needs {expected} bytes of data but holds {len(tensor.raw_data)}")
+        return
+    if tensor.data_type not in _T.DataType.values():
+        return  # a type this onnx does not know: the checker's to refuse
+    field = _TYPED_FIELD.get(tensor.data_type, "int32_data")
+    held = len(getattr(tensor, field))
+    expected = _expected_values(tensor)
+    if held != expected and not (held == 0 and expected == 0):
+        others = [f for f in _VALUE_FIELDS if f != field and len(getattr(tensor, f))]
+        detail = f" (its values are in {others[0]}, the wrong field for this type)" if others and held == 0 else ""
+        raise _fail(path, f"{where} needs {expected} values in {field} but holds {held}{detail}")
+
+
+def _type_name(data_type: int) -> str:
+    try:
+        return _T.DataType.Name(data_type).lower()
+    except ValueError:
+        return f"type {data_type}"
+
+
+def memory_limit() -> int:
+    """Bytes of memory this process can use: physical memory, or the cgroup (container) limit when lower."""
+    try:
+        limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        limit = 2**63
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text.isdigit():
+            limit = min(limit, int(text))
+    except OSError:
+        pass
+    return limit
+
+
+def _check_memory(path: Path, model: onnx.ModelProto, external: list[tuple[Path, int]]) -> None:
+    """Refuse, before reading or allocating, a model whose external data or densified sparse tensors
+    would need more memory than the machine has (a sparse file declaring terabytes, say)."""
+    external_bytes = sum(length for _, length in external)
+    sparse_bytes = 0
+    for item in _stored(model):
+        if isinstance(item, onnx.SparseTensorProto):
+            _check_dims(path, item)
+            try:
+                itemsize = onnx.helper.tensor_dtype_to_np_dtype(item.values.data_type).itemsize
+            except (KeyError, ValueError, TypeError):
+                itemsize = 1
+            sparse_bytes += _element_count(item) * itemsize
+    needed, limit = external_bytes + sparse_bytes, memory_limit()
+    if needed > limit:
+        what = " and ".join(
+            part for part in (
+                f"{_human(external_bytes)} of external data" if external_bytes else "",
+                f"{_human(sparse_bytes)} of dense sparse tensors" if sparse_bytes else "",
+            ) if part
+        )
+        raise _fail(path, f"loading needs {what}, more than this machine's {_human(limit)} of memory; refused before reading")
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} bytes"
+
+
+def _check_structure(path: Path, model: onnx.ModelProto) -> None:
+    """What onnx.checker lets through but onnxruntime refuses, or reports without a name: duplicate
+    node names in a graph, graph inputs and outputs without a type or shape."""
+    for g, _ in iter_graphs(model.graph):
+        seen: set[str] = set()
+        for node in g.node:
+            if node.name and node.name in seen:
+                raise _fail(path, f"node name {node.name!r} is used by more than one node in graph {g.name!r} (ONNX requires unique node names)")
+            seen.add(node.name)
+    for kind in ("input", "output"):
+        for value in getattr(model.graph, kind):
+            if not value.type.HasField("tensor_type"):
+                continue  # sequences, maps, optionals: the checker's to judge
+            tensor = value.type.tensor_type
+            if not tensor.elem_type:
+                raise _fail(path, f"graph {kind} {value.name!r} has no element type")
+            if not tensor.HasField("shape"):
+                raise _fail(path, f"graph {kind} {value.name!r} has no shape (ONNX requires one for graph inputs and outputs; its dimensions may be unknown)")
 
 
 def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
     """Read a model and its external data, refusing unsafe or invalid input (exit 2)."""
     p = Path(path)
     model = read_model_proto(p)
-    files = external_data_files(model, p)
+    for tensor in stored_tensors(model):
+        _check_inline_data(p, tensor)
+    references = _external_references(model, p)
+    _check_memory(p, model, references)
+    files = sorted({target for target, _ in references})
     if files:
         try:
             external_data_helper.load_external_data_for_model(model, str(p.resolve().parent))
         except Exception as exc:  # noqa: BLE001 - onnx raises several types here
             raise _fail(p, f"cannot read external data: {exc}") from None
+        left = next((t for t in stored_tensors(model) if t.data_location == _T.EXTERNAL), None)
+        if left is not None:  # e.g. a sparse tensor: onnx does not load those, onnxruntime would read it later
+            raise _fail(p, f"tensor {left.name!r}: external data is not supported in this place (sparse tensor or the like)")
     if check:
         try:
             onnx.checker.check_model(str(p))
         except Exception as exc:  # noqa: BLE001 - ValidationError and friends
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise _fail(p, f"invalid ONNX model: {first}") from None
+            raise _fail(p, f"invalid ONNX model: {_one_line(exc)}") from None
     return LoadedModel(p, model, files)
+
+
+def _one_line(exc: BaseException, limit: int = 600) -> str:
+    """The whole message on one line (the checker names the node on its last line), shortened."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def default_output_path(input_path: str | os.PathLike) -> Path:
@@ -180,7 +386,55 @@ def check_output_path(output: str | os.PathLike, inputs: list[Path]) -> Path:
         for src in inputs:
             if _same_file(candidate, src):
                 raise UsageError(f"output {candidate} is the input {src}; choose another output path")
+    _check_writable_folder(out)
     return out
+
+
+def check_writable_file(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, a report or output path that is a folder or whose folder is not writable."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"cannot write {out}: it is a folder")
+    _check_writable_folder(out)
+    return out
+
+
+def _check_writable_folder(out: Path) -> None:
+    """The output's folder (or the nearest one that exists, for folders still to create) must be a
+    writable folder: checked before any method runs, so a long run does not end in "cannot write"."""
+    folder = out.parent if str(out.parent) else Path(".")
+    existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), Path("."))
+    if not existing.is_dir():
+        raise UsageError(f"cannot write {out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {out}: folder {existing} is not writable")
+
+
+def _commit(tmpdir: Path, finals: list[Path]) -> None:
+    """Move the written files from ``tmpdir`` into place, data first so the model never points at a
+    missing file. Any failure on the way, an interrupt included, puts back what was there before: a
+    new data file next to an old model (or the reverse) is never left behind."""
+    backups: dict[Path, Path] = {}
+    placed: list[Path] = []
+    try:
+        for final in finals:
+            if len(finals) > 1 and final.is_file():
+                backup = tmpdir / f"{final.name}.previous"
+                try:
+                    os.link(final, backup)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(final, backup)
+                backups[final] = backup
+        for final in finals:
+            os.replace(tmpdir / final.name, final)
+            placed.append(final)
+    except BaseException:
+        for final in placed:
+            if final in backups:
+                os.replace(backups[final], final)
+            else:
+                final.unlink(missing_ok=True)
+        raise
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -194,7 +448,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
     """Bytes of tensor data held in the proto."""
-    return sum(len(t.raw_data) for t in iter_tensors(model.graph))
+    return sum(len(t.raw_data) for t in stored_tensors(model))
 
 
 def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_data: bool | None = None) -> list[Path]:
@@ -234,8 +488,7 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_da
                 fh.flush()
                 os.fsync(fh.fileno())
             written = [out]
-        for final in written:  # data first, so the model never points at a missing file
-            os.replace(tmpdir / final.name, final)
+        _commit(tmpdir, written)
         return written
     except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None

@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 
 from .context import Context, ProgressFactory
-from .errors import OnnxShrinkError, PluginError
+from .errors import OnnxShrinkError, PluginError, UsageError
+from .graph import op_histogram
 from .method import PluginSpec
 from .plugins import MethodInfo, Registry
 from .runtime import cpu_session
@@ -72,7 +73,8 @@ def run_steps(
     """Apply ``steps`` to ``model`` in place, in order; tidy and check the model after each one.
 
     A step that raises, returns something that is not a JSON-ready dict, or leaves a model that
-    onnx.checker or onnxruntime rejects is a ``PluginError`` naming it.
+    onnx.checker or onnxruntime rejects is a ``PluginError`` naming it. When onnxruntime cannot load the
+    input itself, see :func:`_runtime_problem`.
     """
     results = []
     cache: dict[str, list[dict[str, np.ndarray]]] = {}
@@ -83,6 +85,8 @@ def run_steps(
         return cache["feeds"]
 
     strict = passes_full_check(model)
+    interface = interface_signature(model)
+    runtime_problem = _runtime_problem(model) if check_runtime and steps else None
     for index, step in enumerate(steps):
         ctx = Context(
             plugin=step.name,
@@ -93,12 +97,19 @@ def run_steps(
             progress=progress,
             log=log,
         )
+        if runtime_problem and index == 0:
+            custom = sorted(op for op in op_histogram(model) if "::" in op)
+            kept = f"; custom-domain ops kept as they are: {', '.join(custom)}" if custom else ""
+            ctx.warn(f"{runtime_problem}{kept}; outputs are checked with onnx.checker only")
         started = time.perf_counter()
         try:
             stats = step.info.cls().apply(model, dict(step.options), ctx)
         except OnnxShrinkError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any plugin failure is reported naming the plugin
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - any plugin failure (sys.exit too) is reported naming the plugin
+            if runtime_problem and type(exc).__module__.startswith("onnxruntime"):
+                # the method runs the model, and onnxruntime cannot load the input: the input's limit, not a crash
+                raise UsageError(f"plugin {step.name!r} needs to run the model, but {runtime_problem}") from exc
             raise PluginError(step.name, f"failed: {type(exc).__name__}: {exc}") from exc
         stats = {} if stats is None else stats
         _check_stats(step.name, stats)
@@ -106,7 +117,8 @@ def run_steps(
             tidy_model(model)
         except Exception as exc:  # noqa: BLE001
             raise PluginError(step.name, f"left a graph that cannot be tidied: {type(exc).__name__}: {exc}") from exc
-        check_model(model, step.name, runtime=check_runtime, strict=strict)
+        check_interface(interface, model, step.name)
+        check_model(model, step.name, runtime=check_runtime and runtime_problem is None, strict=strict)
         results.append(StepResult(step.name, step.options, time.perf_counter() - started, stats, ctx.warnings))
     return results
 
@@ -118,6 +130,30 @@ def _check_stats(plugin: str, stats: Any) -> None:
         json.dumps(stats, allow_nan=True)
     except (TypeError, ValueError) as exc:
         raise PluginError(plugin, f"apply() returned stats that are not JSON-serialisable: {exc}") from None
+
+
+def interface_signature(model: onnx.ModelProto) -> dict[str, list[tuple[str, str, int | None]]]:
+    """(name, element type, rank) of every graph input and output: what a method must keep."""
+
+    def describe(values: Sequence[onnx.ValueInfoProto]) -> list[tuple[str, str, int | None]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dtype = onnx.TensorProto.DataType.Name(t.elem_type) if v.type.HasField("tensor_type") else str(v.type.WhichOneof("value"))
+            out.append((v.name, dtype, len(t.shape.dim) if t.HasField("shape") else None))
+        return out
+
+    return {"input": describe(model.graph.input), "output": describe(model.graph.output)}
+
+
+def check_interface(before: dict[str, list[tuple[str, str, int | None]]], model: onnx.ModelProto, plugin: str) -> None:
+    """A method may not rename, retype, re-rank, add or drop graph inputs or outputs."""
+    after = interface_signature(model)
+    for kind in ("input", "output"):
+        if before[kind] != after[kind]:
+            changed = [f"{b} -> {a}" for b, a in zip(before[kind], after[kind]) if b != a]
+            changed = changed or [f"{len(before[kind])} {kind}s -> {len(after[kind])}"]
+            raise PluginError(plugin, f"changed the model's interface: graph {kind}s (name, type, rank) {'; '.join(changed)}")
 
 
 def passes_full_check(model: onnx.ModelProto) -> bool:
@@ -134,14 +170,29 @@ def check_model(model: onnx.ModelProto, plugin: str, *, runtime: bool = True, st
     try:
         onnx.checker.check_model(model, full_check=strict)
     except Exception as exc:  # noqa: BLE001
-        raise PluginError(plugin, f"produced an invalid model: {_first_line(exc)}") from exc
+        raise PluginError(plugin, f"produced an invalid model: {_one_line(exc)}") from exc
     if runtime:
         try:
             cpu_session(model)
         except Exception as exc:  # noqa: BLE001
-            raise PluginError(plugin, f"produced a model onnxruntime cannot load: {_first_line(exc)}") from exc
+            raise PluginError(plugin, f"produced a model onnxruntime cannot load: {_one_line(exc)}") from exc
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _one_line(exc: BaseException, limit: int = 600) -> str:
+    """The message on one line: onnx.checker names the node on its last line, so keep every line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _runtime_problem(model: onnx.ModelProto) -> str | None:
+    """Why onnxruntime cannot load the input model, or None when it can.
+
+    Such a model (custom-domain ops for another runtime, bfloat16 ops the CPU EP lacks) is still edited:
+    its custom ops are kept as they are, a warning says so, each step's output is checked with
+    onnx.checker only, and a method that fails running the model in onnxruntime is a usage error (exit 2).
+    """
+    try:
+        cpu_session(model)
+    except Exception as exc:  # noqa: BLE001
+        return f"onnxruntime cannot load the input model ({_one_line(exc, 300)})"
+    return None

@@ -16,7 +16,7 @@ from .context import ProgressFactory
 from .errors import UsageError
 from .gate import GateCheck, evaluate_gates
 from .method import PluginSpec
-from .model_io import check_output_path, default_output_path, load_model, save_model
+from .model_io import check_output_path, check_writable_file, default_output_path, load_model, save_model
 from .pipeline import prepare_steps, run_steps
 from .plugins import Registry, default_registry
 from .recipe import Recipe, load_recipe, merge_cli
@@ -81,6 +81,9 @@ def shrink(
 
     output = Path(job.output) if job.output else default_output_path(job.model)
     check_output_path(output, [Path(job.model)])
+    for report_path in (job.report_json, job.junit, job.markdown):
+        if report_path:
+            check_writable_file(report_path)
     loaded = load_model(job.model)
     check_output_path(output, [Path(job.model), *loaded.external_files])
     dataset = _load_data(job, loaded.model) if (job.validate or job.data_path) else None

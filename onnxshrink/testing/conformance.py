@@ -36,7 +36,7 @@ import onnx
 from ..errors import InvalidModelError, OnnxShrinkError, PluginError, UsageError
 from ..method import Method, check_method_class
 from ..model_io import load_model
-from ..pipeline import PreparedStep, StepResult, passes_full_check, run_steps
+from ..pipeline import PreparedStep, StepResult, check_interface, interface_signature, passes_full_check, run_steps
 from ..plugins import MethodInfo, Registry, load_registry
 from ..runtime import cpu_session
 from ..tidy import tidy_model
@@ -244,7 +244,12 @@ def _check_case(step: PreparedStep, case: _Case, seed: int) -> GraphResult:
         return GraphResult(label, "refused", exc.message)
     except PluginError as exc:
         produced = exc.message.partition(": ")[2]  # the pipeline's own wording for a rejected output
-        check = "valid output" if produced.startswith(("produced an invalid model", "produced a model onnxruntime cannot load")) else "runs in the pipeline"
+        if produced.startswith("changed the model's interface"):
+            check = "interface kept"
+        elif produced.startswith(("produced an invalid model", "produced a model onnxruntime cannot load")):
+            check = "valid output"
+        else:
+            check = "runs in the pipeline"
         raise fail(check, exc.message) from None
     _check_untouched(original, original_bytes, feeds, feeds_copy, fail)
     first_bytes = _bytes(first)
@@ -294,21 +299,11 @@ def _check_valid(model: onnx.ModelProto, *, strict: bool, fail) -> None:
         raise fail("valid output", f"onnxruntime cannot load it: {_first_line(exc)}") from None
 
 
-def _signature(values: Sequence[onnx.ValueInfoProto]) -> list[tuple[str, str, int | None]]:
-    out = []
-    for v in values:
-        t = v.type.tensor_type
-        dtype = onnx.TensorProto.DataType.Name(t.elem_type) if v.type.HasField("tensor_type") else v.type.WhichOneof("value")
-        out.append((v.name, dtype, len(t.shape.dim) if t.HasField("shape") else None))
-    return out
-
-
 def _check_interface(original: onnx.ModelProto, out: onnx.ModelProto, fail) -> None:
-    for kind in ("input", "output"):
-        before, after = _signature(getattr(original.graph, kind)), _signature(getattr(out.graph, kind))
-        if before != after:
-            changed = [f"{b} -> {a}" for b, a in zip(before, after) if b != a] or [f"{len(before)} {kind}s -> {len(after)}"]
-            raise fail("interface kept", f"graph {kind}s changed (name, type, rank): {'; '.join(map(str, changed))}")
+    try:
+        check_interface(interface_signature(original), out, "method")
+    except PluginError as exc:
+        raise fail("interface kept", exc.message.partition(": ")[2]) from None
 
 
 def _check_runs(original: onnx.ModelProto, out: onnx.ModelProto, case: _Case, seed: int, fail) -> None:

@@ -1,7 +1,9 @@
-"""weight_prune: magnitude pruning (unstructured) of Conv, ConvTranspose, Gemm and MatMul weights."""
+"""weight_prune: magnitude pruning of Conv, ConvTranspose, Gemm and MatMul weights: unstructured, N:M
+patterns, or whole channels removed from the graph."""
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Any
 
@@ -13,13 +15,29 @@ from onnxshrink import DEFAULT_WEIGHT_INPUTS, EMBEDDING_INPUTS, Method, Option
 
 
 class WeightPrune(Method):
-    """Zero the smallest-magnitude weights (unstructured magnitude pruning).
+    """Prune the smallest-magnitude weights: unstructured, N:M patterns, or whole channels.
 
-    Picks the weights of Conv, ConvTranspose, Gemm and MatMul (and Gather embedding tables with
-    ``embeddings=true``) wherever they are stored: initializers, Constant nodes, shared tensors and
-    subgraphs. Biases, normalization parameters, 1-D tensors and tensors under ``min_size`` elements are
-    left alone. Zeros do not make onnxruntime faster or the .onnx file smaller; they shrink the
-    compressed size (the stats report it) and pair with sparse storage.
+    Unstructured (default): zero the smallest weights of Conv, ConvTranspose, Gemm and MatMul (and
+    Gather embedding tables with ``embeddings=true``) wherever they are stored: initializers, Constant
+    nodes, shared tensors and subgraphs. Biases, normalization parameters, 1-D tensors and tensors under
+    ``min_size`` elements are left alone. Zeros do not make onnxruntime faster or the .onnx file
+    smaller; they shrink the compressed size (the stats report it) and pair with sparse storage.
+
+    ``pattern=N:M`` (e.g. 2:4, what TensorRT's sparse kernels use): in every M consecutive weights
+    along the input dimension (Conv input channels, the K of Gemm/MatMul) exactly the N largest are
+    kept. Tensors whose input dimension is not a multiple of M, or that are read along different
+    axes, are skipped and listed. onnxruntime's CPU kernels do not use the pattern.
+
+    ``structured=channel``: remove whole channels (Conv filters, Gemm/MatMul output features,
+    attention heads) from the graph, with every coupled tensor resized, using the channel analysis
+    (``onnxshrink.analyze_channels``): ``sparsity`` is then the fraction of channels removed in each
+    group (``scope=layer``) or over all groups (``scope=global``, scores divided by their group's
+    mean), ranked by the L1/L2 norm (``norm``) of every weight coupled to a channel; ``threshold``
+    removes the channels whose norm is below it. This is what makes models smaller and faster.
+    Groups that cannot be shown safe (graph outputs, unknown ops, Split, LayerNorm over the channels,
+    shared weights...) are listed as declined with their reasons; groups whose weights hold fewer
+    than ``min_size`` elements are skipped. ``reconstruct=true`` refits the consumers of removed
+    channels by least squares on the calibration data (He et al., 2017).
     """
 
     name = "weight_prune"
@@ -29,15 +47,35 @@ class WeightPrune(Method):
         Option("threshold", float, None, "Zero every weight with |w| < threshold instead of using sparsity.", min=0.0),
         Option("scope", str, "layer", "layer: each tensor reaches the sparsity; global: one magnitude ranking over all tensors.", choices=("layer", "global")),
         Option("embeddings", bool, False, "Also prune Gather embedding tables (input 0 of Gather)."),
-        Option("min_size", int, 128, "Skip weight tensors with fewer elements than this.", min=0),
+        Option("min_size", int, 128, "Skip weight tensors (structured=channel: channel groups whose weights hold) fewer elements than this.", min=0),
+        Option("structured", str, "none", "none: zero single weights; channel: remove whole channels from the graph (sparsity = fraction of channels).", choices=("none", "channel")),
+        Option("pattern", str, None, "N:M, e.g. 2:4: keep exactly the N largest of every M consecutive weights along the input dimension."),
+        Option("norm", str, "l1", "structured=channel: rank channels by the L1 or L2 norm of their coupled weights.", choices=("l1", "l2")),
+        Option("reconstruct", bool, False, "structured=channel: refit the consumers of removed channels by least squares on calibration data."),
     )
 
     @classmethod
     def check_options(cls, values: dict[str, Any], given: set[str]) -> None:
         if "threshold" in given and "sparsity" in given:
             raise cls.option_error("give either sparsity or threshold, not both")
+        channel = values["structured"] == "channel"
+        if values["pattern"] is not None:
+            if _parse_pattern(values["pattern"]) is None:
+                raise cls.option_error(f"option 'pattern' must be N:M with 1 <= N < M, e.g. 2:4 (got {values['pattern']!r})")
+            clash = sorted(given & {"sparsity", "threshold", "scope", "embeddings"}) + (["structured=channel"] if channel else [])
+            if clash:
+                raise cls.option_error(f"pattern fixes which weights are zeroed; it cannot be combined with {', '.join(clash)}")
+        for option in ("norm", "reconstruct"):
+            if option in given and not channel:
+                raise cls.option_error(f"option {option!r} needs structured=channel")
+        if channel and values["embeddings"]:
+            raise cls.option_error("embeddings applies to unstructured pruning, not structured=channel")
 
     def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
+        if options["structured"] == "channel":
+            return _prune_channels(model, options, context)
+        if options["pattern"] is not None:
+            return _prune_pattern(model, options, context)
         op_inputs = dict(DEFAULT_WEIGHT_INPUTS)
         if options["embeddings"]:
             op_inputs.update(EMBEDDING_INPUTS)
@@ -119,6 +157,137 @@ def _smallest(magnitudes: np.ndarray, fraction: float) -> np.ndarray:
 def _split(mask: np.ndarray, parts: list[np.ndarray]) -> list[np.ndarray]:
     bounds = np.cumsum([p.size for p in parts])[:-1]
     return list(np.split(mask, bounds)) if parts else []
+
+
+def _parse_pattern(text: str) -> tuple[int, int] | None:
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match:
+        return None
+    n, m = int(match[1]), int(match[2])
+    return (n, m) if 1 <= n < m else None
+
+
+def _input_axis(weight: onnxshrink.WeightTensor) -> int | None:
+    """The axis of ``weight`` that meets the layer's input features, the same for every reader, or None."""
+    axes = set()
+    for use in weight.weight_uses:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in use.node.attribute}
+        op, ndim = use.node.op_type, len(weight.shape)
+        if op == "Conv":
+            axes.add(1)
+        elif op == "ConvTranspose":
+            axes.add(0)
+        elif op == "Gemm":
+            trans = attrs.get("transA" if use.index == 0 else "transB", 0)
+            axes.add((0 if trans else 1) if use.index == 0 else (1 if trans else 0))
+        else:  # MatMul: A [..., M, K] @ B [..., K, N]
+            axes.add(ndim - 1 if use.index == 0 else ndim - 2)
+    return axes.pop() if len(axes) == 1 else None
+
+
+def nm_mask(array: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    """True where a weight is kept: the n largest |w| of every m consecutive weights along ``axis``
+    (ties go to the earlier weight)."""
+    moved = np.moveaxis(np.abs(array.astype(np.float32)), axis, -1)
+    blocks = moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+    order = np.argsort(-blocks, axis=-1, kind="stable")
+    keep = np.zeros(blocks.shape, dtype=bool)
+    np.put_along_axis(keep, order[..., :n], True, axis=-1)
+    return np.moveaxis(keep.reshape(moved.shape), -1, axis)
+
+
+def _prune_pattern(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
+    n, m = _parse_pattern(options["pattern"])
+    tensors, skipped, total, zeros = [], [], 0, 0
+    for weight in onnxshrink.weight_tensors(model):
+        axis = _input_axis(weight)
+        reason = _skip_reason(weight, options["min_size"])
+        if reason is None and axis is None:
+            reason = "read along different axes by its nodes"
+        if reason is None and weight.shape[axis] % m:
+            reason = f"input dimension {weight.shape[axis]} is not a multiple of {m}"
+        if reason:
+            skipped.append({"name": weight.name, "reason": reason})
+            continue
+        array = weight.array()
+        pruned = np.where(nm_mask(array, n, m, axis), array, np.zeros((), array.dtype))
+        weight.set_array(pruned)
+        nz = int(np.count_nonzero(pruned))
+        total += pruned.size
+        zeros += pruned.size - nz
+        tensors.append({"name": weight.name, "op_types": weight.op_types, "shape": list(weight.shape), "axis": axis, "sparsity_after": round(1 - nz / pruned.size, 6)})
+    if not tensors:
+        context.warn(f"no weight tensor can take the {n}:{m} pattern; the model is unchanged")
+    return {
+        "mode": "pattern",
+        "pattern": f"{n}:{m}",
+        "pruned_tensors": len(tensors),
+        "pruned_params": total,
+        "zeros": zeros,
+        "sparsity": round(zeros / total, 6) if total else 0.0,
+        "tensors": tensors,
+        "skipped": skipped,
+    }
+
+
+def _prune_channels(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
+    analysis = onnxshrink.analyze_channels(model)
+    feeds = _reconstruction_feeds(context) if options["reconstruct"] else []
+    original = onnx.ModelProto()
+    if options["reconstruct"]:
+        original.CopyFrom(model)
+    groups, skipped = [], []
+    for group in analysis.prunable:
+        if group.weights < options["min_size"]:
+            skipped.append({"id": group.id, "reason": f"{group.weights} weight elements < min_size {options['min_size']}"})
+        else:
+            groups.append(group)
+    scores = [onnxshrink.channel_importance(analysis, g, options["norm"]) for g in groups]
+    counts = _channel_counts(groups, scores, options)
+    selection = {g.id: onnxshrink.select_channels(g, s, k) for g, s, k in zip(groups, scores, counts)}
+    removal = onnxshrink.remove_channels(analysis, {gid: chosen for gid, chosen in selection.items() if chosen})
+    removal_stats = [
+        {"id": g.id, "channels": g.size, "removed": len(selection[g.id]), "sources": g.sources, "sinks": g.sinks}
+        for g in groups
+    ]
+    stats: dict[str, Any] = {
+        "mode": "channel",
+        "scope": "threshold" if options["threshold"] is not None else options["scope"],
+        "norm": options["norm"],
+        "channels": sum(g.size for g in groups),
+        "channels_removed": sum(len(c) for c in selection.values()),
+        "params_before": removal.params_before,
+        "params_after": removal.params_after,
+        "groups": removal_stats,
+        "declined": [g.describe() for g in analysis.declined],
+        "skipped": skipped,
+    }
+    if not groups:
+        context.warn("no channel group can be pruned; the model is unchanged")
+    if options["reconstruct"] and stats["channels_removed"]:
+        stats["reconstruction"] = onnxshrink.reconstruct_consumers(original, model, removal, feeds, method="lstsq", seed=context.seed)
+    return stats
+
+
+def _reconstruction_feeds(context: onnxshrink.Context) -> list[dict[str, np.ndarray]]:
+    feeds = context.calibration_feeds()
+    if not feeds:
+        raise onnxshrink.UsageError(f"plugin {context.plugin!r}: reconstruct=true needs calibration data; pass --data")
+    if context.calibration_is_synthetic:
+        context.warn("reconstruction fits random inputs (no --data given); pass --data for a meaningful refit")
+    return feeds
+
+
+def _channel_counts(groups, scores: list[np.ndarray], options: dict[str, Any]) -> list[int]:
+    """How many channels each group should lose (select_channels rounds to what the group allows)."""
+    if options["threshold"] is not None:
+        return [int(np.sum(s < options["threshold"])) for s in scores]
+    if options["scope"] == "layer" or not groups:
+        return [int(round(options["sparsity"] * g.size)) for g in groups]
+    normalized = np.concatenate([s / (s.mean() if s.mean() > 0 else 1.0) for s in scores])
+    owner = np.concatenate([np.full(g.size, k) for k, g in enumerate(groups)])
+    lowest = np.argsort(normalized, kind="stable")[: int(round(options["sparsity"] * normalized.size))]
+    return np.bincount(owner[lowest], minlength=len(groups)).tolist()
 
 
 @onnxshrink.hookimpl

@@ -1,0 +1,489 @@
+"""Integer quantization building blocks every quantizing method shares.
+
+- :func:`quantize` turns a float tensor into integers with scales (and zero points when asymmetric):
+  per-tensor, per-channel (one scale per index of ``axis``) or block-wise (``block_size`` consecutive
+  elements along ``axis`` share a scale), at 2 to 8 bits. :meth:`QuantizedTensor.dequantize` is the
+  numpy reference of what onnxruntime computes: ``(q - zero_point) * scale`` in float32.
+- :func:`storage_chain` writes a quantized tensor as integer initializers plus a small
+  Cast → Sub → Mul chain (sub-byte values packed into uint8 and unpacked with Div/Mod) that onnxruntime
+  folds back to a float weight when it creates the session: a smaller file at no run-time cost.
+- :func:`dequantize_linear` writes it as an ONNX ``DequantizeLinear`` node (what int8/int4 kernels and
+  onnxruntime's DequantizeLinear → MatMul → MatMulNBits fusion read).
+- :func:`matmul_nbits` writes a MatMul with a block-quantized weight as onnxruntime's
+  ``com.microsoft::MatMulNBits`` directly, with its ``accuracy_level`` chosen in the file.
+- :func:`required_opset`, :func:`model_opset` and :func:`upgrade_opset` keep the two forms legal:
+  per-axis DequantizeLinear needs opset 13, block_size and 4-bit types opset 21, 2-bit types opset 25.
+- :func:`quantization_markers` tells whether a model is already quantized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .graph import iter_graphs, unique_name
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+# Ops whose presence means a model already holds quantized tensors (ONNX and onnxruntime contrib ops).
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+        "MatMulNBits",
+        "MatMulBnb4",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "DynamicQuantizeLSTM",
+        "QGemm",
+        "QAttention",
+        "QOrderedMatMul",
+        "GatherBlockQuantized",
+    }
+)
+INTEGER_STORAGE_TYPES = frozenset(
+    {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4, TensorProto.INT2, TensorProto.UINT2}
+)
+
+
+def quant_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer range: symmetric is signed and restricted (int8: -127..127), asymmetric unsigned (0..255)."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be between 2 and 8 (got {bits})")
+    if symmetric:
+        top = 2 ** (bits - 1) - 1
+        return -top, top
+    return 0, 2**bits - 1
+
+
+@dataclass
+class QuantizedTensor:
+    """Integers plus scales (and zero points) that stand for a float tensor.
+
+    ``values`` has the float tensor's shape (int8 when signed, uint8 when unsigned, one value per
+    element whatever ``bits`` is). ``scale`` is a scalar (per-tensor), 1-D along ``axis``
+    (per-channel), or, with ``block_size``, the tensor's shape with ``ceil(n / block_size)`` along
+    ``axis`` (block-wise), exactly as ONNX DequantizeLinear lays them out. ``zero_point`` has the shape
+    and signedness of ``scale``/``values``; it is None when symmetric.
+    """
+
+    values: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+    bits: int
+    axis: int | None = None
+    block_size: int | None = None
+
+    @property
+    def signed(self) -> bool:
+        return self.values.dtype == np.int8
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zero_point is None
+
+    @property
+    def granularity(self) -> str:
+        if self.block_size:
+            return "blockwise"
+        return "per-tensor" if self.axis is None else "per-channel"
+
+    def describe(self) -> str:
+        """e.g. ``int4 symmetric blockwise(axis=0, block=32)``."""
+        kind = f"{'int' if self.signed else 'uint'}{self.bits} {'symmetric' if self.symmetric else 'asymmetric'}"
+        if self.block_size:
+            return f"{kind} blockwise(axis={self.axis}, block={self.block_size})"
+        return f"{kind} {self.granularity}" + ("" if self.axis is None else f"(axis={self.axis})")
+
+    def full(self, params: np.ndarray) -> np.ndarray:
+        """Scale-shaped ``params`` broadcast against ``values``."""
+        return _expand(params, self.values.shape, self.axis, self.block_size)
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 tensor these integers stand for: ``(q - zero_point) * scale``."""
+        q = self.values.astype(np.float32)
+        if self.zero_point is not None:
+            q = q - self.full(self.zero_point).astype(np.float32)
+        return q * self.full(self.scale)
+
+    def stored_bytes(self) -> int:
+        """Bytes of packed values, scales and zero points."""
+        values = -(-self.values.size * self.bits // 8)
+        params = self.scale.size * self.scale.itemsize
+        if self.zero_point is not None:
+            params += -(-self.zero_point.size * self.bits // 8)
+        return values + params
+
+
+def _group_view(array: np.ndarray, axis: int | None, block_size: int | None) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``array`` reshaped so that reducing over the returned axes gives one statistic per group."""
+    if axis is None:
+        return array, tuple(range(array.ndim))
+    if not block_size:
+        return array, tuple(i for i in range(array.ndim) if i != axis)
+    moved = np.moveaxis(array, axis, -1)
+    n = moved.shape[-1]
+    blocks = -(-n // block_size)
+    padded = np.zeros((*moved.shape[:-1], blocks * block_size), dtype=array.dtype)
+    padded[..., :n] = moved  # zeros change neither max|w| nor a range that always contains 0
+    return padded.reshape(*moved.shape[:-1], blocks, block_size), (moved.ndim,)
+
+
+def _finish_stat(stat: np.ndarray, axis: int | None, block_size: int | None, ndim: int) -> np.ndarray:
+    if axis is not None and block_size:
+        return np.moveaxis(stat, -1, axis)
+    return stat
+
+
+def _expand(params: np.ndarray, shape: tuple[int, ...], axis: int | None, block_size: int | None) -> np.ndarray:
+    if axis is None:
+        return params
+    if not block_size:
+        view = [1] * len(shape)
+        view[axis] = shape[axis]
+        return params.reshape(view)
+    return np.repeat(params, block_size, axis=axis)[tuple(slice(0, d) for d in shape)]
+
+
+def quantize(
+    array: np.ndarray,
+    bits: int = 8,
+    *,
+    symmetric: bool = True,
+    axis: int | None = None,
+    block_size: int | None = None,
+) -> QuantizedTensor:
+    """Quantize a float tensor: min-max scales per tensor, per ``axis`` or per block along ``axis``.
+
+    Symmetric: signed values in ``[-(2^(b-1)-1), 2^(b-1)-1]``, ``scale = max|w| / qmax``, no zero point.
+    Asymmetric: unsigned values in ``[0, 2^b-1]`` over ``[min(w, 0), max(w, 0)]`` with a zero point.
+    Rounding is half-to-even, as ONNX QuantizeLinear. A group of zeros gets scale 1.
+    """
+    w = np.asarray(array, dtype=np.float32)
+    if block_size is not None and block_size < 1:
+        raise ValueError(f"block_size must be positive (got {block_size})")
+    if block_size and axis is None:
+        raise ValueError("block-wise quantization needs an axis")
+    if axis is not None:
+        if not -w.ndim <= axis < w.ndim:
+            raise ValueError(f"axis {axis} is out of range for a tensor of rank {w.ndim}")
+        axis %= w.ndim
+    qmin, qmax = quant_range(bits, symmetric)
+    grouped, reduce_axes = _group_view(w, axis, block_size)
+
+    def stat(fn):
+        return _finish_stat(fn(grouped, axis=reduce_axes), axis, block_size, w.ndim).astype(np.float32)
+
+    if symmetric:
+        scale = stat(lambda a, axis: np.max(np.abs(a), axis=axis)) / np.float32(qmax)
+        scale = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
+        q = np.clip(np.round(w / _expand(scale, w.shape, axis, block_size)), qmin, qmax).astype(np.int8)
+        return QuantizedTensor(q, scale, None, bits, axis, block_size)
+    low = np.minimum(stat(np.min), 0).astype(np.float32)
+    high = np.maximum(stat(np.max), 0).astype(np.float32)
+    scale = ((high - low) / np.float32(qmax - qmin)).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
+    zero_point = np.clip(np.round(qmin - low / scale), qmin, qmax).astype(np.uint8)
+    full_scale = _expand(scale, w.shape, axis, block_size)
+    full_zp = _expand(zero_point, w.shape, axis, block_size).astype(np.float32)
+    q = np.clip(np.round(w / full_scale) + full_zp, qmin, qmax).astype(np.uint8)
+    return QuantizedTensor(q, scale, zero_point, bits, axis, block_size)
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack unsigned ``bits``-wide values (flattened) into uint8, lowest bits first (ONNX int4 order)."""
+    if 8 % bits:
+        raise ValueError(f"can pack 1, 2, 4 or 8 bits per value (got {bits})")
+    flat = np.asarray(values, dtype=np.uint8).ravel()
+    per_byte = 8 // bits
+    padded = np.zeros(-(-flat.size // per_byte) * per_byte, dtype=np.uint8)
+    padded[: flat.size] = flat
+    lanes = padded.reshape(-1, per_byte).astype(np.uint16)
+    shifts = (np.arange(per_byte, dtype=np.uint16) * bits)[None, :]
+    return np.bitwise_or.reduce(lanes << shifts, axis=1).astype(np.uint8)
+
+
+def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: the first ``count`` values."""
+    per_byte = 8 // bits
+    shifts = (np.arange(per_byte, dtype=np.uint8) * bits)[None, :]
+    lanes = (np.asarray(packed, dtype=np.uint8).reshape(-1, 1) >> shifts) & np.uint8(2**bits - 1)
+    return lanes.ravel()[:count]
+
+
+def _const(name: str, array: np.ndarray) -> TensorProto:
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def storage_chain(
+    qt: QuantizedTensor,
+    output: str,
+    taken: set[str],
+    *,
+    dtype: int = TensorProto.FLOAT,
+    shape: tuple[int, ...] | None = None,
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Nodes and initializers that compute ``output`` (the dequantized tensor) from stored integers.
+
+    8-bit values are stored as int8/uint8; narrower ones packed into uint8 and unpacked with
+    Reshape → Div → Mod. Then Cast → Sub(zero point) → Mul(scale), block scales repeated along the
+    axis with Reshape → Expand → Reshape (→ Slice), an optional Reshape to ``shape``, and a Cast to
+    ``dtype`` when that is not float32. Needs opset 10 (see :func:`required_opset`). Every input is constant, so onnxruntime folds the chain into one float initializer when
+    it creates the session (verified on ORT 1.32 CPU: the session holds a plain MatMul or Conv).
+    The result equals ``qt.dequantize()`` (cast to ``dtype``) bit for bit.
+    """
+    base = output
+    nodes: list[onnx.NodeProto] = []
+    inits: list[TensorProto] = []
+
+    def name(suffix: str) -> str:
+        return unique_name(taken, f"{base}_{suffix}")
+
+    def node(op: str, inputs: list[str], suffix: str, **attrs) -> str:
+        out = name(suffix)
+        nodes.append(helper.make_node(op, inputs, [out], name=unique_name(taken, f"{base}_{suffix}_node"), **attrs))
+        return out
+
+    def init(suffix: str, array: np.ndarray) -> str:
+        tensor_name = name(suffix)
+        inits.append(_const(tensor_name, array))
+        return tensor_name
+
+    if qt.bits == 8:
+        current = init("quantized", qt.values)
+        zero_point = qt.zero_point
+    else:
+        offset = 2 ** (qt.bits - 1) if qt.signed else 0  # packed values are unsigned
+        packed = pack_bits((qt.values.astype(np.int16) + offset).astype(np.uint8), qt.bits)
+        per_byte = 8 // qt.bits
+        current = init("packed", packed)
+        current = node("Cast", [current], "int32", to=TensorProto.INT32)
+        current = node("Reshape", [current, init("lanes_shape", np.array([-1, 1], np.int64))], "lanes")
+        divisors = np.array([2 ** (qt.bits * i) for i in range(per_byte)], np.int32)
+        current = node("Div", [current, init("shifts", divisors)], "shifted")
+        current = node("Mod", [current, init("modulus", np.array(2**qt.bits, np.int32))], "unpacked")
+        if packed.size * per_byte != qt.values.size:
+            current = node("Reshape", [current, init("flat_shape", np.array([-1], np.int64))], "flat")
+            current = node("Slice", [current, init("start", np.array([0], np.int64)), init("end", np.array([qt.values.size], np.int64))], "trimmed")
+        current = node("Reshape", [current, init("values_shape", np.array(qt.values.shape, np.int64))], "values")
+        zero_point = qt.zero_point if qt.zero_point is not None else (np.array(offset, np.uint8) if offset else None)
+    current = node("Cast", [current], "float", to=TensorProto.FLOAT)
+    def expand_blocks(params: str, suffix: str) -> str:
+        """Repeat each block's parameter block_size times along the axis (Reshape → Expand → Reshape → Slice)."""
+        grouped = list(qt.scale.shape)
+        axis, n = qt.axis, qt.values.shape[qt.axis]
+        lifted = init(f"{suffix}_lifted_shape", np.array(grouped[: axis + 1] + [1] + grouped[axis + 1 :], np.int64))
+        spread = init(f"{suffix}_spread_shape", np.array(grouped[: axis + 1] + [qt.block_size] + grouped[axis + 1 :], np.int64))
+        merged = list(grouped)
+        merged[axis] = grouped[axis] * qt.block_size
+        out = node("Reshape", [params, lifted], f"{suffix}_lifted")
+        out = node("Expand", [out, spread], f"{suffix}_spread")
+        out = node("Reshape", [out, init(f"{suffix}_merged_shape", np.array(merged, np.int64))], f"{suffix}_repeated")
+        if merged[axis] != n:
+            bounds = [init(f"{suffix}_{k}", np.array([v], np.int64)) for k, v in (("start", 0), ("end", n), ("axis", axis))]
+            out = node("Slice", [out, *bounds], f"{suffix}_full")
+        return out
+
+    if zero_point is not None:
+        zp = init("zero_point", _scale_layout(qt, zero_point) if zero_point.ndim else zero_point)
+        if qt.block_size and zero_point.ndim:
+            zp = expand_blocks(zp, "zero_point")
+        zp = node("Cast", [zp], "zero_point_float", to=TensorProto.FLOAT)
+        current = node("Sub", [current, zp], "centered")
+    scale = init("scale", _scale_layout(qt, qt.scale))
+    if qt.block_size:
+        scale = expand_blocks(scale, "scale")
+    last_shape = shape is not None and tuple(shape) != qt.values.shape
+    final_cast = dtype != TensorProto.FLOAT
+    if not last_shape and not final_cast:
+        nodes.append(helper.make_node("Mul", [current, scale], [output], name=unique_name(taken, f"{base}_dequantize")))
+        return nodes, inits
+    current = node("Mul", [current, scale], "dequantized")
+    if last_shape and final_cast:
+        current = node("Reshape", [current, init("shape", np.array(shape, np.int64))], "reshaped")
+        nodes.append(helper.make_node("Cast", [current], [output], name=unique_name(taken, f"{base}_cast"), to=dtype))
+    elif last_shape:
+        nodes.append(helper.make_node("Reshape", [current, init("shape", np.array(shape, np.int64))], [output], name=unique_name(taken, f"{base}_reshape")))
+    else:
+        nodes.append(helper.make_node("Cast", [current], [output], name=unique_name(taken, f"{base}_cast"), to=dtype))
+    return nodes, inits
+
+
+def _scale_layout(qt: QuantizedTensor, params: np.ndarray) -> np.ndarray:
+    """Per-channel parameters reshaped to broadcast against the values (blocks and scalars as they are)."""
+    if qt.axis is not None and not qt.block_size:
+        return qt.full(params)
+    return params
+
+
+_DQ_TYPES = {
+    (8, True): np.int8,
+    (8, False): np.uint8,
+    (4, True): ml_dtypes.int4,
+    (4, False): ml_dtypes.uint4,
+    (2, True): ml_dtypes.int2,
+    (2, False): ml_dtypes.uint2,
+}
+
+
+def dequantize_linear(qt: QuantizedTensor, output: str, taken: set[str]) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """A DequantizeLinear node computing ``output`` from typed integer initializers (int8, int4, int2).
+
+    Needs the opset :func:`required_opset` gives. Bits other than 8, 4 and 2 are stored in the next
+    wider type.
+    """
+    bits = 8 if qt.bits > 4 else 4 if qt.bits > 2 else 2
+    np_type = _DQ_TYPES[(bits, qt.signed)]
+    quantized = unique_name(taken, f"{output}_quantized")
+    scale = unique_name(taken, f"{output}_scale")
+    inits = [_const(quantized, qt.values.astype(np_type)), _const(scale, qt.scale)]
+    inputs = [quantized, scale]
+    if qt.zero_point is not None:
+        zp_name = unique_name(taken, f"{output}_zero_point")
+        inits.append(_const(zp_name, qt.zero_point.astype(np_type)))
+        inputs.append(zp_name)
+    attrs = {}
+    if qt.axis is not None:
+        attrs["axis"] = qt.axis
+    if qt.block_size:
+        attrs["block_size"] = qt.block_size
+    node = helper.make_node("DequantizeLinear", inputs, [output], name=unique_name(taken, f"{output}_DequantizeLinear"), **attrs)
+    return [node], inits
+
+
+MATMULNBITS_BITS = (2, 4, 8)
+
+
+def matmul_nbits_reason(qt: QuantizedTensor) -> str | None:
+    """Why ``qt`` cannot be written as onnxruntime's MatMulNBits, or None when it can."""
+    if qt.values.ndim != 2 or qt.axis != 0 or not qt.block_size:
+        return "MatMulNBits takes a 2-D (K, N) weight quantized in blocks along K (axis 0)"
+    if qt.bits not in MATMULNBITS_BITS:
+        return f"MatMulNBits takes 2, 4 or 8 bits, not {qt.bits}"
+    if qt.block_size < 16 or qt.block_size & (qt.block_size - 1):
+        return f"MatMulNBits needs a block size that is a power of two of at least 16, not {qt.block_size}"
+    return None
+
+
+def matmul_nbits(
+    qt: QuantizedTensor,
+    activation: str,
+    output: str,
+    taken: set[str],
+    *,
+    bias: str | None = None,
+    accuracy_level: int = 0,
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """A ``com.microsoft::MatMulNBits`` node computing ``activation @ W (+ bias)`` from block-quantized W.
+
+    ``qt`` holds W (K, N) quantized in blocks along K (see :func:`matmul_nbits_reason`). Values are
+    stored unsigned, packed low bits first, as B[N, blocks, block_size * bits / 8]; a symmetric
+    weight omits zero points (the kernel's default, 2^(bits-1), is the offset used); ``accuracy_level``
+    0 computes in float32, 4 quantizes activations to int8 inside the kernel. The model must import
+    the ``com.microsoft`` domain (onnxruntime only).
+    """
+    reason = matmul_nbits_reason(qt)
+    if reason:
+        raise ValueError(reason)
+    k, n = qt.values.shape
+    block = qt.block_size
+    blocks = -(-k // block)
+    offset = 2 ** (qt.bits - 1) if qt.signed else 0
+    zero = offset if qt.zero_point is None else 0
+    unsigned = np.full((blocks * block, n), zero, dtype=np.int16)
+    unsigned[:k] = qt.values.astype(np.int16) + offset
+    if qt.zero_point is not None:  # padding rows dequantize to 0 with each block's own zero point
+        unsigned[k:] = qt.zero_point[-1].astype(np.int16)
+    per_column = unsigned.T.reshape(n, blocks, block).astype(np.uint8)
+    packed = pack_bits(per_column, qt.bits).reshape(n, blocks, -1)  # block_size * bits is a whole number of bytes
+    names = {key: unique_name(taken, f"{output}_{key}") for key in ("packed", "scales", "zero_points")}
+    inits = [_const(names["packed"], packed), _const(names["scales"], qt.scale.T.reshape(-1).astype(np.float32))]
+    inputs = [activation, names["packed"], names["scales"]]
+    if qt.zero_point is not None:
+        per_byte = 8 // qt.bits  # each column's zero points start on a fresh byte
+        columns = np.zeros((n, -(-blocks // per_byte) * per_byte), dtype=np.uint8)
+        columns[:, :blocks] = qt.zero_point.T
+        zp = pack_bits(columns, qt.bits)
+        inits.append(_const(names["zero_points"], zp))
+        inputs.append(names["zero_points"])
+    if bias:
+        inputs += [""] * (5 - len(inputs)) + [bias]
+    attrs = {"K": k, "N": n, "bits": qt.bits, "block_size": block}
+    if accuracy_level:
+        attrs["accuracy_level"] = accuracy_level
+    node = helper.make_node("MatMulNBits", inputs, [output], name=unique_name(taken, f"{output}_MatMulNBits"), domain="com.microsoft", **attrs)
+    return [node], inits
+
+
+def required_opset(qt: QuantizedTensor, form: str = "dequantize_linear") -> int:
+    """Lowest default-domain opset that can hold ``qt`` in ``form`` (``dequantize_linear`` or ``storage``)."""
+    if form == "storage":
+        return 6 if qt.bits == 8 and not qt.block_size else 10
+    if qt.bits <= 2:
+        return 25
+    if qt.bits <= 4 or qt.block_size:
+        return 21
+    return 10 if qt.axis is None else 13
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset version."""
+    return next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 1)
+
+
+def upgrade_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    """A copy of ``model`` converted to default-domain opset ``version`` (IR version raised to match).
+
+    Raises ValueError with onnx's reason when the converter cannot do it.
+    """
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, version)
+    except Exception as exc:  # noqa: BLE001 - the converter raises bare RuntimeErrors
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"onnx.version_converter cannot convert opset {model_opset(model)} to {version}: {reason}") from None
+    needed_ir = min((row[1] for row in helper.VERSION_TABLE if row[2] >= version), default=converted.ir_version)
+    converted.ir_version = max(converted.ir_version, needed_ir)
+    return converted
+
+
+def quantization_markers(model: onnx.ModelProto) -> list[str]:
+    """What shows that ``model`` is already quantized: quantized ops, and integer weights turned into
+    float by constant subgraphs (the storage chains of :func:`storage_chain`, packed or not)."""
+    markers: list[str] = []
+    for g, _ in iter_graphs(model.graph):
+        # tensors computed from constants only, and whether an integer weight is among those constants
+        from_integers = {t.name: t.data_type in INTEGER_STORAGE_TYPES and _numel(t) >= 16 for t in g.initializer}
+        for node in g.node:
+            label = node.name or (node.output[0] if node.output else node.op_type)
+            if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+                prefix = "" if node.domain in DEFAULT_DOMAINS else f"{node.domain}::"
+                markers.append(f"{prefix}{node.op_type} node {label!r}")
+                continue
+            sources = [name for name in node.input if name]
+            if node.op_type == "Constant" or (sources and all(name in from_integers for name in sources) and not _has_subgraph(node)):
+                integer = any(from_integers[name] for name in sources)
+                target = next((a.i for a in node.attribute if a.name == "to"), None)
+                if node.op_type == "Cast" and integer and target in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+                    markers.append(f"integer weight cast to float by {label!r}")
+                    integer = False  # one marker per chain
+                from_integers.update({out: integer for out in node.output})
+    return markers
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def _numel(tensor: TensorProto) -> int:
+    return int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1

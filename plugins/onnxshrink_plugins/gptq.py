@@ -1,0 +1,279 @@
+"""gptq: error-compensating (second-order) weight quantization from calibration activations, plus bias correction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+import onnxshrink
+from onnxshrink import Method, Option, QuantizedTensor
+
+from .gptq_bias import add_bias
+from .gptq_core import Hessian, gptq, reconstruction_error, rtn
+from .lowbit_layers import Layer, LinearView, check_exclude, find_layers, linear_view, output_cosine
+
+GPTQ_OPS = ("Conv", "Gemm", "MatMul")
+FORMS = ("packed", "smallest", "dequantize_linear", "auto")
+
+
+class Gptq(Method):
+    """Quantize MatMul, Gemm and Conv weights to 2-8 bits with GPTQ's error compensation.
+
+    Round-to-nearest rounds every weight on its own. GPTQ (Frantar et al., 2022) quantizes a
+    layer's weight one input column at a time and pushes each column's rounding error onto the
+    columns not yet quantized, weighted by the inverse Hessian ``H = 2 X^T X`` of the layer's inputs X
+    on the calibration data (Conv inputs as im2col patches), damped by ``percdamp``, with lazy block
+    updates, optional activation order and groups of ``group_size`` inputs per scale. Layers are
+    processed in graph order, each on the activations of the model whose earlier layers are already
+    quantized (``sequential=true``). The grid is onnxshrink.quantize's min-max grid, so
+    ``algorithm=rtn`` gives plain round-to-nearest on the same grid for comparison.
+
+    Bias correction (``bias_correction=true``) then measures each quantized layer's mean output
+    error per output channel on the calibration data (against the float model's layer output)
+    and subtracts it through the layer's bias (a new bias input or an Add after the node when needed).
+
+    Storage (``form``): ``packed`` (default) writes the codes packed at ``bits`` bits with a decode
+    chain onnxruntime folds at load (file about 32/bits times smaller for these weights, run time
+    and outputs of the dense dequantized model); ``smallest`` picks packed or sparse per tensor;
+    ``dequantize_linear`` writes int4/int8 DequantizeLinear (opset 21 for blocks and int4, raised
+    when ``opset_upgrade=true``), which onnxruntime fuses with MatMul into MatMulNBits but runs in
+    front of Conv on every inference. Weights in If/Loop subgraphs (their inputs cannot be
+    observed), grouped or 3-D Conv and Gemm/MatMul weights on the left input are rounded to nearest
+    on the same grid, or per output channel, and listed with the reason. Needs calibration data
+    (``--data``); without it random inputs are used and a warning says so.
+    """
+
+    name = "gptq"
+    kind = "quantize"
+    options = (
+        Option("bits", int, 4, "Weight bits (2 to 8).", min=2, max=8),
+        Option("group_size", int, 32, "Inputs per scale along the reduction axis; 0: one scale per output channel.", min=0),
+        Option("symmetric", bool, False, "Signed levels without zero points (false: unsigned with a zero point per group)."),
+        Option("algorithm", str, "gptq", "gptq (error compensation) or rtn (round to nearest on the same grid, for comparison).", choices=("gptq", "rtn")),
+        Option("percdamp", float, 0.01, "Damping added to the Hessian's diagonal, as a fraction of its mean.", min=0.0, max=1.0),
+        Option("block", int, 128, "Columns per lazy update block.", min=1),
+        Option("act_order", bool, False, "Quantize the most active inputs first (groups then use scales fixed from the original weights)."),
+        Option("bias_correction", bool, True, "Fold each layer's mean output error on the calibration data into its bias."),
+        Option("sequential", bool, True, "Take each layer's inputs from the model with the earlier layers already quantized (false: from the float model)."),
+        Option("form", str, "packed", "packed (folded at load), smallest (packed or sparse per tensor), dequantize_linear (int4/int8 DequantizeLinear) or auto (DequantizeLinear for MatMul weights where the model's opset already allows it, packed elsewhere).", choices=FORMS),
+        Option("opset_upgrade", bool, True, "form=dequantize_linear: raise the opset when needed (21 for int4/blocks); false: packed instead."),
+        Option("op_types", list, list(GPTQ_OPS), "Op types whose weights are quantized.", choices=GPTQ_OPS),
+        Option("exclude", list, None, "Node names, op types or weight names to leave float."),
+        Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
+        Option("calibration_samples", int, 64, "Most calibration feeds used.", min=1),
+    )
+
+    @classmethod
+    def check_options(cls, values: dict[str, Any], given: set[str]) -> None:
+        if values["group_size"] == 1:
+            raise cls.option_error("group_size=1 stores one scale per weight; use 0 (per output channel) or 2 and more")
+        if values["algorithm"] == "rtn":
+            wrong = [k for k in ("percdamp", "block", "act_order") if k in given]
+            if wrong:
+                raise cls.option_error(f"option {wrong[0]!r} only applies to algorithm=gptq")
+        if "opset_upgrade" in given and values["form"] != "dequantize_linear":
+            raise cls.option_error("opset_upgrade only applies to form=dequantize_linear")
+        if not values["op_types"]:
+            raise cls.option_error("op_types is empty; name at least one of " + ", ".join(GPTQ_OPS))
+
+    def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
+        markers = onnxshrink.quantization_markers(model)
+        if markers:
+            context.warn(f"the model is already quantized ({markers[0]}); left unchanged")
+            return {"quantized_tensors": 0, "already_quantized": markers[:20], "layers": [], "left": []}
+        unknown = check_exclude(model, options["exclude"] or [])
+        if unknown:
+            raise onnxshrink.UsageError(f"plugin 'gptq': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
+        feeds = _feeds(model, options, context)
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        layers, left = find_layers(work, op_types=options["op_types"], exclude=options["exclude"] or (), min_size=options["min_size"])
+        reference = [list(o.values()) for o in context.run(model, feeds)]
+        done: list[tuple[str, QuantizedTensor, tuple[int, ...], dict]] = []
+        with context.progress("quantizing layers", total=len(layers)) as task:
+            for layer in layers:
+                qt, shape, row = _quantize_layer(layer, work, model, feeds, options, context)
+                done.append((layer.name, qt, shape, row))
+                task.advance()
+        after = [list(o.values()) for o in context.run(work, feeds)]
+        stored = _store(work, done, options, context)
+        model.CopyFrom(work)
+        stats = _summary(done, stored, left, options)
+        stats["calibration_output_cosine"] = round(output_cosine(reference, after), 6)
+        if not done:
+            context.warn("no weight matched; the model is unchanged (see 'left' for why)")
+        return stats
+
+
+def _feeds(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> list[dict]:
+    feeds = list(context.calibration_feeds())[: options["calibration_samples"]]
+    if not feeds:
+        raise onnxshrink.UsageError("plugin 'gptq': needs calibration data; pass --data (a .npz of model inputs)")
+    if context.calibration_is_synthetic:
+        context.warn("gptq calibrated on synthetic (random) inputs; pass --data with real inputs, or it may do worse than round-to-nearest")
+    return feeds
+
+
+def _mean_rows(view: LinearView, values: list[np.ndarray]) -> np.ndarray:
+    """Mean input row of the linear map over all feeds (float64)."""
+    total, count = None, 0
+    for x in values:
+        rows = view.rows(x)
+        part = rows.sum(axis=0, dtype=np.float64)
+        total = part if total is None else total + part
+        count += rows.shape[0]
+    return total / max(count, 1)
+
+
+def _views(layer: Layer) -> tuple[list[LinearView], str | None]:
+    views = []
+    for use in layer.uses:
+        view, reason = linear_view(use, layer.weight.shape)
+        if view is None:
+            return [], reason
+        views.append(view)
+    if len({(v.kind, v.transposed) for v in views}) > 1:
+        return [], "shared by nodes that read it in different layouts"
+    return views, None
+
+
+def _inputs(model: onnx.ModelProto, names: list[str], feeds: list[dict], context) -> dict[str, list[np.ndarray]]:
+    """Values of ``names`` on each feed (graph inputs come straight from the feeds)."""
+    inner = [n for n in names if not all(n in f for f in feeds)]
+    values = context.activations(model, inner, feeds) if inner else {}
+    for name in names:
+        if name not in values:
+            values[name] = [f[name] for f in feeds]
+    return values
+
+
+def _quantize_layer(layer: Layer, work, original, feeds, options, context) -> tuple[QuantizedTensor, tuple[int, ...], dict]:
+    bits, symmetric, group = options["bits"], options["symmetric"], options["group_size"]
+    array = layer.weight.array().astype(np.float32)
+    views, reason = _views(layer)
+    row: dict[str, Any] = {**layer.describe()}
+    in_subgraph = layer.weight.in_subgraph or any(u.graph is not work.graph for u in layer.uses)
+    observable_reason = "read inside an If/Loop/Scan subgraph: its inputs cannot be observed, so rounded to nearest" if in_subgraph else None
+    observable = observable_reason is None
+    if not views:
+        qt = onnxshrink.quantize(array, bits, symmetric=symmetric, axis=layer.axis)
+        layer.weight.set_array(qt.dequantize())
+        row.update(algorithm="rtn", granularity="per-channel", reason=f"{reason}: rounded to nearest per output channel")
+        return qt, layer.weight.shape, row
+    w = views[0].matrix(array)
+    if w.shape[1] < max(group, 1):
+        group = 0
+    if not observable:
+        qt, shape = views[0].stored(rtn(w, bits, symmetric, group))
+        layer.weight.set_array(qt.dequantize().reshape(shape))
+        row.update(algorithm="rtn", granularity=f"groups of {group}" if group else "per-channel", reason=observable_reason)
+        return qt, shape, row
+    source = work if options["sequential"] else original
+    activations = _inputs(source, sorted({v.activation for v in views}), feeds, context)
+    hessian = Hessian(w.shape[1])
+    means_q = []
+    for view in views:
+        total = np.zeros(w.shape[1])
+        before = hessian.rows
+        for x in activations[view.activation]:
+            rows = view.rows(x)
+            hessian.add(rows)
+            total += rows.sum(axis=0, dtype=np.float64)
+        means_q.append(total / max(hessian.rows - before, 1))
+    h = hessian.h
+    nearest = rtn(w, bits, symmetric, group)
+    if options["algorithm"] == "gptq":
+        qt_oi = gptq(w, h, bits, symmetric=symmetric, group_size=group, percdamp=options["percdamp"], block=options["block"], act_order=options["act_order"])
+    else:
+        qt_oi = nearest
+    qt, shape = views[0].stored(qt_oi)
+    dequantized = qt.dequantize().reshape(shape)
+    row.update(
+        algorithm=options["algorithm"],
+        granularity=f"groups of {group}" if group else "per-channel",
+        calibration_rows=hessian.rows,
+        error_rtn=round(reconstruction_error(w, nearest, h), 8),
+        error=round(reconstruction_error(w, qt_oi, h), 8),
+    )
+    layer.weight.set_array(dequantized)
+    if options["bias_correction"]:
+        row["bias_correction"] = _correct_bias(layer, views, w, qt_oi, means_q, work, original, feeds, context)
+    return qt, shape, row
+
+
+def _correct_bias(layer: Layer, views: list[LinearView], w, qt_oi, means_q, work, original, feeds, context) -> list[dict]:
+    """Subtract each use's mean output error (quantized model vs float model, calibration data)."""
+    floats = _inputs(original, sorted({v.activation for v in views}), feeds, context)
+    wq = qt_oi.dequantize().astype(np.float64)
+    out = []
+    for use, view, mean_q in zip(layer.uses, views, means_q):
+        mean_f = _mean_rows(view, floats[view.activation])
+        delta = view.scale * (mean_q @ wq.T - mean_f @ np.asarray(w, np.float64).T)
+        how = add_bias(work, use, -delta.astype(np.float32), layer.weight.dtype)
+        out.append({"node": use.node.name or use.node.output[0], "into": how, "mean_abs_shift": float(np.mean(np.abs(delta)))})
+    return out
+
+
+def _store(work: onnx.ModelProto, done, options, context) -> list[onnxshrink.StoredWeight]:
+    form = options["form"]
+    if form == "dequantize_linear" and done:
+        needed = max(onnxshrink.required_opset(qt) for _, qt, _, _ in done)
+        have = onnxshrink.model_opset(work)
+        if have < needed:
+            if not options["opset_upgrade"]:
+                context.warn(f"form=dequantize_linear needs opset {needed} (the model has {have}) and opset_upgrade=false: packed form used")
+                form = "packed"
+            else:
+                try:
+                    work.CopyFrom(onnxshrink.upgrade_opset(work, needed))
+                except ValueError as exc:
+                    context.warn(f"{exc}; packed form used")
+                    form = "packed"
+    # found again (the opset upgrade copies the model); same order as find_layers, so equal names in
+    # different subgraphs pair up in order
+    found = onnxshrink.weight_tensors(work, {op: onnxshrink.DEFAULT_WEIGHT_INPUTS[op] for op in GPTQ_OPS})
+    stored = []
+    for name, qt, shape, _ in done:
+        weight = found.pop(next(i for i, w in enumerate(found) if w.name == name))
+        chosen = _auto_form(work, weight, qt) if form == "auto" else form
+        stored.append(onnxshrink.store_weight(work, weight, qt, form=chosen, shape=shape))
+    return stored
+
+
+def _auto_form(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, qt: QuantizedTensor) -> str:
+    """DequantizeLinear for a 2-D weight read only by MatMul (onnxruntime runs it as MatMulNBits) when the
+    opset already allows it and the width is a standard type's (4 or 8 bits; 2 at opset 25); else packed."""
+    opset = onnxshrink.model_opset(model)
+    standard = qt.bits in (4, 8) or qt.bits == 2 and opset >= 25
+    only_matmul = all(u.node.op_type == "MatMul" for u in weight.uses) and qt.values.ndim == 2
+    return "dequantize_linear" if standard and only_matmul and opset >= onnxshrink.required_opset(qt) else "packed"
+
+
+def _summary(done, stored, left, options) -> dict[str, Any]:
+    rows = [{**row, **entry.describe()} for (_, _, _, row), entry in zip(done, stored)]
+    elements = sum(entry.elements for entry in stored)
+    stored_bytes = sum(entry.stored_bytes for entry in stored)
+    errors = [(r["error"], r["error_rtn"]) for r in rows if "error" in r]
+    return {
+        "algorithm": options["algorithm"],
+        "bits": options["bits"],
+        "group_size": options["group_size"],
+        "symmetric": options["symmetric"],
+        "form": options["form"],
+        "quantized_tensors": len(rows),
+        "quantized_params": elements,
+        "bits_per_weight": round(8 * stored_bytes / elements, 4) if elements else 0.0,
+        "weight_bytes_float32": 4 * elements,
+        "weight_bytes_stored": stored_bytes,
+        "mean_relative_error": round(float(np.mean([e for e, _ in errors])), 8) if errors else None,
+        "mean_relative_error_rtn": round(float(np.mean([e for _, e in errors])), 8) if errors else None,
+        "layers": rows,
+        "left": left,
+    }
+
+
+@onnxshrink.hookimpl
+def register_methods(register):
+    register(Gptq)

@@ -1,0 +1,308 @@
+"""int_quant: integer quantization of weights (int8, int4, int2): storage, weight-only, dynamic and static."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+
+import onnxshrink
+from onnxshrink import Method, Option
+
+from .quant import auto
+from .quant.build import MODES, Built, Settings, build
+from .quant.forms import Scheme
+from .quant.measure import outputs, synthetic_feeds
+from .quant.sensitivity import mixed_precision, quantizable_layers
+from .quant.static import CALIBRATION_METHODS, Calibrated, StaticSettings, calibrate
+from .quant.targets import WEIGHTED_OPS, check_exclude
+
+DEFAULT_SUBBYTE_BLOCK = 32
+MEASURABLE_BYTES = 2**31 - 2**26  # a serialized ModelProto must stay under 2 GB
+STATIC_ONLY = ("calibration", "percentile", "activation_type", "reduce_range", "qdq_ops")
+
+
+class IntQuant(Method):
+    """Quantize Conv, ConvTranspose, Gemm and MatMul weights to int8, int4 or int2.
+
+    Modes (``mode=``):
+
+    - ``storage``: integer weights in the file plus a Cast → Mul chain (Sub for zero points, Div/Mod to
+      unpack sub-byte values) that onnxruntime folds back to float weights when it creates the session.
+      Weights take about 4x fewer bytes at int8 (6.4x at int4 with blocks of 32); run time is the float
+      model's; every op and every execution provider is covered.
+    - ``weights``: weight-only integer kernels for 2-D MatMul/Gemm weights: onnxruntime's
+      com.microsoft::MatMulNBits (2, 4 or 8 bits, blocks along K, ``accuracy_level`` in the file), or
+      with ``weights_format=dequantize_linear`` a standard DequantizeLinear that onnxruntime fuses into
+      MatMulNBits (checked: weights it does not fuse take the storage form). Conv weights (no
+      weight-only Conv kernel; ``dq_conv=true`` writes DequantizeLinear for EPs that fuse it) and
+      float16 weights take the storage form. Weight-only kernels beat float only where MatMuls are
+      large enough; see docs/methods/int_quant.md for measurements.
+    - ``dynamic``: MatMul/Gemm activations quantized at run time (DynamicQuantizeLinear → MatMulInteger,
+      fused into DynamicQuantizeMatMul); Conv weights take the storage form (ConvInteger is slower
+      than float Conv on the CPU EP). int8 only.
+    - ``static``: QDQ with calibrated activation ranges (min-max, percentile or entropy, using
+      onnxruntime.quantization's calibrators and QDQ quantizer, with Constant-node weights, opset 11/12
+      per-channel, subgraph weights and blown-up ranges handled); the CPU EP fuses it into QLinearConv,
+      QLinearMatMul and QGemm. Needs calibration data. int8 only.
+    - ``auto`` (default): builds every mode that applies, measures output cosine and CPU latency
+      against the float model on the calibration data, and keeps the smallest one that meets
+      ``target_cosine`` and is not slower than float (within ``latency_tolerance``). The choice rests
+      on timings, so two runs can differ when two modes are equally fast; pin ``mode`` for
+      byte-identical builds.
+
+    Weights in Constant nodes, shared by several nodes, and inside If/Loop branches are quantized;
+    float16/bfloat16/double weights take the storage form; weights that are also graph inputs,
+    1-D tensors, tensors under ``min_size`` and custom-domain ops are left float and listed with the
+    reason. A model that is already quantized (QDQ, QLinear*, MatMulNBits, integer weights cast to
+    float...) is left unchanged. ``sensitivity=true`` measures each layer's effect on the outputs and
+    keeps the most sensitive layers float until ``target_cosine`` is met (mixed precision).
+    """
+
+    name = "int_quant"
+    kind = "quantize"
+    options = (
+        Option("mode", str, "auto", "auto | storage | weights | dynamic | static (see the method's doc).", choices=("auto", *MODES)),
+        Option("bits", int, 8, "Weight bits: 8, 4 or 2 (4 and 2 for storage and weights modes).", choices=(8, 4, 2)),
+        Option("per_channel", bool, True, "One scale per output channel (false: one per tensor). Ignored with blocks."),
+        Option("symmetric", bool, True, "Signed weights without zero point (false: unsigned with zero points)."),
+        Option("block_size", int, None, f"Weights per scale along the reduction axis (default {DEFAULT_SUBBYTE_BLOCK} below 8 bits, none at 8; 0: no blocks).", min=0),
+        Option("calibration", str, "minmax", "Static activation ranges: minmax, percentile or entropy (KL).", choices=CALIBRATION_METHODS),
+        Option("percentile", float, 99.999, "Percentile kept by calibration=percentile.", min=50.0, max=100.0),
+        Option("calibration_samples", int, 64, "Most calibration feeds used (static ranges, sensitivity, auto).", min=1),
+        Option("activation_type", str, "uint8", "Static activations: uint8 (asymmetric) or int8 (symmetric).", choices=("uint8", "int8")),
+        Option("qdq_ops", str, "all", "Static: all (every op onnxruntime runs quantized, as quantize_static) or weighted (Conv/MatMul/Gemm layers only).", choices=("all", "weighted")),
+        Option("reduce_range", bool, False, "Static: 7-bit weights, against int16 saturation on x86 CPUs without VNNI."),
+        Option("op_types", list, list(WEIGHTED_OPS), "Op types whose weights are quantized.", choices=WEIGHTED_OPS),
+        Option("exclude", list, None, "Node names, op types or weight names to leave float, e.g. [fc,Conv]."),
+        Option("embeddings", bool, False, "Also quantize Gather embedding tables (storage form)."),
+        Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
+        Option("sensitivity", bool, False, "Measure per-layer sensitivity and keep the most sensitive layers float until target_cosine is met."),
+        Option("target_cosine", float, 0.995, "Fidelity target (lowest output cosine vs the float model) for sensitivity and mode=auto.", min=0.0, max=1.0),
+        Option("prefer", str, "size", "mode=auto: size (the smallest good candidate; ties within 2% go to the fastest) or speed (the fastest good candidate smaller than float).", choices=("size", "speed")),
+        Option("latency_tolerance", float, 0.05, "mode=auto: a candidate counts as not slower up to (1 + this) x the float latency.", min=0.0, max=1.0),
+        Option("opset_upgrade", bool, True, "Raise the opset when a form needs it (13 per-channel, 21 int4/blocks, 25 int2); false: fall back."),
+        Option("weights_format", str, "matmulnbits", "mode=weights: matmulnbits (onnxruntime's com.microsoft::MatMulNBits, any opset) or dequantize_linear (standard ONNX, fused by onnxruntime into MatMulNBits; opset 13/21/25).", choices=("matmulnbits", "dequantize_linear")),
+        Option("accuracy_level", int, 0, "weights_format=matmulnbits: 0 computes in float32; 1-4 let the kernel quantize activations (4: int8, faster only on CPUs with VNNI/AMX).", min=0, max=4),
+        Option("dq_conv", bool, False, "mode=weights: DequantizeLinear in front of Conv weights too (for EPs that fuse it; the CPU EP does not)."),
+    )
+
+    @classmethod
+    def check_options(cls, values: dict[str, Any], given: set[str]) -> None:
+        mode, bits = values["mode"], values["bits"]
+        if bits < 8 and mode in ("dynamic", "static"):
+            raise cls.option_error(f"mode={mode} is int8 only; bits={bits} works with mode=storage, weights or auto")
+        if mode not in ("static", "auto"):
+            wrong = [name for name in STATIC_ONLY if name in given]
+            if wrong:
+                raise cls.option_error(f"option {wrong[0]!r} only applies to mode=static or auto (mode={mode})")
+        if "percentile" in given and values["calibration"] != "percentile":
+            raise cls.option_error("option 'percentile' needs calibration=percentile")
+        if values["block_size"] and mode in ("dynamic", "static"):
+            raise cls.option_error(f"block_size does not apply to mode={mode} (int8 per-channel or per-tensor)")
+        if values["block_size"] == 1:
+            raise cls.option_error("block_size=1 stores one scale per weight; use 0 (no blocks) or 2 and more")
+        if "per_channel" in given and values["block_size"]:
+            raise cls.option_error("give per_channel or block_size, not both (blocks replace per-channel scales)")
+        for name in ("dq_conv", "weights_format"):
+            if name in given and mode not in ("weights", "auto"):
+                raise cls.option_error(f"{name} only applies to mode=weights (mode={mode})")
+        if "accuracy_level" in given and (mode not in ("weights", "auto") or values["weights_format"] != "matmulnbits"):
+            raise cls.option_error("accuracy_level applies to mode=weights with weights_format=matmulnbits")
+        for name in ("latency_tolerance", "prefer"):
+            if name in given and mode != "auto":
+                raise cls.option_error(f"{name} only applies to mode=auto")
+        if "target_cosine" in given and mode != "auto" and not values["sensitivity"]:
+            raise cls.option_error("target_cosine needs sensitivity=true or mode=auto")
+        if not values["op_types"]:
+            raise cls.option_error("op_types is empty; name at least one of " + ", ".join(WEIGHTED_OPS))
+
+    def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
+        markers = onnxshrink.quantization_markers(model)
+        if markers:
+            context.warn(f"the model is already quantized ({markers[0]}{' and more' if len(markers) > 1 else ''}); left unchanged")
+            return {"mode": None, "requested_mode": options["mode"], "already_quantized": markers[:50], "quantized_tensors": 0, "quantized": [], "left": []}
+        unknown = check_exclude(model, options["exclude"] or [])
+        if unknown:
+            raise self.option_error(f"exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
+        settings = _settings(options)
+        mode = options["mode"]
+        needs_data = mode in ("auto", "static") or options["sensitivity"]
+        if needs_data and model.ByteSize() > MEASURABLE_BYTES:
+            raise self.option_error(f"mode={mode}{', sensitivity' if options['sensitivity'] else ''} runs the model in memory and supports models under 2 GB; use mode=storage or weights")
+        feeds = _feeds(model, options, context) if needs_data else []
+        calibrated, static_skip = None, None
+        if mode in ("static", "auto"):
+            calibrated, static_skip = _calibrate(model, settings, feeds, options, context)
+        extra: dict[str, Any] = {}
+        if mode == "auto":
+            built, chosen = _auto(model, settings, feeds, calibrated, static_skip, options, context, extra)
+        elif options["sensitivity"]:
+            built, chosen = _mixed(model, settings, feeds, calibrated, options, context, extra), mode
+        else:
+            built, chosen = build(model, settings, calibrated=calibrated), mode
+        if built is not None:
+            model.CopyFrom(built.model)
+        stats = _summary(built, chosen, options, settings)
+        if calibrated is not None and chosen == "static":
+            stats["static"] = {
+                "calibration": options["calibration"],
+                "calibration_feeds": calibrated.feeds,
+                "calibration_samples": calibrated.samples,
+                "synthetic_data": context.calibration_is_synthetic or not context.calibration_feeds(),
+                "activation_type": options["activation_type"],
+                "per_channel": calibrated.per_channel,
+                "kept_float_nodes": dict(calibrated.unsafe_nodes),
+            }
+        stats.update(extra)
+        if built is not None and not built.quantized:
+            context.warn("no weight was quantized; the model is unchanged (see 'left' for why)")
+        return stats
+
+
+def _settings(options: dict[str, Any]) -> Settings:
+    bits = options["bits"]
+    block = options["block_size"]
+    if block is None:
+        block = DEFAULT_SUBBYTE_BLOCK if bits < 8 else 0
+    scheme = Scheme(bits=bits, symmetric=options["symmetric"], per_channel=options["per_channel"], block_size=block or None)
+    static = StaticSettings(
+        calibration=options["calibration"],
+        percentile=options["percentile"],
+        per_channel=options["per_channel"],
+        symmetric=options["symmetric"],
+        activation_type=options["activation_type"],
+        reduce_range=options["reduce_range"],
+        qdq_ops=options["qdq_ops"],
+        op_types=tuple(options["op_types"]),
+        opset_upgrade=options["opset_upgrade"],
+    )
+    return Settings(
+        mode=options["mode"] if options["mode"] != "auto" else "storage",
+        scheme=scheme,
+        exclude=tuple(options["exclude"] or ()),
+        op_types=tuple(options["op_types"]),
+        embeddings=options["embeddings"],
+        min_size=options["min_size"],
+        opset_upgrade=options["opset_upgrade"],
+        dq_conv=options["dq_conv"],
+        weights_format=options["weights_format"],
+        accuracy_level=options["accuracy_level"],
+        static=static,
+    )
+
+
+def _feeds(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> list[dict]:
+    """The calibration feeds (at most calibration_samples of them), or random ones with a warning."""
+    feeds = list(context.calibration_feeds())[: options["calibration_samples"]]
+    if not feeds and options["mode"] == "static":
+        raise onnxshrink.UsageError("plugin 'int_quant': mode=static needs calibration data; pass --data (a .npz of model inputs)")
+    if not feeds:
+        feeds = synthetic_feeds(model, context.rng, count=min(8, options["calibration_samples"]))
+    if context.calibration_is_synthetic or not context.calibration_feeds():
+        what = "static ranges calibrated" if options["mode"] == "static" else "sensitivity and mode=auto measured"
+        context.warn(f"no calibration data: {what} on random inputs; pass --data with real inputs for faithful numbers")
+    return feeds
+
+
+def _calibrate(model, settings: Settings, feeds, options, context) -> tuple[Calibrated | None, str | None]:
+    """Calibrated ranges for mode=static (and for auto's static candidate), or why there are none."""
+    if options["mode"] == "auto":
+        if options["bits"] < 8:
+            return None, "static QDQ is int8 only"
+        if context.calibration_is_synthetic or not context.calibration_feeds():
+            return None, "no calibration data (--data)"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnxshrink.iter_tensors(model.graph)):
+        return None, "float16 model" if options["mode"] == "auto" else None
+    with context.progress("calibrating activation ranges", total=None):
+        return calibrate(model, feeds, settings.static), None
+
+
+def _auto(model, settings: Settings, feeds, calibrated, static_skip, options, context, extra) -> tuple[Built | None, str | None]:
+    modes = ["storage", "weights"] + (["dynamic", "static"] if options["bits"] == 8 else [])
+    skipped = {"static": static_skip} if static_skip and "static" in modes else {}
+    if options["bits"] < 8:
+        skipped.update({m: f"int8 only (bits={options['bits']})" for m in ("dynamic", "static")})
+    reference = outputs(model, feeds)
+    with context.progress("trying representations", total=len(modes)) as task:
+        choice = auto.choose(
+            model,
+            settings,
+            modes,
+            feeds,
+            reference,
+            target=options["target_cosine"],
+            tolerance=options["latency_tolerance"],
+            prefer=options["prefer"],
+            calibrated=calibrated,
+            sensitivity=options["sensitivity"],
+            skipped=skipped,
+            advance=task.advance,
+        )
+    extra["auto"] = choice.report
+    if choice.built is None:
+        context.warn(choice.report["why"])
+    else:
+        context.log(f"auto chose {choice.report['why']}")
+    return choice.built, choice.mode
+
+
+def _mixed(model, settings: Settings, feeds, calibrated, options, context, extra) -> Built:
+    reference = outputs(model, feeds)
+    layers = quantizable_layers(model, settings, calibrated)
+    with context.progress("measuring layer sensitivity", total=len(layers)) as task:
+        result = mixed_precision(model, settings, feeds, reference, options["target_cosine"], calibrated, task.advance)
+    extra["sensitivity"] = {
+        "target_cosine": options["target_cosine"],
+        "cosine": round(result.cosine, 8),
+        "met_target": result.met_target,
+        "kept_float": result.kept_float,
+        "searched": result.searched,
+        "layers": result.table,
+    }
+    return result.built
+
+
+def _summary(built: Built | None, mode: str | None, options: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    if built is None:
+        return {"mode": None, "requested_mode": options["mode"], "quantized_tensors": 0, "quantized": [], "left": []}
+    forms: dict[str, int] = {}
+    for item in built.quantized:
+        forms[item["form"]] = forms.get(item["form"], 0) + 1
+    params = sum(_numel(item["shape"]) for item in built.quantized)
+    return {
+        "mode": mode,
+        "requested_mode": options["mode"],
+        "bits": options["bits"] if mode not in ("dynamic", "static") else 8,
+        "scheme": _scheme_text(settings.scheme, mode),
+        "quantized_tensors": len(built.quantized),
+        "left_tensors": sum(1 for item in built.left if "tensor" in item),
+        "params_quantized": params,
+        "forms": forms,
+        "weight_bytes_before": sum(item.get("bytes_before", 0) for item in built.quantized),
+        "weight_bytes_after": sum(item.get("bytes_after", 0) for item in built.quantized),
+        "opset": built.opset,
+        "notes": built.notes,
+        "quantized": built.quantized,
+        "left": built.left,
+    }
+
+
+def _scheme_text(scheme: Scheme, mode: str | None) -> str:
+    bits = 8 if mode in ("dynamic", "static") else scheme.bits
+    kind = f"{'int' if scheme.symmetric else 'uint'}{bits} {'symmetric' if scheme.symmetric else 'asymmetric'}"
+    if scheme.block_size and mode not in ("dynamic", "static"):
+        return f"{kind} blockwise(block={scheme.block_size})"
+    return f"{kind} {'per-channel' if scheme.per_channel else 'per-tensor'}"
+
+
+def _numel(shape: list[int]) -> int:
+    total = 1
+    for d in shape:
+        total *= d
+    return total
+
+
+@onnxshrink.hookimpl
+def register_methods(register):
+    register(IntQuant)

@@ -1,0 +1,168 @@
+"""Which weights int_quant quantizes, along which axes, and which it leaves (with the reason)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+import onnxshrink
+from onnxshrink import Use, WeightTensor
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+DEFAULT_DOMAINS = ("", "ai.onnx")
+_OP_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1)}
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """How stats and ``exclude=`` name a node: its name, or ``Op(first output)`` when it has none."""
+    return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
+
+
+@dataclass
+class Target:
+    """A float weight to quantize and the weight slots (``uses``) that will read the quantized form."""
+
+    weight: WeightTensor
+    uses: list[Use]
+    channel_axis: int
+    reduce_axis: int
+    kept_uses: list[Use] = field(default_factory=list)  # excluded readers that keep the float tensor
+
+    @property
+    def layers(self) -> list[str]:
+        return [node_label(u.node) for u in self.uses]
+
+    @property
+    def single_use(self) -> bool:
+        return len(self.uses) == 1 and not self.kept_uses and not self.weight.other_uses
+
+
+@dataclass
+class Plan:
+    targets: list[Target]
+    left: list[dict]
+    layers: dict[str, str]  # label → op type, for every weighted node that could be quantized
+
+
+def weight_axes(use: Use, rank: int) -> tuple[int, int]:
+    """(output-channel axis, reduction axis) of the weight read by ``use``."""
+    node, index = use.node, use.index
+    attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+    if node.op_type == "Conv":
+        return 0, 1
+    if node.op_type == "ConvTranspose":
+        return 1, 0
+    if node.op_type == "Gemm":
+        transposed = attrs.get("transB" if index == 1 else "transA", 0)
+        if index == 1:
+            return (0, 1) if transposed else (1, 0)
+        return (1, 0) if transposed else (0, 1)
+    if node.op_type == "Gather":
+        return 0, 1
+    # MatMul: B (..., K, N) has channels on the last axis; a constant A (..., M, K) on the one before.
+    return (rank - 1, rank - 2) if index == 1 else (rank - 2, rank - 1)
+
+
+def plan_targets(
+    model: onnx.ModelProto,
+    *,
+    op_types: Iterable[str] = WEIGHTED_OPS,
+    embeddings: bool = False,
+    exclude: Iterable[str] = (),
+    keep_float: Iterable[str] = (),
+    min_size: int = 0,
+) -> Plan:
+    """Find every float weight of the chosen ops; split it into targets and ``left`` entries with reasons.
+
+    ``exclude`` entries match node names (or ``Op(output)`` labels), op types or weight names and are
+    reported as excluded; ``keep_float`` (node labels chosen by the sensitivity search) likewise.
+    """
+    op_inputs = {op: _OP_INPUTS[op] for op in op_types}
+    if embeddings:
+        op_inputs.update(onnxshrink.EMBEDDING_INPUTS)
+    excluded, kept = set(exclude), set(keep_float)
+    targets: list[Target] = []
+    left: list[dict] = []
+    layers: dict[str, str] = {}
+    for weight in onnxshrink.weight_tensors(model, op_inputs):
+        reason = _skip_reason(weight, min_size)
+        if reason is None:
+            reason = _custom_domain_reader(weight)
+        labels = [node_label(u.node) for u in weight.weight_uses]
+        if reason:
+            left.append(_left(weight, reason, labels))
+            continue
+        uses, kept_uses = [], []
+        for use, label in zip(weight.weight_uses, labels):
+            layers[label] = use.node.op_type
+            if label in excluded or use.node.op_type in excluded or weight.name in excluded or label in kept:
+                kept_uses.append(use)
+            else:
+                uses.append(use)
+        if not uses:
+            why = "kept float by the sensitivity search" if all(node_label(u.node) in kept for u in kept_uses) else "excluded (exclude=)"
+            left.append(_left(weight, why, labels))
+            continue
+        channel_axis, reduce_axis = weight_axes(uses[0], len(weight.shape))
+        targets.append(Target(weight, uses, channel_axis, reduce_axis, kept_uses))
+    left.extend(_custom_domain_nodes(model, min_size))
+    return Plan(targets, left, layers)
+
+
+def check_exclude(model: onnx.ModelProto, exclude: Iterable[str]) -> list[str]:
+    """The ``exclude`` entries that match no node label, op type or weight name of ``model``."""
+    known: set[str] = set()
+    for g, _ in onnxshrink.iter_graphs(model.graph):
+        for node in g.node:
+            known.update({node_label(node), node.op_type, *node.input})
+    return [e for e in exclude if e not in known]
+
+
+def _left(weight: WeightTensor, reason: str, labels: list[str]) -> dict:
+    return {"tensor": weight.name, "layers": labels, "shape": list(weight.shape), "reason": reason}
+
+
+def _skip_reason(weight: WeightTensor, min_size: int) -> str | None:
+    if weight.source == "overridable":
+        return "also a graph input: a caller may feed another value, so it stays a float input"
+    if len(weight.shape) < 2:
+        return "1-D tensor (bias-like)"
+    if weight.size < min_size:
+        return f"{weight.size} elements < min_size {min_size}"
+    if not np.all(np.isfinite(weight.array())):
+        return "holds NaN or Inf"
+    return None
+
+
+def _custom_domain_reader(weight: WeightTensor) -> str | None:
+    for use in weight.other_uses:
+        if use.node.domain not in DEFAULT_DOMAINS:
+            return f"also read by custom-domain op {use.node.domain}::{use.node.op_type} {node_label(use.node)!r}, which must see the original values"
+    return None
+
+
+def _custom_domain_nodes(model: onnx.ModelProto, min_size: int) -> list[dict]:
+    """Custom-domain nodes that read float constants: left as they are, and said so."""
+    out = []
+    for g, _ in onnxshrink.iter_graphs(model.graph):
+        constants = {t.name: t for t in g.initializer if t.data_type in onnxshrink.FLOAT_TYPES}
+        for node in g.node:
+            if node.domain in DEFAULT_DOMAINS:
+                continue
+            weights = [n for n in node.input if n in constants and len(constants[n].dims) >= 2 and _numel(constants[n]) >= min_size]
+            if weights:
+                out.append(
+                    {
+                        "node": node_label(node),
+                        "tensors": weights,
+                        "reason": f"custom-domain op {node.domain}::{node.op_type}: int_quant does not know its semantics, so its weights stay float",
+                    }
+                )
+    return out
+
+
+def _numel(tensor: onnx.TensorProto) -> int:
+    return int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
