@@ -78,7 +78,7 @@ class WeightTensor:
         return self.proto.data_type
 
     def array(self) -> np.ndarray:
-        return numpy_helper.to_array(self.proto)
+        return tensor_array(self.proto)
 
     def set_array(self, values: np.ndarray) -> None:
         """Overwrite the values for every reader (the tensor keeps its name, dtype and place)."""
@@ -88,6 +88,15 @@ class WeightTensor:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(self.dtype)
         new = numpy_helper.from_array(values.astype(dtype, copy=False), self.name)
         self.proto.CopyFrom(new)
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """A tensor's values, whether stored inline or (large models) still in its external-data file."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        from .external import read_external  # model_io → graph → external → model_io: import late
+
+        return read_external(tensor)
+    return numpy_helper.to_array(tensor)
 
 
 def iter_graphs(graph: onnx.GraphProto) -> Iterator[tuple[onnx.GraphProto, tuple[onnx.GraphProto, ...]]]:

@@ -23,7 +23,6 @@ from .errors import InvalidModelError, UsageError
 from .graph import iter_graphs
 
 PROTOBUF_LIMIT = 2**31 - 1
-EXTERNAL_THRESHOLD = 1024  # tensors smaller than this stay inside the .onnx when saving externally
 EXTERNAL_DATA_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})  # the spec's, and onnx's
 
 
@@ -34,6 +33,7 @@ class LoadedModel:
     path: Path
     model: onnx.ModelProto
     external_files: list[Path] = field(default_factory=list)
+    external_bytes: int = 0
 
     @property
     def uses_external_data(self) -> bool:
@@ -339,16 +339,24 @@ def _check_structure(path: Path, model: onnx.ModelProto) -> None:
                 raise _fail(path, f"graph {kind} {value.name!r} has no shape (ONNX requires one for graph inputs and outputs; its dimensions may be unknown)")
 
 
-def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
-    """Read a model and its external data, refusing unsafe or invalid input (exit 2)."""
+def load_model(path: str | os.PathLike, *, check: bool = True, load_external: bool = True) -> LoadedModel:
+    """Read a model and its external data, refusing unsafe or invalid input (exit 2).
+
+    With ``load_external=False`` external data stays on disk (every location is still checked): read
+    tensors with ``WeightTensor.array()`` inside ``onnxshrink.external.external_data_dir(model folder)``.
+    """
     p = Path(path)
     model = read_model_proto(p)
     for tensor in stored_tensors(model):
         _check_inline_data(p, tensor)
     references = _external_references(model, p)
-    _check_memory(p, model, references)
     files = sorted({target for target, _ in references})
-    if files:
+    # loading reads all external data; editing lazily still reads one tensor at a time
+    _check_memory(p, model, references if load_external else sorted(references, key=lambda r: r[1])[-1:])
+    sparse = next((t for item in _stored(model) if isinstance(item, onnx.SparseTensorProto) for t in (item.values, item.indices) if t.data_location == _T.EXTERNAL), None)
+    if sparse is not None:  # onnx does not load those; onnxruntime would read them later, unchecked
+        raise _fail(p, f"tensor {sparse.name!r}: external data is not supported in this place (sparse tensor)")
+    if files and load_external:
         try:
             external_data_helper.load_external_data_for_model(model, str(p.resolve().parent))
         except Exception as exc:  # noqa: BLE001 - onnx raises several types here
@@ -361,7 +369,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
             onnx.checker.check_model(str(p))
         except Exception as exc:  # noqa: BLE001 - ValidationError and friends
             raise _fail(p, f"invalid ONNX model: {_one_line(exc)}") from None
-    return LoadedModel(p, model, files)
+    return LoadedModel(p, model, files, external_bytes=sum(length for _, length in references))
 
 
 def _one_line(exc: BaseException, limit: int = 600) -> str:
@@ -454,10 +462,14 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
 def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_data: bool | None = None) -> list[Path]:
     """Write ``model`` atomically; return the files written.
 
-    ``external_data=None`` chooses external data only when the model would pass protobuf's 2 GB limit.
-    The data file is ``<output name>.data`` beside it. Any failure removes temporary files and leaves
-    what was at ``output`` before untouched.
+    ``external_data=None`` chooses external data when the model still refers to external data (a model
+    loaded with ``load_external=False``) or would pass protobuf's 2 GB limit. The data file is
+    ``<output name>.data`` beside it, written by streaming (see :mod:`onnxshrink.external`); the model's
+    tensors then point at it. Any failure removes temporary files and leaves what was at ``output``
+    before untouched.
     """
+    from .external import external_tensors, write_with_external_data
+
     out = Path(output)
     folder = out.parent if str(out.parent) else Path(".")
     try:
@@ -465,23 +477,14 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_da
     except OSError as exc:
         raise UsageError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
     if external_data is None:
-        external_data = tensor_bytes(model) > PROTOBUF_LIMIT - 64 * 2**20
+        external_data = bool(external_tensors(model)) or tensor_bytes(model) > PROTOBUF_LIMIT - 64 * 2**20
     tmpdir = None
     try:
         tmpdir = Path(tempfile.mkdtemp(prefix=".onnxshrink-", dir=folder))
         if external_data:
             data_name = out.name + ".data"
-            proto = onnx.ModelProto()
-            proto.CopyFrom(model)
-            onnx.save_model(
-                proto,
-                str(tmpdir / out.name),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=EXTERNAL_THRESHOLD,
-            )
-            written = [folder / data_name, out] if (tmpdir / data_name).exists() else [out]
+            wrote_data = write_with_external_data(model, tmpdir / out.name, data_name)
+            written = [folder / data_name, out] if wrote_data else [out]
         else:
             with open(tmpdir / out.name, "wb") as fh:
                 fh.write(model.SerializeToString(deterministic=True))

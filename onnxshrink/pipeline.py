@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from .context import Context, ProgressFactory
 from .errors import OnnxShrinkError, PluginError, UsageError
 from .graph import op_histogram
 from .method import PluginSpec
 from .plugins import MethodInfo, Registry
-from .runtime import cpu_session
+from .runtime import cpu_session, session_options
 from .tidy import tidy_model
 
 
@@ -84,9 +85,14 @@ def run_steps(
             cache["feeds"] = list(calibration()) if calibration else []
         return cache["feeds"]
 
-    strict = passes_full_check(model)
     interface = interface_signature(model)
-    runtime_problem = _runtime_problem(model) if check_runtime and steps else None
+    deferred = _has_external_tensors(model) or model_data_bytes(model) > IN_MEMORY_CHECK_LIMIT
+    if deferred:  # checking in memory would serialize (or read in) the whole model after every step
+        (log or (lambda message: None))("large model: onnx.checker and onnxruntime check the saved file once, by path")
+        strict, runtime_problem, check_runtime = False, None, False
+    else:
+        strict = passes_full_check(model)
+        runtime_problem = _runtime_problem(model) if check_runtime and steps else None
     for index, step in enumerate(steps):
         ctx = Context(
             plugin=step.name,
@@ -118,7 +124,8 @@ def run_steps(
         except Exception as exc:  # noqa: BLE001
             raise PluginError(step.name, f"left a graph that cannot be tidied: {type(exc).__name__}: {exc}") from exc
         check_interface(interface, model, step.name)
-        check_model(model, step.name, runtime=check_runtime and runtime_problem is None, strict=strict)
+        if not deferred:
+            check_model(model, step.name, runtime=check_runtime and runtime_problem is None, strict=strict)
         results.append(StepResult(step.name, step.options, time.perf_counter() - started, stats, ctx.warnings))
     return results
 
@@ -130,6 +137,39 @@ def _check_stats(plugin: str, stats: Any) -> None:
         json.dumps(stats, allow_nan=True)
     except (TypeError, ValueError) as exc:
         raise PluginError(plugin, f"apply() returned stats that are not JSON-serialisable: {exc}") from None
+
+
+IN_MEMORY_CHECK_LIMIT = 1 << 30  # bytes of tensor data above which checks run on the saved file instead
+
+
+def model_data_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data, in memory or still in external files."""
+    from .external import data_bytes
+    from .model_io import stored_tensors
+
+    return sum(data_bytes(t) for t in stored_tensors(model))
+
+
+def _has_external_tensors(model: onnx.ModelProto) -> bool:
+    """A model edited with its data still on disk (a large one): checked after saving, by path."""
+    from .external import external_tensors
+
+    return bool(external_tensors(model))
+
+
+def check_saved(path: str, plugins: Sequence[str]) -> None:
+    """onnx.checker and an onnxruntime CPU session, by path, on a saved model (large models)."""
+    chain = " -> ".join(plugins) or "the chain"
+    try:
+        onnx.checker.check_model(path)
+    except Exception as exc:  # noqa: BLE001
+        raise PluginError(chain, f"produced an invalid model: {_one_line(exc)}") from exc
+    options = session_options()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # load, not fold: memory stays ~ the file
+    try:
+        ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise PluginError(chain, f"produced a model onnxruntime cannot load: {_one_line(exc)}") from exc
 
 
 def interface_signature(model: onnx.ModelProto) -> dict[str, list[tuple[str, str, int | None]]]:

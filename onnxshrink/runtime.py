@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import os
+import tempfile
+
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+PROTOBUF_SAFE_BYTES = 2**31 - 2**26
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -20,9 +25,23 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
 
 
 def cpu_session(model: onnx.ModelProto | bytes | str, threads: int = 1) -> ort.InferenceSession:
-    """An InferenceSession on the CPU EP from a proto, serialized bytes or a path."""
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+    """An InferenceSession on the CPU EP from a proto, serialized bytes or a path.
+
+    A proto whose tensors are still in external files (a large model being edited) is run from an
+    in-memory copy with the data read in, or from a temporary folder when that passes 2 GB.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        return ort.InferenceSession(model, session_options(threads), providers=["CPUExecutionProvider"])
+    from .external import external_tensors, inline_copy
+
+    if external_tensors(model):
+        model = inline_copy(model)
+    if model.ByteSize() < PROTOBUF_SAFE_BYTES:
+        return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="onnxshrink-run-") as folder:
+        path = os.path.join(folder, "model.onnx")
+        onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
+        return ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def run_model(model: onnx.ModelProto | bytes | str, feeds: Sequence[dict[str, np.ndarray]], output_names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:

@@ -17,7 +17,8 @@ from .errors import UsageError
 from .gate import GateCheck, evaluate_gates
 from .method import PluginSpec
 from .model_io import check_output_path, check_writable_file, default_output_path, load_model, save_model
-from .pipeline import prepare_steps, run_steps
+from .external import external_data_dir, inline_all, lazy_threshold
+from .pipeline import check_saved, prepare_steps, run_steps
 from .plugins import Registry, default_registry
 from .recipe import Recipe, load_recipe, merge_cli
 from .reports import write_reports
@@ -84,22 +85,29 @@ def shrink(
     for report_path in (job.report_json, job.junit, job.markdown):
         if report_path:
             check_writable_file(report_path)
-    loaded = load_model(job.model)
-    check_output_path(output, [Path(job.model), *loaded.external_files])
-    dataset = _load_data(job, loaded.model) if (job.validate or job.data_path) else None
-    calibration = _Calibration(dataset, lambda: _load_data(job, loaded.model))
+    with external_data_dir(Path(job.model).resolve().parent):
+        loaded = load_model(job.model, load_external=False)
+        check_output_path(output, [Path(job.model), *loaded.external_files])
+        lazy = loaded.external_bytes > lazy_threshold()
+        if not lazy:
+            inline_all(loaded.model)
+        dataset = _load_data(job, loaded.model) if (job.validate or job.data_path) else None
+        calibration = _Calibration(dataset, lambda: _load_data(job, loaded.model))
 
-    started = time.perf_counter()
-    results = run_steps(
-        loaded.model,
-        prepared,
-        seed=job.seed,
-        calibration=calibration.feeds,
-        calibration_is_synthetic=dataset.synthetic if dataset is not None else True,
-        progress=progress,
-        log=log,
-    )
-    written = save_model(loaded.model, output, external_data=True if loaded.uses_external_data else None)
+        started = time.perf_counter()
+        results = run_steps(
+            loaded.model,
+            prepared,
+            seed=job.seed,
+            calibration=calibration.feeds,
+            calibration_is_synthetic=dataset.synthetic if dataset is not None else True,
+            progress=progress,
+            log=log,
+        )
+        written = save_model(loaded.model, output, external_data=True if loaded.uses_external_data else None)
+    del loaded  # the edited tensors: free them before onnxruntime loads the output
+    if lazy:
+        _check_saved_or_remove(output, written, [r.plugin for r in results])
     shrink_seconds = time.perf_counter() - started
 
     report: dict[str, Any] = {
@@ -126,6 +134,16 @@ def shrink(
         report["gate"] = evaluate_gates(checks, report, allow_unavailable=job.allow_unavailable)
     write_reports(report, json_path=job.report_json, junit_path=job.junit, markdown_path=job.markdown)
     return report
+
+
+def _check_saved_or_remove(output: Path, written: list[Path], plugins: list[str]) -> None:
+    """Large models are checked once, by path, after saving; a failing output is removed again."""
+    try:
+        check_saved(str(output), plugins)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 class _Calibration:

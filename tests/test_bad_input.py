@@ -730,20 +730,40 @@ def test_failure_while_writing_leaves_no_partial_file_and_keeps_the_previous_out
 
 
 def test_disk_full_while_writing_external_data(cli, tmp_path, monkeypatch):
+    import onnxshrink.external as external
+
     model = save_external(rg.mlp(), tmp_path / "model.onnx")
-    real = onnx.external_data_helper.save_external_data
     written = []
 
-    def second_tensor_fails(tensor, base_path):
-        if written:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        written.append(tensor.name)
-        real(tensor, base_path)
+    class FullDisk:
+        """The output's data file: the second tensor written finds the disk full."""
 
-    monkeypatch.setattr(onnx.external_data_helper, "save_external_data", second_tensor_fails)
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            if written:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written.append(len(data))
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.fh.__exit__(*exc)
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        fh = open(path, mode, *args, **kwargs)
+        return FullDisk(fh) if mode == "wb" and str(path).endswith(".data") else fh
+
+    monkeypatch.setattr(external, "open", fake_open, raising=False)
     before = snapshot(tmp_path)
     assert_one_line_error(shrink(cli, model, tmp_path / "out.onnx"), 2, "No space left on device")
-    assert written, "the fault was not injected: onnx no longer writes external data through save_external_data"
+    assert written, "the fault was not injected: the external-data writer no longer writes through open()"
     assert snapshot(tmp_path) == before
 
 

@@ -32,6 +32,7 @@ def test_shrink_cnn_with_global_pruning(cli, tmp_path):
     [step] = data["steps"]
     assert step["plugin"] == "weight_prune" and step["stats"]["sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert data["output"]["size"]["nonzeros"] < 0.35 * data["input"]["size"]["nonzeros"]
+    assert data["output"]["size"]["compressed_bytes"] < 0.6 * data["input"]["size"]["compressed_bytes"]  # zeros compress
     assert data["validation"]["data"]["synthetic"] is False
     assert data["validation"]["latency"]["cpu"]["status"] == "ok"
     logits, labels = run_ort(out, CNN_DATA)  # the pruned model still runs and still classifies

@@ -4,7 +4,6 @@ patterns, or whole channels removed from the graph."""
 from __future__ import annotations
 
 import re
-import zlib
 from typing import Any
 
 import numpy as np
@@ -87,25 +86,24 @@ class WeightPrune(Method):
             else:
                 chosen.append(weight)
 
-        arrays = [w.array() for w in chosen]
-        magnitudes = [np.abs(a.astype(np.float32)).ravel() for a in arrays]
+        # Tensor by tensor: a large model's weights are read, pruned and handed back one at a time.
         if options["threshold"] is not None:
-            masks = [m < options["threshold"] for m in magnitudes]
+            threshold = options["threshold"]
+            mask_of = lambda mag: mag < threshold  # noqa: E731
         elif options["scope"] == "global":
-            masks = _split(_smallest(np.concatenate(magnitudes) if magnitudes else np.zeros(0), options["sparsity"]), magnitudes)
+            mask_of = _GlobalCut(chosen, options["sparsity"]).mask
         else:
-            masks = [_smallest(m, options["sparsity"]) for m in magnitudes]
+            mask_of = lambda mag: _smallest(mag, options["sparsity"])  # noqa: E731
 
-        tensors, total, zeros, packed_before, packed_after = [], 0, 0, 0, 0
+        tensors, total, zeros = [], 0, 0
         with context.progress("pruning tensors", total=len(chosen)) as task:
-            for weight, array, mask in zip(chosen, arrays, masks):
+            for weight in chosen:
+                array = weight.array()
                 pruned = array.copy().ravel()
-                pruned[mask] = 0
-                pruned = pruned.reshape(array.shape)
+                pruned[mask_of(_magnitude(array))] = 0
                 before = float(np.mean(array == 0)) if array.size else 0.0
-                packed_before += len(zlib.compress(array.tobytes(), 6))
-                packed_after += len(zlib.compress(pruned.tobytes(), 6))
-                weight.set_array(pruned)
+                del array
+                weight.set_array(pruned.reshape(weight.shape))
                 nz = int(np.count_nonzero(pruned))
                 total += pruned.size
                 zeros += pruned.size - nz
@@ -130,11 +128,47 @@ class WeightPrune(Method):
             "pruned_params": total,
             "zeros": zeros,
             "sparsity": round(zeros / total, 6) if total else 0.0,
-            "compressed_bytes_before": packed_before,
-            "compressed_bytes_after": packed_after,
             "tensors": tensors,
             "skipped": skipped,
         }
+
+
+def _magnitude(array: np.ndarray) -> np.ndarray:
+    return np.abs(array.astype(np.float32, copy=False)).ravel()
+
+
+class _GlobalCut:
+    """The k = round(fraction * n) smallest magnitudes over all tensors, found without holding them all.
+
+    Non-negative float32 values sort like their bit patterns, so a histogram of the top 16 bits (one
+    pass) finds the bin holding the k-th value; a second pass collects that bin to get the exact cut.
+    Ties at the cut go to the earliest positions in tensor order, as one stable sort would choose.
+    """
+
+    def __init__(self, weights: list[onnxshrink.WeightTensor], fraction: float):
+        total = sum(w.size for w in weights)
+        k = int(round(fraction * total))
+        self.cut, self.ties = -np.inf, 0
+        if k == 0:
+            return
+        hist = np.zeros(1 << 16, dtype=np.int64)
+        for w in weights:
+            hist += np.bincount(_magnitude(w.array()).view(np.uint32) >> 16, minlength=1 << 16)
+        cumulative = np.cumsum(hist)
+        bin_ = int(np.searchsorted(cumulative, k))
+        below = int(cumulative[bin_ - 1]) if bin_ else 0
+        in_bin = np.concatenate([m[(m.view(np.uint32) >> 16) == bin_] for m in (_magnitude(w.array()) for w in weights)])
+        need = k - below
+        self.cut = np.partition(in_bin, need - 1)[need - 1]
+        self.ties = need - int(np.count_nonzero(in_bin < self.cut))
+
+    def mask(self, magnitude: np.ndarray) -> np.ndarray:
+        mask = magnitude < self.cut
+        if self.ties:
+            tied = np.flatnonzero(magnitude == self.cut)[: self.ties]
+            mask[tied] = True
+            self.ties -= len(tied)
+        return mask
 
 
 def _skip_reason(weight: onnxshrink.WeightTensor, min_size: int) -> str | None:
@@ -146,17 +180,20 @@ def _skip_reason(weight: onnxshrink.WeightTensor, min_size: int) -> str | None:
 
 
 def _smallest(magnitudes: np.ndarray, fraction: float) -> np.ndarray:
-    """A mask of exactly round(fraction * n) smallest entries; ties broken by position (deterministic)."""
+    """A mask of exactly round(fraction * n) smallest entries; ties at the cut go to the earliest
+    positions (deterministic). O(n) with a partition, not a full sort: large tensors stay fast."""
     k = int(round(fraction * magnitudes.size))
     mask = np.zeros(magnitudes.size, dtype=bool)
-    if k:
-        mask[np.argsort(magnitudes, kind="stable")[:k]] = True
+    if k == 0:
+        return mask
+    if k >= magnitudes.size:
+        mask[:] = True
+        return mask
+    cut = np.partition(magnitudes, k - 1)[k - 1]
+    mask = magnitudes < cut
+    ties = np.flatnonzero(magnitudes == cut)[: k - int(mask.sum())]
+    mask[ties] = True
     return mask
-
-
-def _split(mask: np.ndarray, parts: list[np.ndarray]) -> list[np.ndarray]:
-    bounds = np.cumsum([p.size for p in parts])[:-1]
-    return list(np.split(mask, bounds)) if parts else []
 
 
 def _parse_pattern(text: str) -> tuple[int, int] | None:
