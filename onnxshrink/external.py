@@ -67,11 +67,29 @@ def data_bytes(tensor: onnx.TensorProto) -> int:
 def read_external(tensor: onnx.TensorProto) -> np.ndarray:
     """The values of an external tensor, read from its file (only this tensor's bytes)."""
     path, offset, length = _source(tensor)
-    with open(path, "rb") as fh:
+    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+    dtype = _plain_dtype(tensor.data_type)
+    if dtype is not None and dtype.itemsize * count == length:  # one read straight into the array
+        return np.fromfile(path, dtype=dtype, count=count, offset=offset).reshape(tuple(tensor.dims))
+    with open(path, "rb") as fh:  # packed sub-byte types and the like: let onnx decode them
         fh.seek(offset)
         raw = fh.read(length)
     inline = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims, raw_data=raw)
     return numpy_helper.to_array(inline)
+
+
+_PLAIN = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32,
+    onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL,
+}
+
+
+def _plain_dtype(data_type: int) -> np.dtype | None:
+    """The little-endian numpy dtype whose bytes are exactly ONNX's raw_data layout, if there is one."""
+    if data_type not in _PLAIN:
+        return None
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).newbyteorder("<")
 
 
 def inline_all(model: onnx.ModelProto) -> onnx.ModelProto:

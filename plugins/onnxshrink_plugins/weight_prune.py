@@ -99,9 +99,9 @@ class WeightPrune(Method):
         with context.progress("pruning tensors", total=len(chosen)) as task:
             for weight in chosen:
                 array = weight.array()
-                pruned = array.copy().ravel()
-                pruned[mask_of(_magnitude(array))] = 0
-                before = float(np.mean(array == 0)) if array.size else 0.0
+                before = 1 - np.count_nonzero(array) / array.size if array.size else 0.0
+                pruned = array.ravel().copy()
+                np.copyto(pruned, 0, where=mask_of(_magnitude(array)))
                 del array
                 weight.set_array(pruned.reshape(weight.shape))
                 nz = int(np.count_nonzero(pruned))
