@@ -85,9 +85,16 @@ class WeightTensor:
         values = np.asarray(values)
         if tuple(values.shape) != self.shape:
             raise ValueError(f"tensor {self.name!r}: new shape {values.shape} != {self.shape}")
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.dtype)
-        new = numpy_helper.from_array(values.astype(dtype, copy=False), self.name)
-        self.proto.CopyFrom(new)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.dtype))
+        values = values.astype(dtype, copy=False)
+        if dtype.kind in "fiub":  # plain numpy layout (not bfloat16 or float8): raw bytes as they are
+            proto = self.proto
+            for field_name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "external_data", "data_location"):
+                proto.ClearField(field_name)
+            proto.raw_data = np.ascontiguousarray(values).astype(dtype.newbyteorder("<"), copy=False).tobytes()
+            proto.name = proto.name or self.name
+            return
+        self.proto.CopyFrom(numpy_helper.from_array(values, self.name))
 
 
 def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:

@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxshrink.errors import InvalidModelError
+from onnxshrink.external import external_data_dir, read_external
 
 CHUNK = 1 << 20
 COMPRESS_LEVEL = 1
@@ -167,7 +168,11 @@ def _count_nonzero(values, base: Path, model_path: Path) -> int:
     if isinstance(values, list):
         return sum(1 for v in values if v)
     try:
-        arr = numpy_helper.to_array(values, base_dir=str(base))
+        if values.data_location == onnx.TensorProto.EXTERNAL:
+            with external_data_dir(base):  # one read straight into an array (location checked above)
+                arr = read_external(values)
+        else:
+            arr = numpy_helper.to_array(values)
     except Exception as e:
         raise InvalidModelError(f"model {str(model_path)!r}: cannot read tensor {values.name!r}: {' '.join(str(e).split())}") from None
     if arr.dtype == object:
