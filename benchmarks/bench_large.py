@@ -52,11 +52,13 @@ def jobs(model: Path, out: Path) -> list[tuple[str, list[str]]]:
 
 def run(cmd: list[str]) -> tuple[float, float, int, str]:
     """(seconds, peak RSS in bytes, exit code, last stderr line) of one child process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    err = proc.stderr.read().strip().splitlines() if proc.stderr else []
+    with tempfile.TemporaryFile(mode="w+") as log:  # a file, not a pipe: a chatty child cannot block on it
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        log.seek(0)
+        err = log.read().strip().splitlines()
     return seconds, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status), (err[-1] if err else "")
 
 
