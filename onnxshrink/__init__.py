@@ -28,10 +28,13 @@ from .graph import (
     is_graph_output,
     iter_graphs,
     iter_tensors,
+    node_label,
     op_histogram,
     producer,
     replace_weight,
     unique_name,
+    unknown_exclusions,
+    weight_axes,
     weight_tensors,
 )
 from .hookspecs import hookimpl
@@ -92,6 +95,7 @@ __all__ = [
     "iter_graphs",
     "iter_tensors",
     "load_model",
+    "node_label",
     "matmul_nbits",
     "matmul_nbits_reason",
     "model_opset",
@@ -113,9 +117,11 @@ __all__ = [
     "tidy_model",
     "to_graph",
     "unique_name",
+    "unknown_exclusions",
     "unpack_bits",
     "unpack_codes",
     "upgrade_opset",
+    "weight_axes",
     "weight_chain",
     "weight_tensors",
 ]

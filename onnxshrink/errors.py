@@ -46,3 +46,9 @@ class InternalError(OnnxShrinkError):
     """A failure inside onnxshrink itself: exit 3."""
 
     exit_code = 3
+
+
+def one_line(exc: BaseException, limit: int = 600) -> str:
+    """An exception's whole message on one line (onnx.checker names the node on its last line), shortened."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

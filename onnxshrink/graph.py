@@ -8,7 +8,7 @@ read tensors of an outer scope.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -251,6 +251,39 @@ def consumers(model: onnx.ModelProto, name: str) -> list[Use]:
 def producer(graph: onnx.GraphProto, name: str) -> onnx.NodeProto | None:
     """The node of ``graph`` that outputs ``name``, or None (an input, initializer or outer tensor)."""
     return next((n for n in graph.node if name in n.output), None)
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """How stats and ``exclude=`` options name a node: its name, or ``Op(first output)`` when it has none."""
+    return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
+
+
+def unknown_exclusions(model: onnx.ModelProto, exclude: Iterable[str]) -> list[str]:
+    """The ``exclude`` entries that match no node label, op type or tensor read by a node of ``model``."""
+    known: set[str] = set()
+    for g, _ in iter_graphs(model.graph):
+        for node in g.node:
+            known.update({node_label(node), node.op_type, *node.input})
+    return [e for e in exclude if e not in known]
+
+
+def weight_axes(use: Use, rank: int) -> tuple[int, int]:
+    """(output-channel axis, reduction axis) of the weight of rank ``rank`` read by ``use``."""
+    node, index = use.node, use.index
+    attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+    if node.op_type == "Conv":
+        return 0, 1
+    if node.op_type == "ConvTranspose":
+        return 1, 0
+    if node.op_type == "Gemm":
+        transposed = attrs.get("transB" if index == 1 else "transA", 0)
+        if index == 1:
+            return (0, 1) if transposed else (1, 0)
+        return (1, 0) if transposed else (0, 1)
+    if node.op_type == "Gather":
+        return 0, 1
+    # MatMul: B (..., K, N) has channels on the last axis; a constant A (..., M, K) on the one before.
+    return (rank - 1, rank - 2) if index == 1 else (rank - 2, rank - 1)
 
 
 def is_graph_output(model: onnx.ModelProto, name: str) -> bool:

@@ -19,7 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
-from .errors import InvalidModelError, UsageError
+from .errors import InvalidModelError, UsageError, one_line
 from .graph import iter_graphs
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -368,14 +368,10 @@ def load_model(path: str | os.PathLike, *, check: bool = True, load_external: bo
         try:
             onnx.checker.check_model(str(p))
         except Exception as exc:  # noqa: BLE001 - ValidationError and friends
-            raise _fail(p, f"invalid ONNX model: {_one_line(exc)}") from None
+            raise _fail(p, f"invalid ONNX model: {one_line(exc)}") from None
     return LoadedModel(p, model, files, external_bytes=sum(length for _, length in references))
 
 
-def _one_line(exc: BaseException, limit: int = 600) -> str:
-    """The whole message on one line (the checker names the node on its last line), shortened."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def default_output_path(input_path: str | os.PathLike) -> Path:

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 
 from .context import Context, ProgressFactory
-from .errors import OnnxShrinkError, PluginError, UsageError
+from .errors import OnnxShrinkError, PluginError, UsageError, one_line
 from .graph import op_histogram
 from .method import PluginSpec
 from .plugins import MethodInfo, Registry
@@ -163,13 +163,13 @@ def check_saved(path: str, plugins: Sequence[str]) -> None:
     try:
         onnx.checker.check_model(path)
     except Exception as exc:  # noqa: BLE001
-        raise PluginError(chain, f"produced an invalid model: {_one_line(exc)}") from exc
+        raise PluginError(chain, f"produced an invalid model: {one_line(exc)}") from exc
     options = session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # load, not fold: memory stays ~ the file
     try:
         ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
-        raise PluginError(chain, f"produced a model onnxruntime cannot load: {_one_line(exc)}") from exc
+        raise PluginError(chain, f"produced a model onnxruntime cannot load: {one_line(exc)}") from exc
 
 
 def interface_signature(model: onnx.ModelProto) -> dict[str, list[tuple[str, str, int | None]]]:
@@ -210,18 +210,14 @@ def check_model(model: onnx.ModelProto, plugin: str, *, runtime: bool = True, st
     try:
         onnx.checker.check_model(model, full_check=strict)
     except Exception as exc:  # noqa: BLE001
-        raise PluginError(plugin, f"produced an invalid model: {_one_line(exc)}") from exc
+        raise PluginError(plugin, f"produced an invalid model: {one_line(exc)}") from exc
     if runtime:
         try:
             cpu_session(model)
         except Exception as exc:  # noqa: BLE001
-            raise PluginError(plugin, f"produced a model onnxruntime cannot load: {_one_line(exc)}") from exc
+            raise PluginError(plugin, f"produced a model onnxruntime cannot load: {one_line(exc)}") from exc
 
 
-def _one_line(exc: BaseException, limit: int = 600) -> str:
-    """The message on one line: onnx.checker names the node on its last line, so keep every line."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _runtime_problem(model: onnx.ModelProto) -> str | None:
@@ -234,5 +230,5 @@ def _runtime_problem(model: onnx.ModelProto) -> str | None:
     try:
         cpu_session(model)
     except Exception as exc:  # noqa: BLE001
-        return f"onnxruntime cannot load the input model ({_one_line(exc, 300)})"
+        return f"onnxruntime cannot load the input model ({one_line(exc, 300)})"
     return None

@@ -10,14 +10,11 @@ import onnx
 from onnx import helper
 
 from ..tidy import node_reads
+from ..graph import node_label
 from .constants import Constants, inferred_shapes
 from .layout import Atoms, ChannelAxis, Edit, HeadAxes, Layout, Segment, SinkSlot, SliceEdit, atoms_of
 
 Dim = int | str | None
-
-
-def node_label(node: onnx.NodeProto) -> str:
-    return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):

@@ -61,7 +61,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from onnxshrink.errors import UsageError
+from onnxshrink.errors import UsageError, one_line
 from onnxshrink.validate import latency as _latency
 from onnxshrink.validate.data import DataSet, load_feeds, parse_input_shape, split_calibration
 from onnxshrink.validate.fidelity import accuracy, compare_outputs, run_model
@@ -93,8 +93,6 @@ def _say(progress: Progress, msg: str) -> None:
         progress(msg)
 
 
-def _one_line(e: BaseException) -> str:
-    return (" ".join(str(e).split()) or type(e).__name__)[:500]
 
 
 def _skipped(providers: Sequence[str]) -> dict:
@@ -149,13 +147,13 @@ def _fidelity(baseline_path, candidate_path, dataset: DataSet, threads: int) -> 
     try:
         base_out = run_model(baseline_path, dataset.feeds, threads=threads)
     except Exception as e:
-        raise UsageError(f"baseline model {str(baseline_path)!r} cannot run on the data {dataset.source or '(synthetic)'}: {_one_line(e)}") from None
+        raise UsageError(f"baseline model {str(baseline_path)!r} cannot run on the data {dataset.source or '(synthetic)'}: {one_line(e)}") from None
     failed = {"status": "failed", "outputs": {}, "cosine": None, "max_abs_error": None, "rel_error": None,
               "top1_agreement": None, "exact_match": None, "warnings": []}
     try:
         cand_out = run_model(candidate_path, dataset.feeds, threads=threads)
     except Exception as e:
-        return {**failed, "error": f"candidate model {str(candidate_path)!r} failed to run: {_one_line(e)}"}
+        return {**failed, "error": f"candidate model {str(candidate_path)!r} failed to run: {one_line(e)}"}
     try:
         fid = compare_outputs(base_out, cand_out)
     except UsageError as e:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxshrink.errors import UsageError
+from onnxshrink.errors import UsageError, one_line
 from onnxshrink.validate.providers import PROVIDERS, Session, make_session, parse_providers, placement_from_profile, provider_status
 
 SPREAD_LIMIT = 0.25
@@ -122,9 +122,6 @@ def spread_warning(stats: dict[str, dict]) -> str | None:
 # -------------------------------------------------------------------------------------- with ORT
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:500]
 
 
 def _first_feed(feeds) -> dict[str, np.ndarray]:
@@ -185,7 +182,7 @@ def _run_provider(
                 stage = f"{role} run"
                 prepared[role].first_run(feed)
             except Exception as e:
-                return {"status": "failed", "error": f"{stage} on {provider}: {_one_line(e)}"}
+                return {"status": "failed", "error": f"{stage} on {provider}: {one_line(e)}"}
         calls = [lambda s=p.s.session: s.run(None, feed) for p in prepared.values()]
         try:
             if len(calls) == 2:
@@ -194,7 +191,7 @@ def _run_provider(
             else:
                 times = {next(iter(models)): time_one(calls[0], max(warmup - 1, 0), repeats, min_time_s=min_time_s, max_repeats=max_repeats)}
         except Exception as e:
-            return {"status": "failed", "error": f"timed run on {provider}: {_one_line(e)}"}
+            return {"status": "failed", "error": f"timed run on {provider}: {one_line(e)}"}
         per_model = {role: {**summarize(t), **prepared[role].facts()} for role, t in times.items()}
         result: dict = {"status": "ok", "threads": threads, "warmup": warmup}
         if provider == "tensorrt":

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from onnxshrink import runtime
 from onnxshrink.errors import UsageError
 
 PROVIDERS: dict[str, str] = {
@@ -77,14 +78,10 @@ class Session:
 
 
 def session_options(threads: int = 1, *, profile_dir: str | None = None) -> ort.SessionOptions:
-    """Fixed intra-op threads, one inter-op thread, sequential execution, quiet logs."""
+    """The runtime's deterministic options (fixed threads, sequential, quiet), plus optional profiling."""
     if threads < 1:
         raise UsageError(f"threads must be a positive integer, got {threads}")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
+    opts = runtime.session_options(threads)
     if profile_dir is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(profile_dir, "onnxshrink_profile")

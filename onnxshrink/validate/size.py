@@ -22,6 +22,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnxshrink.errors import InvalidModelError
+from onnxshrink.graph import iter_graphs
+from onnxshrink.model_io import stored_tensors
 from onnxshrink.external import external_data_dir, read_external
 
 CHUNK = 1 << 20
@@ -38,7 +40,7 @@ def measure_size(model_path: str | os.PathLike) -> dict:
     except Exception as e:  # onnx raises several types for unreadable files
         raise InvalidModelError(f"cannot read model {str(path)!r}: {' '.join(str(e).split())}") from None
     base = path.resolve().parent
-    tensors = list(_tensors(model))
+    tensors = list(stored_tensors(model))
     external = sorted({_external_file(t, path, base) for t in tensors if _is_external(t)})
     params = nonzeros = 0
     for tensor, dense_size in _counted(model):
@@ -77,45 +79,22 @@ def _ratio(c: int | None, b: int | None) -> float | None:
 # ------------------------------------------------------------------------------------ tensor walking
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
-
-
 def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    for g in _graphs(model.graph):
+    """Nodes of every graph and subgraph, and of model-local functions (and their subgraphs)."""
+    for g, _ in iter_graphs(model.graph):
         yield from g.node
     for fn in model.functions:
         for node in fn.node:
             yield node
             for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    for g in _graphs(attr.g):
+                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                    for g, _ in iter_graphs(sub):
                         yield from g.node
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        for g in _graphs(sub):
-                            yield from g.node
-
-
-def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every stored tensor (for finding external-data files)."""
-    for tensor, _ in _counted(model):
-        yield tensor
-    for g in _graphs(model.graph):
-        for sp in g.sparse_initializer:
-            yield sp.indices
 
 
 def _counted(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto | list, int]]:
     """(values, dense element count) for every parameter tensor."""
-    for g in _graphs(model.graph):
+    for g, _ in iter_graphs(model.graph):
         for t in g.initializer:
             yield t, _numel(t.dims)
         for sp in g.sparse_initializer:

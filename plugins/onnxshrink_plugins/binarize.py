@@ -10,7 +10,7 @@ import onnx
 import onnxshrink
 from onnxshrink import Method, Option, QuantizedTensor
 
-from .lowbit_layers import WEIGHTED_OPS, Layer, check_exclude, find_layers, first_and_last, output_cosine
+from .lowbit_layers import WEIGHTED_OPS, Layer, find_layers, first_and_last, output_cosine
 
 HONEST_NOTE = (
     "binarizing or ternarizing a trained network without retraining usually destroys its accuracy; "
@@ -77,7 +77,7 @@ class Binarize(Method):
             raise cls.option_error("op_types is empty; name at least one of " + ", ".join(WEIGHTED_OPS))
 
     def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
-        unknown = check_exclude(model, options["exclude"] or [])
+        unknown = onnxshrink.unknown_exclusions(model, options["exclude"] or [])
         if unknown:
             raise onnxshrink.UsageError(f"plugin 'binarize': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
         layers, left = find_layers(model, op_types=options["op_types"], exclude=options["exclude"] or (), min_size=options["min_size"])

@@ -12,7 +12,7 @@ from onnxshrink import Method, Option, QuantizedTensor
 
 from .gptq_bias import add_bias
 from .gptq_core import Hessian, gptq, reconstruction_error, rtn
-from .lowbit_layers import Layer, LinearView, check_exclude, find_layers, linear_view, output_cosine
+from .lowbit_layers import Layer, LinearView, find_layers, linear_view, output_cosine
 
 GPTQ_OPS = ("Conv", "Gemm", "MatMul")
 FORMS = ("packed", "smallest", "dequantize_linear", "auto")
@@ -83,7 +83,7 @@ class Gptq(Method):
         if markers:
             context.warn(f"the model is already quantized ({markers[0]}); left unchanged")
             return {"quantized_tensors": 0, "already_quantized": markers[:20], "layers": [], "left": []}
-        unknown = check_exclude(model, options["exclude"] or [])
+        unknown = onnxshrink.unknown_exclusions(model, options["exclude"] or [])
         if unknown:
             raise onnxshrink.UsageError(f"plugin 'gptq': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
         feeds = _feeds(model, options, context)

@@ -15,7 +15,7 @@ from .quant.forms import Scheme
 from .quant.measure import outputs, synthetic_feeds
 from .quant.sensitivity import mixed_precision, quantizable_layers
 from .quant.static import CALIBRATION_METHODS, Calibrated, StaticSettings, calibrate
-from .quant.targets import WEIGHTED_OPS, check_exclude
+from .quant.targets import WEIGHTED_OPS
 
 DEFAULT_SUBBYTE_BLOCK = 32
 MEASURABLE_BYTES = 2**31 - 2**26  # a serialized ModelProto must stay under 2 GB
@@ -122,7 +122,7 @@ class IntQuant(Method):
         if markers:
             context.warn(f"the model is already quantized ({markers[0]}{' and more' if len(markers) > 1 else ''}); left unchanged")
             return {"mode": None, "requested_mode": options["mode"], "already_quantized": markers[:50], "quantized_tensors": 0, "quantized": [], "left": []}
-        unknown = check_exclude(model, options["exclude"] or [])
+        unknown = onnxshrink.unknown_exclusions(model, options["exclude"] or [])
         if unknown:
             raise self.option_error(f"exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
         settings = _settings(options)

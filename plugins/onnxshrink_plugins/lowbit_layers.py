@@ -15,34 +15,18 @@ import numpy as np
 import onnx
 
 import onnxshrink
-from onnxshrink import QuantizedTensor, Use, WeightTensor
+from onnxshrink import QuantizedTensor, Use, WeightTensor, node_label, weight_axes
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def node_label(node: onnx.NodeProto) -> str:
-    """A node's name, or ``Op(first output)`` when it has none."""
-    return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
 
 
 def _ints(node: onnx.NodeProto) -> dict[str, int]:
     return {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
 
 
-def out_axis(use: Use, rank: int) -> int:
-    """The output-channel axis of the weight read by ``use``."""
-    node, index = use.node, use.index
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        transposed = _ints(node).get("transB" if index == 1 else "transA", 0)
-        if index == 1:
-            return 0 if transposed else 1
-        return 1 if transposed else 0
-    return rank - 1 if index == 1 else rank - 2  # MatMul: B (K, N) → N; a constant A (M, K) → M
 
 
 @dataclass
@@ -83,7 +67,7 @@ def find_layers(
         reason = _skip_reason(weight, min_size)
         if reason is None and (weight.name in excluded or any(lab in excluded for lab in labels) or any(u.node.op_type in excluded for u in weight.weight_uses)):
             reason = "excluded (exclude=)"
-        axes = {out_axis(u, len(weight.shape)) for u in weight.weight_uses}
+        axes = {weight_axes(u, len(weight.shape))[0] for u in weight.weight_uses}
         if reason is None and len(axes) > 1:
             reason = "shared by nodes that read it with different output-channel axes"
         if reason:
@@ -93,13 +77,6 @@ def find_layers(
     return layers, left
 
 
-def check_exclude(model: onnx.ModelProto, exclude: Iterable[str]) -> list[str]:
-    """The ``exclude`` entries that match no node label, op type or tensor name of ``model``."""
-    known: set[str] = set()
-    for g, _ in onnxshrink.iter_graphs(model.graph):
-        for node in g.node:
-            known.update({node_label(node), node.op_type, *node.input})
-    return [e for e in exclude if e not in known]
 
 
 def _skip_reason(weight: WeightTensor, min_size: int) -> str | None:

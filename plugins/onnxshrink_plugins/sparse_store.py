@@ -10,7 +10,7 @@ import onnx
 import onnxshrink
 from onnxshrink import Method, Option
 
-from .lowbit_layers import WEIGHTED_OPS, check_exclude, find_layers
+from .lowbit_layers import WEIGHTED_OPS, find_layers
 
 
 class SparseStore(Method):
@@ -44,7 +44,7 @@ class SparseStore(Method):
             raise cls.option_error("op_types is empty; name at least one of " + ", ".join(WEIGHTED_OPS))
 
     def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
-        unknown = check_exclude(model, options["exclude"] or [])
+        unknown = onnxshrink.unknown_exclusions(model, options["exclude"] or [])
         if unknown:
             raise onnxshrink.UsageError(f"plugin 'sparse_store': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
         layers, left = find_layers(model, op_types=options["op_types"], exclude=options["exclude"] or (), min_size=options["min_size"])

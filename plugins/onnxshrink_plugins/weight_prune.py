@@ -122,15 +122,21 @@ class WeightPrune(Method):
                 task.advance()
         if not chosen:
             context.warn("no weight tensor matched; the model is unchanged")
-        return {
-            "mode": "threshold" if options["threshold"] is not None else options["scope"],
-            "pruned_tensors": len(tensors),
-            "pruned_params": total,
-            "zeros": zeros,
-            "sparsity": round(zeros / total, 6) if total else 0.0,
-            "tensors": tensors,
-            "skipped": skipped,
-        }
+        mode = "threshold" if options["threshold"] is not None else options["scope"]
+        return _summary(tensors, skipped, total, zeros, mode=mode)
+
+
+def _summary(tensors: list[dict], skipped: list[dict], total: int, zeros: int, **head: Any) -> dict[str, Any]:
+    """The stats of an unstructured or N:M run: how many weights became zero, per tensor and overall."""
+    return {
+        **head,
+        "pruned_tensors": len(tensors),
+        "pruned_params": total,
+        "zeros": zeros,
+        "sparsity": round(zeros / total, 6) if total else 0.0,
+        "tensors": tensors,
+        "skipped": skipped,
+    }
 
 
 def _magnitude(array: np.ndarray) -> np.ndarray:
@@ -255,16 +261,7 @@ def _prune_pattern(model: onnx.ModelProto, options: dict[str, Any], context: onn
         tensors.append({"name": weight.name, "op_types": weight.op_types, "shape": list(weight.shape), "axis": axis, "sparsity_after": round(1 - nz / pruned.size, 6)})
     if not tensors:
         context.warn(f"no weight tensor can take the {n}:{m} pattern; the model is unchanged")
-    return {
-        "mode": "pattern",
-        "pattern": f"{n}:{m}",
-        "pruned_tensors": len(tensors),
-        "pruned_params": total,
-        "zeros": zeros,
-        "sparsity": round(zeros / total, 6) if total else 0.0,
-        "tensors": tensors,
-        "skipped": skipped,
-    }
+    return _summary(tensors, skipped, total, zeros, mode="pattern", pattern=f"{n}:{m}")
 
 
 def _prune_channels(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnxshrink import node_label
+
 from .build import Built, Settings, build
 from .measure import cosine, outputs
 from .static import Calibrated
-from .targets import node_label, plan_targets
+from .targets import plan_targets
 
 
 @dataclass

@@ -9,16 +9,13 @@ import numpy as np
 import onnx
 
 import onnxshrink
-from onnxshrink import Use, WeightTensor
+from onnxshrink import Use, WeightTensor, node_label, weight_axes
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 DEFAULT_DOMAINS = ("", "ai.onnx")
 _OP_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1)}
 
 
-def node_label(node: onnx.NodeProto) -> str:
-    """How stats and ``exclude=`` name a node: its name, or ``Op(first output)`` when it has none."""
-    return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
 
 
 @dataclass
@@ -47,23 +44,6 @@ class Plan:
     layers: dict[str, str]  # label → op type, for every weighted node that could be quantized
 
 
-def weight_axes(use: Use, rank: int) -> tuple[int, int]:
-    """(output-channel axis, reduction axis) of the weight read by ``use``."""
-    node, index = use.node, use.index
-    attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
-    if node.op_type == "Conv":
-        return 0, 1
-    if node.op_type == "ConvTranspose":
-        return 1, 0
-    if node.op_type == "Gemm":
-        transposed = attrs.get("transB" if index == 1 else "transA", 0)
-        if index == 1:
-            return (0, 1) if transposed else (1, 0)
-        return (1, 0) if transposed else (0, 1)
-    if node.op_type == "Gather":
-        return 0, 1
-    # MatMul: B (..., K, N) has channels on the last axis; a constant A (..., M, K) on the one before.
-    return (rank - 1, rank - 2) if index == 1 else (rank - 2, rank - 1)
 
 
 def plan_targets(
@@ -112,13 +92,6 @@ def plan_targets(
     return Plan(targets, left, layers)
 
 
-def check_exclude(model: onnx.ModelProto, exclude: Iterable[str]) -> list[str]:
-    """The ``exclude`` entries that match no node label, op type or weight name of ``model``."""
-    known: set[str] = set()
-    for g, _ in onnxshrink.iter_graphs(model.graph):
-        for node in g.node:
-            known.update({node_label(node), node.op_type, *node.input})
-    return [e for e in exclude if e not in known]
 
 
 def _left(weight: WeightTensor, reason: str, labels: list[str]) -> dict:
