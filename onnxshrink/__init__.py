@@ -55,6 +55,7 @@ from .quantization import (
     unpack_bits,
     upgrade_opset,
 )
+from .segments import SegmentRunner
 from .lowbit import StoredWeight, pack_codes, packed_chain, sparse_chain, store_weight, tensor_bytes, unpack_codes, weight_chain
 from .tidy import from_graph, tidy_model, to_graph
 
@@ -81,6 +82,7 @@ __all__ = [
     "Option",
     "PluginError",
     "QuantizedTensor",
+    "SegmentRunner",
     "StoredWeight",
     "Use",
     "UsageError",

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from . import runtime
+from .segments import SegmentRunner
 
 
 class ProgressTask(Protocol):
@@ -37,6 +38,8 @@ class Context:
     - ``calibration_feeds()``: the calibration samples (a list of ``{input name: array}``) from the
       user's ``--data``, or synthetic inputs when none was given (``calibration_is_synthetic``).
     - ``run(model, feeds)`` and ``activations(model, names, feeds)``: onnxruntime on the CPU.
+    - ``segments(model, feeds)``: a :class:`~onnxshrink.SegmentRunner` that runs the model forward
+      piece by piece (layer inputs one after the other, without running the whole model each time).
     - ``progress(description, total)``: a context manager whose task has ``advance(n)``.
     - ``log(message)`` and ``warn(message)``: messages shown to the user (warnings also in the report).
     """
@@ -75,6 +78,10 @@ class Context:
     def activations(self, model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
         """Values of intermediate tensors ``names`` on each feed (the model is not modified)."""
         return runtime.intermediate_values(model, names, feeds)
+
+    def segments(self, model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]]) -> SegmentRunner:
+        """A runner that takes ``model`` forward piece by piece over ``feeds`` (see :class:`~onnxshrink.SegmentRunner`)."""
+        return SegmentRunner(model, feeds)
 
     def progress(self, description: str, total: float | None = None) -> contextlib.AbstractContextManager[ProgressTask]:
         return self._progress(f"{self.plugin}: {description}" if self.plugin else description, total)

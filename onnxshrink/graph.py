@@ -161,7 +161,8 @@ def unique_name(taken: set[str], base: str) -> str:
     return name
 
 
-def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+def constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor a Constant node defines with its `value` attribute, or None."""
     if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
         for attr in node.attribute:
             if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
@@ -175,7 +176,7 @@ def _definitions(g: onnx.GraphProto) -> dict[str, tuple[str, onnx.TensorProto, o
     for init in g.initializer:
         defs[init.name] = ("overridable" if init.name in inputs else "initializer", init, None)
     for node in g.node:
-        value = _constant_value(node)
+        value = constant_value(node)
         if value is not None and node.output:
             defs[node.output[0]] = ("constant", value, node)
     return defs

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 import onnxshrink
-from onnxshrink import Method, Option, QuantizedTensor
+from onnxshrink import Method, Option, QuantizedTensor, SegmentRunner
 
 from .gptq_bias import add_bias
 from .gptq_core import Hessian, gptq, reconstruction_error, rtn
@@ -90,14 +90,19 @@ class Gptq(Method):
         work = onnx.ModelProto()
         work.CopyFrom(model)
         layers, left = find_layers(work, op_types=options["op_types"], exclude=options["exclude"] or (), min_size=options["min_size"])
-        reference = [list(o.values()) for o in context.run(model, feeds)]
+        # both models run forward piece by piece, next to each other: each layer's inputs are taken
+        # when the run reaches them, and only the weights of the piece being run are in memory
+        floats = context.segments(model, feeds)
+        quantized = context.segments(work, feeds)
         done: list[tuple[str, QuantizedTensor, tuple[int, ...], dict]] = []
         with context.progress("quantizing layers", total=len(layers)) as task:
             for layer in layers:
-                qt, shape, row = _quantize_layer(layer, work, model, feeds, options, context)
+                qt, shape, row = _quantize_layer(layer, work, floats, quantized, options)
+                quantized.overrides[layer.name] = _dequantized(qt, shape)
                 done.append((layer.name, qt, shape, row))
                 task.advance()
-        after = [list(o.values()) for o in context.run(work, feeds)]
+        reference = [list(o.values()) for o in floats.outputs()]
+        after = [list(o.values()) for o in quantized.outputs()]
         stored = _store(work, done, options, context)
         model.CopyFrom(work)
         stats = _summary(done, stored, left, options)
@@ -139,17 +144,12 @@ def _views(layer: Layer) -> tuple[list[LinearView], str | None]:
     return views, None
 
 
-def _inputs(model: onnx.ModelProto, names: list[str], feeds: list[dict], context) -> dict[str, list[np.ndarray]]:
-    """Values of ``names`` on each feed (graph inputs come straight from the feeds)."""
-    inner = [n for n in names if not all(n in f for f in feeds)]
-    values = context.activations(model, inner, feeds) if inner else {}
-    for name in names:
-        if name not in values:
-            values[name] = [f[name] for f in feeds]
-    return values
+def _dequantized(qt: QuantizedTensor, shape: tuple[int, ...]):
+    """The float values a quantized layer runs with (computed when a piece of the model needs them)."""
+    return lambda: qt.dequantize().reshape(shape)
 
 
-def _quantize_layer(layer: Layer, work, original, feeds, options, context) -> tuple[QuantizedTensor, tuple[int, ...], dict]:
+def _quantize_layer(layer: Layer, work, floats: SegmentRunner, quantized: SegmentRunner, options) -> tuple[QuantizedTensor, tuple[int, ...], dict]:
     bits, symmetric, group = options["bits"], options["symmetric"], options["group_size"]
     array = layer.weight.array().astype(np.float32)
     views, reason = _views(layer)
@@ -159,7 +159,6 @@ def _quantize_layer(layer: Layer, work, original, feeds, options, context) -> tu
     observable = observable_reason is None
     if not views:
         qt = onnxshrink.quantize(array, bits, symmetric=symmetric, axis=layer.axis)
-        layer.weight.set_array(qt.dequantize())
         row.update(algorithm="rtn", granularity="per-channel", reason=f"{reason}: rounded to nearest per output channel")
         return qt, layer.weight.shape, row
     w = views[0].matrix(array)
@@ -167,11 +166,11 @@ def _quantize_layer(layer: Layer, work, original, feeds, options, context) -> tu
         group = 0
     if not observable:
         qt, shape = views[0].stored(rtn(w, bits, symmetric, group))
-        layer.weight.set_array(qt.dequantize().reshape(shape))
         row.update(algorithm="rtn", granularity=f"groups of {group}" if group else "per-channel", reason=observable_reason)
         return qt, shape, row
-    source = work if options["sequential"] else original
-    activations = _inputs(source, sorted({v.activation for v in views}), feeds, context)
+    names = sorted({v.activation for v in views})
+    float_inputs = floats.values(names)  # taken even when unused, so both runs move forward together
+    activations = quantized.values(names) if options["sequential"] else float_inputs
     hessian = Hessian(w.shape[1])
     means_q = []
     for view in views:
@@ -189,7 +188,6 @@ def _quantize_layer(layer: Layer, work, original, feeds, options, context) -> tu
     else:
         qt_oi = nearest
     qt, shape = views[0].stored(qt_oi)
-    dequantized = qt.dequantize().reshape(shape)
     row.update(
         algorithm=options["algorithm"],
         granularity=f"groups of {group}" if group else "per-channel",
@@ -197,15 +195,13 @@ def _quantize_layer(layer: Layer, work, original, feeds, options, context) -> tu
         error_rtn=round(reconstruction_error(w, nearest, h), 8),
         error=round(reconstruction_error(w, qt_oi, h), 8),
     )
-    layer.weight.set_array(dequantized)
     if options["bias_correction"]:
-        row["bias_correction"] = _correct_bias(layer, views, w, qt_oi, means_q, work, original, feeds, context)
+        row["bias_correction"] = _correct_bias(layer, views, w, qt_oi, means_q, work, float_inputs)
     return qt, shape, row
 
 
-def _correct_bias(layer: Layer, views: list[LinearView], w, qt_oi, means_q, work, original, feeds, context) -> list[dict]:
+def _correct_bias(layer: Layer, views: list[LinearView], w, qt_oi, means_q, work, floats: dict[str, list[np.ndarray]]) -> list[dict]:
     """Subtract each use's mean output error (quantized model vs float model, calibration data)."""
-    floats = _inputs(original, sorted({v.activation for v in views}), feeds, context)
     wq = qt_oi.dequantize().astype(np.float64)
     out = []
     for use, view, mean_q in zip(layer.uses, views, means_q):
