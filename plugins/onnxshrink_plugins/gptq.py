@@ -11,7 +11,7 @@ import onnxshrink
 from onnxshrink import Method, Option, QuantizedTensor, SegmentRunner
 
 from .gptq_bias import add_bias
-from .gptq_core import Hessian, gptq, reconstruction_error, rtn
+from .gptq_core import Hessian, gptq, rtn
 from .lowbit_layers import Layer, LinearView, find_layers, linear_view, output_cosine
 
 GPTQ_OPS = ("Conv", "Gemm", "MatMul")
@@ -181,10 +181,9 @@ def _quantize_layer(layer: Layer, work, floats: SegmentRunner, quantized: Segmen
             hessian.add(rows)
             total += rows.sum(axis=0, dtype=np.float64)
         means_q.append(total / max(hessian.rows - before, 1))
-    h = hessian.h
     nearest = rtn(w, bits, symmetric, group)
     if options["algorithm"] == "gptq":
-        qt_oi = gptq(w, h, bits, symmetric=symmetric, group_size=group, percdamp=options["percdamp"], block=options["block"], act_order=options["act_order"])
+        qt_oi = gptq(w, hessian.h, bits, symmetric=symmetric, group_size=group, percdamp=options["percdamp"], block=options["block"], act_order=options["act_order"])
     else:
         qt_oi = nearest
     qt, shape = views[0].stored(qt_oi)
@@ -192,8 +191,8 @@ def _quantize_layer(layer: Layer, work, floats: SegmentRunner, quantized: Segmen
         algorithm=options["algorithm"],
         granularity=f"groups of {group}" if group else "per-channel",
         calibration_rows=hessian.rows,
-        error_rtn=round(reconstruction_error(w, nearest, h), 8),
-        error=round(reconstruction_error(w, qt_oi, h), 8),
+        error_rtn=round(hessian.error(w, nearest), 8),
+        error=round(hessian.error(w, qt_oi), 8),
     )
     if options["bias_correction"]:
         row["bias_correction"] = _correct_bias(layer, views, w, qt_oi, means_q, work, float_inputs)

@@ -23,20 +23,38 @@ from onnxshrink import QuantizedTensor, quant_range, quantize
 
 
 class Hessian:
-    """``2/n * sum x^T x`` over rows of inputs, accumulated feed by feed (float64)."""
+    """``2/n * sum x^T x`` over rows of inputs, accumulated feed by feed (float64).
+
+    While there are fewer rows than columns the rows are kept too: the output error of a quantized
+    matrix is then measured on them (n x in x out work) rather than through H (in x in x out).
+    """
 
     def __init__(self, columns: int):
         self.matrix = np.zeros((columns, columns), dtype=np.float64)
         self.rows = 0
+        self._kept: list[np.ndarray] | None = []
 
     def add(self, rows: np.ndarray) -> None:
         x = np.asarray(rows, dtype=np.float64)
         self.matrix += x.T @ x
         self.rows += x.shape[0]
+        if self._kept is not None:
+            self._kept = self._kept + [x] if self.rows < self.matrix.shape[0] else None
 
     @property
     def h(self) -> np.ndarray:
         return 2.0 * self.matrix / max(self.rows, 1)
+
+    def error(self, w: np.ndarray, qt: QuantizedTensor) -> float:
+        """``tr(D H D^T) / tr(W H W^T)`` with D = W - Q: the relative output error on the calibration inputs."""
+        w = np.asarray(w, dtype=np.float64)
+        d = w - qt.dequantize().astype(np.float64)
+        if self._kept:
+            x = np.concatenate(self._kept)
+            numerator, denominator = float(np.sum((x @ d.T) ** 2)), float(np.sum((x @ w.T) ** 2))
+        else:
+            numerator, denominator = float(np.sum((d @ self.matrix) * d)), float(np.sum((w @ self.matrix) * w))
+        return numerator / denominator if denominator > 0 else 0.0
 
 
 def rtn(w: np.ndarray, bits: int, symmetric: bool, group_size: int) -> QuantizedTensor:
@@ -60,13 +78,16 @@ def _inverse_cholesky(h: np.ndarray, percdamp: float) -> np.ndarray:
     needs it); the mean diagonal is positive because unseen inputs were given a diagonal of 1.
     """
     scale = float(np.mean(np.diag(h)))
-    eye = np.eye(h.shape[0])
+    diagonal = np.diag_indices(h.shape[0])
     for step in range(12):
-        damped = h + max(percdamp, 1e-8) * 10**step * scale * eye
-        try:
-            np.linalg.cholesky(damped)  # raises unless positive definite
+        damped = h.copy()
+        damped[diagonal] += max(percdamp, 1e-8) * 10**step * scale
+        try:  # an indefinite H has an indefinite inverse: the Cholesky factorization below raises
             inverse = np.linalg.inv(damped)
-            return np.linalg.cholesky((inverse + inverse.T) / 2).T
+            del damped
+            inverse += inverse.T
+            inverse /= 2
+            return np.linalg.cholesky(inverse).T
         except np.linalg.LinAlgError:
             continue
     raise np.linalg.LinAlgError("the Hessian stays singular after damping")
@@ -142,11 +163,3 @@ def gptq(
     if group_size:
         return QuantizedTensor(values, scales, zeros, bits, axis=1, block_size=group_size)
     return QuantizedTensor(values, scales[:, 0], None if zeros is None else zeros[:, 0], bits, axis=0)
-
-
-def reconstruction_error(w: np.ndarray, qt: QuantizedTensor, h: np.ndarray) -> float:
-    """``tr(D H D^T) / tr(W H W^T)`` with D = W - Q: the relative output error on the calibration inputs."""
-    w = np.asarray(w, dtype=np.float64)
-    d = w - qt.dequantize().astype(np.float64)
-    denominator = float(np.sum((w @ h) * w))
-    return float(np.sum((d @ h) * d)) / denominator if denominator > 0 else 0.0
