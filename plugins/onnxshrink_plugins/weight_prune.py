@@ -4,6 +4,7 @@ patterns, or whole channels removed from the graph."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -87,26 +88,26 @@ class WeightPrune(Method):
                 chosen.append(weight)
 
         # Tensor by tensor: a large model's weights are read, pruned and handed back one at a time.
+        work = _Workspace(max((w.size for w in chosen), default=0))
         if options["threshold"] is not None:
             threshold = options["threshold"]
-            mask_of = lambda mag: mag < threshold  # noqa: E731
+            mask_of = lambda mag: np.less(mag, threshold, out=work.mask[: mag.size])  # noqa: E731
         elif options["scope"] == "global":
-            mask_of = _GlobalCut(chosen, options["sparsity"]).mask
+            mask_of = _GlobalCut(chosen, options["sparsity"], work).mask
         else:
-            mask_of = lambda mag: _smallest(mag, options["sparsity"])  # noqa: E731
+            mask_of = lambda mag: _smallest(mag, options["sparsity"], work)  # noqa: E731
 
         tensors, total, zeros = [], 0, 0
         with context.progress("pruning tensors", total=len(chosen)) as task:
             for weight in chosen:
                 array = weight.array()
-                before = 1 - np.count_nonzero(array) / array.size if array.size else 0.0
-                pruned = array.ravel().copy()
-                np.copyto(pruned, 0, where=mask_of(_magnitude(array)))
-                del array
-                weight.set_array(pruned.reshape(weight.shape))
-                nz = int(np.count_nonzero(pruned))
-                total += pruned.size
-                zeros += pruned.size - nz
+                if not array.flags.writeable or not array.flags.c_contiguous:
+                    array = np.array(array, order="C")  # a read-only view of the proto's bytes: edit a copy
+                nz_before, nz = work.prune(array, mask_of)
+                before = 1 - nz_before / array.size if array.size else 0.0
+                weight.set_array(array)
+                total += array.size
+                zeros += array.size - nz
                 tensors.append(
                     {
                         "name": weight.name,
@@ -116,9 +117,10 @@ class WeightPrune(Method):
                         "in_subgraph": weight.in_subgraph,
                         "shared_by": len(weight.uses),
                         "sparsity_before": round(before, 6),
-                        "sparsity_after": round(1 - nz / pruned.size, 6) if pruned.size else 0.0,
+                        "sparsity_after": round(1 - nz / array.size, 6) if array.size else 0.0,
                     }
                 )
+                del array
                 task.advance()
         if not chosen:
             context.warn("no weight tensor matched; the model is unchanged")
@@ -139,8 +141,43 @@ def _summary(tensors: list[dict], skipped: list[dict], total: int, zeros: int, *
     }
 
 
-def _magnitude(array: np.ndarray) -> np.ndarray:
-    return np.abs(array.astype(np.float32, copy=False)).ravel()
+class _Workspace:
+    """Buffers reused from tensor to tensor (fresh memory costs page faults on every tensor), and the
+    per-tensor pruning step. Bit tricks below rely on |w| being non-negative: its float32 bit patterns
+    sort like its values (NaN last, as numpy sorts floats) and are zero exactly for +0 and -0."""
+
+    def __init__(self, size: int):
+        self.mag = np.empty(size, np.float32)
+        self.scratch = np.empty(size, np.float32)
+        self.mask = np.empty(size, bool)
+        self.keep = np.empty(size, bool)
+
+    def magnitude(self, array: np.ndarray) -> np.ndarray:
+        """|array| as float32, flat, in the shared buffer."""
+        out = self.mag[: array.size]
+        if array.dtype == np.float32:
+            return np.abs(array.reshape(-1), out=out)
+        np.copyto(out, array.reshape(-1), casting="unsafe")
+        return np.abs(out, out=out)
+
+    def prune(self, array: np.ndarray, mask_of: Callable[[np.ndarray], np.ndarray]) -> tuple[int, int]:
+        """Set ``array`` (C-contiguous, writable) to +0 where ``mask_of(|array|)``; (non-zeros before, after)."""
+        mag = self.magnitude(array)
+        exact = array.dtype.name in _EXACT_IN_FLOAT32  # |w| as float32 is zero exactly where w is
+        mag_bits = mag.view(np.uint32)
+        before = int(np.count_nonzero(mag_bits) if exact else np.count_nonzero(array))
+        keep = np.logical_not(mask_of(mag), out=self.keep[: array.size])
+        # Multiplying the bit patterns by 0 or 1 writes +0 (all bits clear) where masked, the same bytes
+        # as a masked copy of 0, without a branch per element.
+        bits = array.reshape(-1).view(f"u{array.dtype.itemsize}")
+        np.multiply(bits, keep, out=bits, casting="unsafe")
+        if not exact:
+            return before, int(np.count_nonzero(array))
+        np.multiply(mag_bits, keep, out=mag_bits, casting="unsafe")
+        return before, int(np.count_nonzero(mag_bits))
+
+
+_EXACT_IN_FLOAT32 = frozenset({"float32", "float16", "bfloat16"})
 
 
 class _GlobalCut:
@@ -151,30 +188,41 @@ class _GlobalCut:
     Ties at the cut go to the earliest positions in tensor order, as one stable sort would choose.
     """
 
-    def __init__(self, weights: list[onnxshrink.WeightTensor], fraction: float):
+    def __init__(self, weights: list[onnxshrink.WeightTensor], fraction: float, work: _Workspace):
         total = sum(w.size for w in weights)
         k = int(round(fraction * total))
-        self.cut, self.ties = -np.inf, 0
+        self.cut, self.ties, self.work = -np.inf, 0, work
         if k == 0:
             return
         hist = np.zeros(1 << 16, dtype=np.int64)
         for w in weights:
-            hist += np.bincount(_magnitude(w.array()).view(np.uint32) >> 16, minlength=1 << 16)
+            m = work.magnitude(w.array())
+            high = np.right_shift(m.view(np.uint32), 16, out=work.scratch[: m.size].view(np.uint32))
+            hist += np.bincount(high, minlength=1 << 16)
         cumulative = np.cumsum(hist)
         bin_ = int(np.searchsorted(cumulative, k))
         below = int(cumulative[bin_ - 1]) if bin_ else 0
-        in_bin = np.concatenate([m[(m.view(np.uint32) >> 16) == bin_] for m in (_magnitude(w.array()) for w in weights)])
+        in_bin = []
+        for w in weights:
+            m = work.magnitude(w.array())
+            in_bin.append(m[_high_bits(m) == bin_])
+        in_bin = np.concatenate(in_bin)
         need = k - below
         self.cut = np.partition(in_bin, need - 1)[need - 1]
         self.ties = need - int(np.count_nonzero(in_bin < self.cut))
 
     def mask(self, magnitude: np.ndarray) -> np.ndarray:
-        mask = magnitude < self.cut
+        mask = np.less(magnitude, self.cut, out=self.work.mask[: magnitude.size])
         if self.ties:
             tied = np.flatnonzero(magnitude == self.cut)[: self.ties]
             mask[tied] = True
             self.ties -= len(tied)
         return mask
+
+
+def _high_bits(magnitude: np.ndarray) -> np.ndarray:
+    """The top 16 bits of non-negative float32 values: they sort like the values."""
+    return magnitude.view(np.uint32) >> 16
 
 
 def _skip_reason(weight: onnxshrink.WeightTensor, min_size: int) -> str | None:
@@ -185,20 +233,24 @@ def _skip_reason(weight: onnxshrink.WeightTensor, min_size: int) -> str | None:
     return None
 
 
-def _smallest(magnitudes: np.ndarray, fraction: float) -> np.ndarray:
+def _smallest(magnitudes: np.ndarray, fraction: float, work: _Workspace | None = None) -> np.ndarray:
     """A mask of exactly round(fraction * n) smallest entries; ties at the cut go to the earliest
     positions (deterministic). O(n) with a partition, not a full sort: large tensors stay fast."""
-    k = int(round(fraction * magnitudes.size))
-    mask = np.zeros(magnitudes.size, dtype=bool)
-    if k == 0:
+    n = magnitudes.size
+    work = work or _Workspace(n)
+    k = int(round(fraction * n))
+    mask = work.mask[:n]
+    if k == 0 or k >= n:
+        mask[:] = k > 0
         return mask
-    if k >= magnitudes.size:
-        mask[:] = True
-        return mask
-    cut = np.partition(magnitudes, k - 1)[k - 1]
-    mask = magnitudes < cut
-    ties = np.flatnonzero(magnitudes == cut)[: k - int(mask.sum())]
-    mask[ties] = True
+    scratch = work.scratch[:n]
+    np.copyto(scratch, magnitudes)
+    scratch.view(np.int32).partition(k - 1)  # non-negative floats sort like their bits; twice as fast
+    cut = scratch[k - 1]
+    np.less(magnitudes, cut, out=mask)
+    missing = k - int(np.count_nonzero(mask))
+    if missing:
+        mask[np.flatnonzero(magnitudes == cut)[:missing]] = True
     return mask
 
 
