@@ -151,7 +151,7 @@ def _progress_and_log(quiet: bool) -> dict[str, Any]:
 
     err = _stderr_console(quiet)
     return {
-        "progress": lambda description, total: rich_progress(err, description, total),
+        "progress": lambda description, total, unit="": rich_progress(err, description, total, unit),
         "log": lambda message: err.print(message, markup=False),
     }
 

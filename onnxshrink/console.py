@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -137,18 +147,43 @@ def print_validation(validation: dict[str, Any] | None, console: Console) -> Non
         console.print(fidelity_table(validation["fidelity"]))
 
 
+SUMMARY_AFTER_S = 2.0  # steps shorter than this leave no summary line
+
+
+class _Counted:
+    """A progress task that counts what was done (and moves a bar, when there is one)."""
+
+    def __init__(self) -> None:
+        self.done = 0.0
+        self.moved: Any = None
+
+    def advance(self, amount: float = 1) -> None:
+        self.done += amount
+        if self.moved is not None:
+            self.moved(amount)
+
+
 @contextlib.contextmanager
-def rich_progress(console: Console, description: str, total: float | None) -> Iterator[Any]:
-    """A progress bar on stderr for long steps (rich hides it when stderr is not a terminal)."""
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True) as progress:
-        task_id = progress.add_task(description, total=total)
+def rich_progress(console: Console, description: str, total: float | None, unit: str = "") -> Iterator[Any]:
+    """A progress bar on stderr for long steps, shown only when stderr is a terminal.
 
-        class _Task:
-            def advance(self, amount: float = 1) -> None:
-                progress.advance(task_id, amount)
-
-        yield _Task()
+    With ``unit="B"`` it shows bytes done and the throughput, and a step that took a while leaves a
+    one-line summary (``saving: 3.00 GiB in 9.1 s, 353 MB/s``), also in logs that are not a terminal.
+    """
+    task = _Counted()
+    started = time.perf_counter()
+    if console.is_terminal:
+        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
+        columns += [DownloadColumn(), TransferSpeedColumn()] if unit == "B" else [MofNCompleteColumn()]
+        with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
+            task_id = progress.add_task(description, total=total)
+            task.moved = lambda amount: progress.advance(task_id, amount)
+            yield task
+    else:
+        yield task
+    seconds = time.perf_counter() - started
+    if unit == "B" and seconds >= SUMMARY_AFTER_S and task.done:
+        console.print(f"{description}: {human_bytes(task.done)} in {seconds:.1f} s, {task.done / seconds / 1e6:.0f} MB/s", markup=False, highlight=False)
 
 
 def print_bench(result: dict[str, Any], console: Console) -> None:

@@ -22,11 +22,12 @@ class _NullTask:
         pass
 
 
-ProgressFactory = Callable[[str, "float | None"], contextlib.AbstractContextManager[ProgressTask]]
+# (description, total, unit): unit "" counts items, "B" counts bytes and shows the throughput
+ProgressFactory = Callable[[str, "float | None", str], contextlib.AbstractContextManager[ProgressTask]]
 
 
 @contextlib.contextmanager
-def _no_progress(description: str, total: float | None) -> Iterator[ProgressTask]:
+def _no_progress(description: str, total: float | None, unit: str = "") -> Iterator[ProgressTask]:
     yield _NullTask()
 
 
@@ -40,7 +41,8 @@ class Context:
     - ``run(model, feeds)`` and ``activations(model, names, feeds)``: onnxruntime on the CPU.
     - ``segments(model, feeds)``: a :class:`~onnxshrink.SegmentRunner` that runs the model forward
       piece by piece (layer inputs one after the other, without running the whole model each time).
-    - ``progress(description, total)``: a context manager whose task has ``advance(n)``.
+    - ``progress(description, total, unit="")``: a context manager whose task has ``advance(n)``;
+      with ``unit="B"`` it counts bytes and shows the throughput (MB/s).
     - ``log(message)`` and ``warn(message)``: messages shown to the user (warnings also in the report).
     """
 
@@ -83,8 +85,10 @@ class Context:
         """A runner that takes ``model`` forward piece by piece over ``feeds`` (see :class:`~onnxshrink.SegmentRunner`)."""
         return SegmentRunner(model, feeds)
 
-    def progress(self, description: str, total: float | None = None) -> contextlib.AbstractContextManager[ProgressTask]:
-        return self._progress(f"{self.plugin}: {description}" if self.plugin else description, total)
+    def progress(self, description: str, total: float | None = None, unit: str = "") -> contextlib.AbstractContextManager[ProgressTask]:
+        if unit not in ("", "B"):
+            raise ValueError(f"progress unit must be '' (items) or 'B' (bytes), not {unit!r}")
+        return self._progress(f"{self.plugin}: {description}" if self.plugin else description, total, unit)
 
     def log(self, message: str) -> None:
         self._log(f"{self.plugin}: {message}" if self.plugin else message)
