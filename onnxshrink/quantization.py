@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -111,9 +112,19 @@ class QuantizedTensor:
     def dequantize(self) -> np.ndarray:
         """The float32 tensor these integers stand for: ``(q - zero_point) * scale``."""
         q = self.values.astype(np.float32)
+        if np.result_type(q, self.scale) != np.float32:
+            q = q - self.full(self.zero_point).astype(np.float32) if self.zero_point is not None else q
+            return q * self.full(self.scale)
+        # in place, parameters broadcast per block instead of repeated to the tensor's shape
         if self.zero_point is not None:
-            q = q - self.full(self.zero_point).astype(np.float32)
-        return q * self.full(self.scale)
+            _blockwise(np.subtract, q, self.zero_point.astype(np.float32), self.axis, self.block_size)
+        return _blockwise(np.multiply, q, self.scale, self.axis, self.block_size)
+
+    def max_abs_error(self, reference: np.ndarray) -> float:
+        """Largest ``|dequantize() - reference|`` (``reference`` read flat, as float32)."""
+        flat = self.dequantize().reshape(-1)
+        np.subtract(flat, np.asarray(reference, dtype=np.float32).reshape(-1), out=flat)
+        return float(np.max(np.abs(flat, out=flat))) if flat.size else 0.0
 
     def stored_bytes(self) -> int:
         """Bytes of packed values, scales and zero points."""
@@ -124,24 +135,51 @@ class QuantizedTensor:
         return values + params
 
 
-def _group_view(array: np.ndarray, axis: int | None, block_size: int | None) -> tuple[np.ndarray, tuple[int, ...]]:
-    """``array`` reshaped so that reducing over the returned axes gives one statistic per group."""
-    if axis is None:
-        return array, tuple(range(array.ndim))
-    if not block_size:
-        return array, tuple(i for i in range(array.ndim) if i != axis)
-    moved = np.moveaxis(array, axis, -1)
-    n = moved.shape[-1]
+def _blocks(array: np.ndarray, axis: int, block_size: int) -> np.ndarray:
+    """``array`` as (before axis, blocks, block_size, after axis): a view, or a zero-padded copy when
+    the axis is not a whole number of blocks (zeros change neither max|w| nor a range holding 0)."""
+    pre, n = math.prod(array.shape[:axis]), array.shape[axis]
+    flat = array.reshape(pre, n, -1)
     blocks = -(-n // block_size)
-    padded = np.zeros((*moved.shape[:-1], blocks * block_size), dtype=array.dtype)
-    padded[..., :n] = moved  # zeros change neither max|w| nor a range that always contains 0
-    return padded.reshape(*moved.shape[:-1], blocks, block_size), (moved.ndim,)
+    if n % block_size:
+        padded = np.zeros((pre, blocks * block_size, flat.shape[2]), dtype=array.dtype)
+        padded[:, :n] = flat
+        flat = padded
+    return flat.reshape(pre, blocks, block_size, -1)
 
 
-def _finish_stat(stat: np.ndarray, axis: int | None, block_size: int | None, ndim: int) -> np.ndarray:
-    if axis is not None and block_size:
-        return np.moveaxis(stat, -1, axis)
-    return stat
+def _unblock(grouped: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """Inverse of :func:`_blocks`: the tensor of ``shape`` (padding dropped)."""
+    pre, blocks, block, post = grouped.shape
+    return grouped.reshape(pre, blocks * block, post)[:, : shape[axis]].reshape(shape)
+
+
+def _param_view(params: np.ndarray, shape: tuple[int, ...], axis: int | None, block_size: int | None) -> np.ndarray:
+    """Scale-shaped ``params`` shaped to broadcast against the values (per block: against :func:`_blocks`)."""
+    if axis is None or not block_size:
+        return _expand(params, shape, axis, None)
+    return params.reshape(math.prod(shape[:axis]), params.shape[axis], 1, -1)
+
+
+def _blockwise(op, values: np.ndarray, params: np.ndarray, axis: int | None, block_size: int | None) -> np.ndarray:
+    """``op(values, params)`` written into ``values`` (float32, C-contiguous), params broadcast per group."""
+    if axis is not None and block_size and values.shape[axis] % block_size:  # ragged last block
+        return op(values, _expand(params, values.shape, axis, block_size), out=values)
+    target = _blocks(values, axis, block_size) if axis is not None and block_size else values
+    op(target, _param_view(params, values.shape, axis, block_size), out=target)
+    return values
+
+
+def _stats(w: np.ndarray, axis: int | None, block_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) of each group, in the scale's layout. Two reductions, no temporary |w|."""
+    if axis is None:
+        return np.min(w), np.max(w)
+    if not block_size:
+        others = tuple(i for i in range(w.ndim) if i != axis)
+        return np.min(w, axis=others), np.max(w, axis=others)
+    grouped = _blocks(w, axis, block_size)
+    layout = (*w.shape[:axis], grouped.shape[1], *w.shape[axis + 1 :])
+    return np.min(grouped, axis=2).reshape(layout), np.max(grouped, axis=2).reshape(layout)
 
 
 def _expand(params: np.ndarray, shape: tuple[int, ...], axis: int | None, block_size: int | None) -> np.ndarray:
@@ -178,38 +216,51 @@ def quantize(
             raise ValueError(f"axis {axis} is out of range for a tensor of rank {w.ndim}")
         axis %= w.ndim
     qmin, qmax = quant_range(bits, symmetric)
-    grouped, reduce_axes = _group_view(w, axis, block_size)
-
-    def stat(fn):
-        return _finish_stat(fn(grouped, axis=reduce_axes), axis, block_size, w.ndim).astype(np.float32)
-
+    low, high = _stats(w, axis, block_size)
     if symmetric:
-        scale = stat(lambda a, axis: np.max(np.abs(a), axis=axis)) / np.float32(qmax)
+        scale = np.maximum(high, -low).astype(np.float32) / np.float32(qmax)  # max|w|
         scale = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
-        q = np.clip(np.round(w / _expand(scale, w.shape, axis, block_size)), qmin, qmax).astype(np.int8)
-        return QuantizedTensor(q, scale, None, bits, axis, block_size)
-    low = np.minimum(stat(np.min), 0).astype(np.float32)
-    high = np.maximum(stat(np.max), 0).astype(np.float32)
+        q = _scaled(w, scale, None, axis, block_size)
+        return QuantizedTensor(_rounded(q, qmin, qmax, np.int8, w.shape, axis, block_size), scale, None, bits, axis, block_size)
+    low = np.minimum(np.asarray(low, np.float32), 0).astype(np.float32)
+    high = np.maximum(np.asarray(high, np.float32), 0).astype(np.float32)
     scale = ((high - low) / np.float32(qmax - qmin)).astype(np.float32)
     scale = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
     zero_point = np.clip(np.round(qmin - low / scale), qmin, qmax).astype(np.uint8)
-    full_scale = _expand(scale, w.shape, axis, block_size)
-    full_zp = _expand(zero_point, w.shape, axis, block_size).astype(np.float32)
-    q = np.clip(np.round(w / full_scale) + full_zp, qmin, qmax).astype(np.uint8)
-    return QuantizedTensor(q, scale, zero_point, bits, axis, block_size)
+    q = _scaled(w, scale, zero_point.astype(np.float32), axis, block_size)
+    return QuantizedTensor(_rounded(q, qmin, qmax, np.uint8, w.shape, axis, block_size), scale, zero_point, bits, axis, block_size)
+
+
+def _scaled(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int | None, block_size: int | None) -> np.ndarray:
+    """``round(w / scale) (+ zero_point)`` in one float32 buffer (blocked layout when ``block_size``)."""
+    grouped = _blocks(w, axis, block_size) if axis is not None and block_size else w
+    q = np.divide(grouped, _param_view(scale, w.shape, axis, block_size))
+    np.round(q, out=q)  # half to even, as ONNX QuantizeLinear
+    if zero_point is not None:
+        np.add(q, _param_view(zero_point, w.shape, axis, block_size), out=q)
+    return q
+
+
+def _rounded(q: np.ndarray, qmin: int, qmax: int, dtype, shape: tuple[int, ...], axis: int | None, block_size: int | None) -> np.ndarray:
+    np.clip(q, qmin, qmax, out=q)
+    if axis is not None and block_size:
+        q = _unblock(q, shape, axis)
+    return q.astype(dtype)
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
     """Pack unsigned ``bits``-wide values (flattened) into uint8, lowest bits first (ONNX int4 order)."""
     if 8 % bits:
         raise ValueError(f"can pack 1, 2, 4 or 8 bits per value (got {bits})")
-    flat = np.asarray(values, dtype=np.uint8).ravel()
+    flat = np.asarray(values, dtype=np.uint8).reshape(-1)
     per_byte = 8 // bits
-    padded = np.zeros(-(-flat.size // per_byte) * per_byte, dtype=np.uint8)
-    padded[: flat.size] = flat
-    lanes = padded.reshape(-1, per_byte).astype(np.uint16)
-    shifts = (np.arange(per_byte, dtype=np.uint16) * bits)[None, :]
-    return np.bitwise_or.reduce(lanes << shifts, axis=1).astype(np.uint8)
+    if flat.size % per_byte:
+        flat = np.concatenate([flat, np.zeros(per_byte - flat.size % per_byte, np.uint8)])
+    lanes = flat.reshape(-1, per_byte)
+    packed = lanes[:, 0].copy()
+    for lane in range(1, per_byte):  # one pass per lane: an OR-reduce along a short axis is slow
+        packed |= lanes[:, lane] << np.uint8(lane * bits)
+    return packed
 
 
 def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
@@ -399,12 +450,18 @@ def matmul_nbits(
     blocks = -(-k // block)
     offset = 2 ** (qt.bits - 1) if qt.signed else 0
     zero = offset if qt.zero_point is None else 0
-    unsigned = np.full((blocks * block, n), zero, dtype=np.int16)
-    unsigned[:k] = qt.values.astype(np.int16) + offset
-    if qt.zero_point is not None:  # padding rows dequantize to 0 with each block's own zero point
-        unsigned[k:] = qt.zero_point[-1].astype(np.int16)
-    per_column = unsigned.T.reshape(n, blocks, block).astype(np.uint8)
-    packed = pack_bits(per_column, qt.bits).reshape(n, blocks, -1)  # block_size * bits is a whole number of bytes
+    # uint8 arithmetic wraps: int8 values plus the offset land on 0 .. 2^bits - 1, as in int16
+    unsigned = np.empty((blocks * block, n), dtype=np.uint8)
+    np.add(qt.values.view(np.uint8), np.uint8(offset), out=unsigned[:k])
+    unsigned[k:] = zero if qt.zero_point is None else qt.zero_point[-1]  # padding rows dequantize to 0
+    # Pack along K first (contiguous rows), then transpose the packed bytes: a fraction of the data
+    # moved with strided access, and no power-of-two row stride to thrash the cache.
+    per_byte = 8 // qt.bits
+    lanes = unsigned.reshape(-1, per_byte, n)
+    packed_rows = lanes[:, 0].copy()
+    for lane in range(1, per_byte):
+        packed_rows |= lanes[:, lane] << np.uint8(lane * qt.bits)
+    packed = np.ascontiguousarray(packed_rows.T).reshape(n, blocks, -1)  # block_size * bits is a whole number of bytes
     names = {key: unique_name(taken, f"{output}_{key}") for key in ("packed", "scales", "zero_points")}
     inits = [_const(names["packed"], packed), _const(names["scales"], qt.scale.T.reshape(-1).astype(np.float32))]
     inputs = [activation, names["packed"], names["scales"]]

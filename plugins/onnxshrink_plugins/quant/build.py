@@ -46,10 +46,23 @@ class Built:
     opset: dict
 
 
-def build(model: onnx.ModelProto, settings: Settings, keep_float: Iterable[str] = (), calibrated: static_qdq.Calibrated | None = None) -> Built:
-    """A quantized copy of ``model`` (``model`` itself is not modified). ``keep_float``: node labels left float."""
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+def build(
+    model: onnx.ModelProto,
+    settings: Settings,
+    keep_float: Iterable[str] = (),
+    calibrated: static_qdq.Calibrated | None = None,
+    *,
+    in_place: bool = False,
+) -> Built:
+    """A quantized copy of ``model`` (``model`` itself is not modified). ``keep_float``: node labels left float.
+
+    ``in_place=True`` edits ``model`` itself where it can (``Built.model`` may still be a new model,
+    after an opset upgrade): no copy of a large model's new tensors.
+    """
+    work = model
+    if not in_place:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
     keep_float = tuple(keep_float)
     before = onnxshrink.model_opset(work)
     if settings.mode == "static":

@@ -6,6 +6,7 @@ scheme, bytes before and after, and the largest absolute rounding error.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,8 +54,7 @@ def record(target: Target, form: str, qt: QuantizedTensor | None, original: np.n
         "bytes_after": int(sum(_tensor_bytes(t) for t in inits)),
     }
     if qt is not None:
-        restored = qt.dequantize()
-        out["max_abs_error"] = float(np.max(np.abs(restored.reshape(-1) - original.astype(np.float32).reshape(-1)))) if restored.size else 0.0
+        out["max_abs_error"] = qt.max_abs_error(original)
     if target.kept_uses:
         kept = ", ".join(sorted({node_label(u.node) for u in target.kept_uses}))
         note = f"{note}; " if note else ""
@@ -64,9 +64,15 @@ def record(target: Target, form: str, qt: QuantizedTensor | None, original: np.n
     return out
 
 
+_SUBBYTE_BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT2: 2, onnx.TensorProto.UINT2: 2}
+
+
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    if tensor.raw_data:
-        return len(tensor.raw_data)
+    """Bytes of raw data (from dims and type: reading ``raw_data`` would copy it), else the proto's size."""
+    count = math.prod(tensor.dims)
+    if tensor.HasField("raw_data") and count:
+        bits = _SUBBYTE_BITS.get(tensor.data_type)
+        return (count * bits + 7) // 8 if bits else count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     return tensor.ByteSize()
 
 
@@ -78,7 +84,7 @@ def write_storage(model: onnx.ModelProto, target: Target, scheme: Scheme, taken:
     """
     weight = target.weight
     original = weight.array()
-    array = original.astype(np.float32)
+    array = np.asarray(original, dtype=np.float32)
     shape = None
     if scheme.block_size and weight.weight_uses[0].node.op_type == "Conv" and array.ndim > 2:
         array = array.reshape(array.shape[0], -1)
@@ -127,7 +133,7 @@ def write_dequantize_linear(model: onnx.ModelProto, target: Target, scheme: Sche
     weight = target.weight
     use = target.uses[0]
     original = weight.array()
-    array = original.astype(np.float32)
+    array = np.asarray(original, dtype=np.float32)
     channel_axis, reduce_axis = target.channel_axis, target.reduce_axis
     if use.node.op_type == "Gemm" and channel_axis == 0:
         array = array.T.copy()

@@ -44,7 +44,7 @@ def write_matmulnbits(model: onnx.ModelProto, target: Target, scheme: Scheme, ta
     weight = target.weight
     transposed, _ = matmul_layout(target)
     original = weight.array()
-    matrix = (original.T if transposed else original).astype(np.float32)
+    matrix = np.asarray(original.T if transposed else original, dtype=np.float32)
     block, note = kernel_block(scheme, matrix.shape[0])
     qt = onnxshrink.quantize(matrix, scheme.bits, symmetric=scheme.symmetric, axis=0, block_size=block)
     shared = None

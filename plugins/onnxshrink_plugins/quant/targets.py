@@ -105,9 +105,16 @@ def _skip_reason(weight: WeightTensor, min_size: int) -> str | None:
         return "1-D tensor (bias-like)"
     if weight.size < min_size:
         return f"{weight.size} elements < min_size {min_size}"
-    if not np.all(np.isfinite(weight.array())):
+    if not _all_finite(weight.array()):
         return "holds NaN or Inf"
     return None
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """No NaN or Inf; for plain floats from the extremes (min and max propagate NaN), with no mask array."""
+    if array.size and array.dtype in (np.float16, np.float32, np.float64):
+        return bool(np.isfinite(array.min()) and np.isfinite(array.max()))
+    return bool(np.all(np.isfinite(array)))
 
 
 def _custom_domain_reader(weight: WeightTensor) -> str | None:
