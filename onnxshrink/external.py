@@ -59,6 +59,11 @@ def _source(tensor: onnx.TensorProto) -> tuple[Path, int, int]:
     return path, offset, length
 
 
+def external_source(tensor: onnx.TensorProto) -> tuple[Path, int, int]:
+    """(file, offset, length) of an external tensor's data, resolved in the current folder."""
+    return _source(tensor)
+
+
 def data_bytes(tensor: onnx.TensorProto) -> int:
     """Bytes of a tensor's data, in memory or in its external file."""
     return _source(tensor)[2] if is_external(tensor) else len(tensor.raw_data)
