@@ -13,7 +13,9 @@ duration of a run (the input model's folder).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -121,6 +123,37 @@ def lazy_threshold() -> int:
     return int(os.environ.get("ONNXSHRINK_LAZY_BYTES", str(LAZY_BYTES)))
 
 
+class _Writeback:
+    """Starts writing the data file to disk every few MiB (Linux ``sync_file_range``), so that the
+    final fsync waits for little and the disk works while tensors are still being written."""
+
+    STEP = 64 << 20
+
+    def __init__(self, fh):
+        self.fh, self.done, self.pending = fh, 0, 0
+
+    def wrote(self, length: int) -> None:
+        self.pending += length
+        if self.pending >= self.STEP and _SYNC_FILE_RANGE is not None:
+            self.fh.flush()
+            _SYNC_FILE_RANGE(self.fh.fileno(), self.done, self.pending, 2)  # SYNC_FILE_RANGE_WRITE: start, don't wait
+            self.done, self.pending = self.done + self.pending, 0
+
+
+def _sync_file_range():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return function
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+
+
 def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name: str) -> bool:
     """Write ``model_path`` and ``<folder>/<data_name>`` by streaming tensor by tensor.
 
@@ -131,6 +164,7 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name
     data_path = model_path.parent / data_name
     offset = 0
     with open(data_path, "wb") as data:
+        writeback = _Writeback(data)
         for tensor in stored_tensors(model):
             if is_external(tensor):
                 path, start, length = _source(tensor)
@@ -143,12 +177,17 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name
                             raise OSError(f"external data of tensor {tensor.name!r} ended early in {path}")
                         data.write(chunk)
                         remaining -= len(chunk)
-            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= INLINE_LIMIT:
-                length = len(tensor.raw_data)
-                data.write(tensor.raw_data)
+            elif tensor.HasField("raw_data"):
+                raw = tensor.raw_data  # each read of the field copies it: once
+                if len(raw) < INLINE_LIMIT:
+                    continue
+                length = len(raw)
+                data.write(raw)
+                del raw
                 tensor.ClearField("raw_data")
             else:
                 continue
+            writeback.wrote(length)
             del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.EXTERNAL
             for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
