@@ -23,6 +23,8 @@ def test_external_counts_match_numpy(tmp_path):
     special = [0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-45, 1.0]
     arrays = [np.array(special * 4, dtype) for dtype in (np.float32, np.float16, np.float64)]
     arrays += [np.array([0, 1, -1, 0, 5], np.int64), np.array([True, False, True]), np.array([0, 3], np.int8)]
+    big = np.random.default_rng(0).choice(np.array(special, np.float32), 700_001)  # read in several pieces
+    arrays += [big, big.astype(np.float64)]
     save(tmp_path / "m.onnx", arrays)
     size = measure_size(tmp_path / "m.onnx")
     assert size["nonzeros"] == sum(int(np.count_nonzero(a)) for a in arrays)
