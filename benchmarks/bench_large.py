@@ -77,6 +77,7 @@ def main() -> None:
             src = root / f"in{gb:g}"
             src.mkdir()
             model = make_mlp_stack(src / "model.onnx", int(gb * 2**30))
+            os.sync()  # the generator's data written out now, not during the first timed job (the floor)
             model_bytes = folder_bytes(src)
             floor = None
             for name, cmd in jobs(model, root / "out" / "out.onnx"):
