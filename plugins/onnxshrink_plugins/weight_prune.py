@@ -247,6 +247,9 @@ def _smallest(magnitudes: np.ndarray, fraction: float, work: _Workspace | None =
     np.copyto(scratch, magnitudes)
     scratch.view(np.int32).partition(k - 1)  # non-negative floats sort like their bits; twice as fast
     cut = scratch[k - 1]
+    np.less_equal(magnitudes, cut, out=mask)
+    if np.count_nonzero(mask) == k:  # the cut value is not tied (the usual case): done
+        return mask
     np.less(magnitudes, cut, out=mask)
     missing = k - int(np.count_nonzero(mask))
     if missing:
