@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,6 +89,7 @@ def shrink(
     with external_data_dir(Path(job.model).resolve().parent):
         loaded = load_model(job.model, load_external=False)
         check_output_path(output, [Path(job.model), *loaded.external_files])
+        input_size = _InBackground(measure_size, job.model)  # reads the input's weights while the chain runs
         lazy = loaded.external_bytes > lazy_threshold()
         if not lazy:
             inline_all(loaded.model)
@@ -114,7 +116,7 @@ def shrink(
         "schema": REPORT_SCHEMA,
         "tool": tool_info(),
         "seed": job.seed,
-        "input": {"path": str(job.model), "size": measure_size(job.model)},
+        "input": {"path": str(job.model), "size": input_size.result()},
         "output": {"path": str(output), "files": [str(p) for p in written], "size": measure_size(output)},
         "steps": [r.to_dict() for r in results],
         "seconds": round(shrink_seconds, 4),
@@ -144,6 +146,29 @@ def _check_saved_or_remove(output: Path, written: list[Path], plugins: list[str]
         for path in written:
             path.unlink(missing_ok=True)
         raise
+
+
+class _InBackground:
+    """``function(*args)`` run in a daemon thread (file reads and numpy release the GIL); ``result()``
+    waits for it and returns its value or raises its exception."""
+
+    def __init__(self, function: Callable[..., Any], *args: Any):
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(function, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, function: Callable[..., Any], args: tuple) -> None:
+        try:
+            self._value = function(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class _Calibration:
