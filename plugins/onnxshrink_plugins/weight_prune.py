@@ -150,7 +150,6 @@ class _Workspace:
         self.mag = np.empty(size, np.float32)
         self.scratch = np.empty(size, np.float32)
         self.mask = np.empty(size, bool)
-        self.keep = np.empty(size, bool)
 
     def magnitude(self, array: np.ndarray) -> np.ndarray:
         """|array| as float32, flat, in the shared buffer."""
@@ -166,7 +165,8 @@ class _Workspace:
         exact = array.dtype.name in _EXACT_IN_FLOAT32  # |w| as float32 is zero exactly where w is
         mag_bits = mag.view(np.uint32)
         before = int(np.count_nonzero(mag_bits) if exact else np.count_nonzero(array))
-        keep = np.logical_not(mask_of(mag), out=self.keep[: array.size])
+        mask = mask_of(mag)
+        keep = np.logical_not(mask, out=mask)  # the mask is not needed after this
         # Multiplying the bit patterns by 0 or 1 writes +0 (all bits clear) where masked, the same bytes
         # as a masked copy of 0, without a branch per element.
         bits = array.reshape(-1).view(f"u{array.dtype.itemsize}")
