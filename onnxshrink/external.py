@@ -123,6 +123,30 @@ def lazy_threshold() -> int:
     return int(os.environ.get("ONNXSHRINK_LAZY_BYTES", str(LAZY_BYTES)))
 
 
+def _copy_range(path: Path, start: int, length: int, out, name: str) -> None:
+    """Append ``length`` bytes of ``path`` from ``start`` to the open file ``out``: inside the kernel
+    (``os.copy_file_range``) where it can, else in chunks."""
+    with open(path, "rb") as src:
+        copied = 0
+        if hasattr(os, "copy_file_range"):
+            out.flush()
+            try:
+                while copied < length:
+                    step = os.copy_file_range(src.fileno(), out.fileno(), min(CHUNK, length - copied), start + copied)
+                    if step == 0:
+                        break
+                    copied += step
+            except OSError:  # another file system, an old kernel: what is left goes through memory
+                pass
+        src.seek(start + copied)
+        while copied < length:
+            chunk = src.read(min(CHUNK, length - copied))
+            if not chunk:
+                raise OSError(f"external data of tensor {name!r} ended early in {path}")
+            out.write(chunk)
+            copied += len(chunk)
+
+
 class _Writeback:
     """Starts writing the data file to disk every few MiB (Linux ``sync_file_range``), so that the
     final fsync waits for little and the disk works while tensors are still being written."""
@@ -168,15 +192,7 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name
         for tensor in stored_tensors(model):
             if is_external(tensor):
                 path, start, length = _source(tensor)
-                with open(path, "rb") as src:
-                    src.seek(start)
-                    remaining = length
-                    while remaining:
-                        chunk = src.read(min(CHUNK, remaining))
-                        if not chunk:
-                            raise OSError(f"external data of tensor {tensor.name!r} ended early in {path}")
-                        data.write(chunk)
-                        remaining -= len(chunk)
+                _copy_range(path, start, length, data, tensor.name)
             elif tensor.HasField("raw_data"):
                 raw = tensor.raw_data  # each read of the field copies it: once
                 if len(raw) < INLINE_LIMIT:
