@@ -16,7 +16,7 @@ import contextlib
 import ctypes
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -178,12 +178,25 @@ def _sync_file_range():
 _SYNC_FILE_RANGE = _sync_file_range()
 
 
-def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name: str) -> bool:
+def planned_data_bytes(model: onnx.ModelProto) -> int:
+    """About how many bytes :func:`write_with_external_data` will write (a progress total; reads no data)."""
+    total = 0
+    for tensor in stored_tensors(model):
+        if is_external(tensor):
+            total += _source(tensor)[2]
+        elif tensor.HasField("raw_data"):
+            size = tensor.ByteSize()  # the field's length plus a few bytes of header; no copy of the data
+            total += size if size >= INLINE_LIMIT else 0
+    return total
+
+
+def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name: str, advance: Callable[[int], None] | None = None) -> bool:
     """Write ``model_path`` and ``<folder>/<data_name>`` by streaming tensor by tensor.
 
     Tensors of at least ``INLINE_LIMIT`` bytes go to the data file in a fixed order (the model's own),
     external ones copied from their source in chunks. The model's tensors are left pointing at the new
-    data file (as ``onnx.save_model`` does). Returns whether a data file was written.
+    data file (as ``onnx.save_model`` does). ``advance(n)`` is called with each tensor's bytes once
+    written. Returns whether a data file was written.
     """
     data_path = model_path.parent / data_name
     offset = 0
@@ -204,6 +217,8 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name
             else:
                 continue
             writeback.wrote(length)
+            if advance is not None:
+                advance(length)
             del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.EXTERNAL
             for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):

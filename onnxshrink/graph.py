@@ -77,6 +77,11 @@ class WeightTensor:
     def dtype(self) -> int:
         return self.proto.data_type
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the values as stored (elements times the element size), without reading them."""
+        return self.size * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.dtype)).itemsize
+
     def array(self) -> np.ndarray:
         return tensor_array(self.proto)
 

@@ -7,13 +7,15 @@ folder, then ``os.replace``) and names external-data files deterministically.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -455,16 +457,23 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in stored_tensors(model))
 
 
-def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_data: bool | None = None) -> list[Path]:
+def save_model(
+    model: onnx.ModelProto,
+    output: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    progress: Callable[[int], contextlib.AbstractContextManager[Any]] | None = None,
+) -> list[Path]:
     """Write ``model`` atomically; return the files written.
 
     ``external_data=None`` chooses external data when the model still refers to external data (a model
     loaded with ``load_external=False``) or would pass protobuf's 2 GB limit. The data file is
     ``<output name>.data`` beside it, written by streaming (see :mod:`onnxshrink.external`); the model's
-    tensors then point at it. Any failure removes temporary files and leaves what was at ``output``
-    before untouched.
+    tensors then point at it. ``progress(total_bytes)``, when given, opens a task advanced as the data
+    file is written. Any failure removes temporary files and leaves what was at ``output`` before
+    untouched.
     """
-    from .external import external_tensors, write_with_external_data
+    from .external import external_tensors, planned_data_bytes, write_with_external_data
 
     out = Path(output)
     folder = out.parent if str(out.parent) else Path(".")
@@ -479,7 +488,8 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, *, external_da
         tmpdir = Path(tempfile.mkdtemp(prefix=".onnxshrink-", dir=folder))
         if external_data:
             data_name = out.name + ".data"
-            wrote_data = write_with_external_data(model, tmpdir / out.name, data_name)
+            with progress(planned_data_bytes(model)) if progress else contextlib.nullcontext() as task:
+                wrote_data = write_with_external_data(model, tmpdir / out.name, data_name, task.advance if task else None)
             written = [folder / data_name, out] if wrote_data else [out]
         else:
             with open(tmpdir / out.name, "wb") as fh:

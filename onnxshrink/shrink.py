@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import platform
 import threading
 import time
@@ -106,10 +108,12 @@ def shrink(
             progress=progress,
             log=log,
         )
-        written = save_model(loaded.model, output, external_data=True if loaded.uses_external_data else None)
+        saving = (lambda total: progress(f"saving {output.name}", total, "B")) if progress else None
+        written = save_model(loaded.model, output, external_data=True if loaded.uses_external_data else None, progress=saving)
     del loaded  # the edited tensors: free them before onnxruntime loads the output
     if lazy:
-        _check_saved_or_remove(output, written, [r.plugin for r in results])
+        with progress("checking the output (onnx.checker, onnxruntime)", None, "") if progress else contextlib.nullcontext():
+            _check_saved_or_remove(output, written, [r.plugin for r in results])
     shrink_seconds = time.perf_counter() - started
 
     report: dict[str, Any] = {

@@ -51,3 +51,18 @@ def test_cli_shows_throughput_of_a_long_step(cli, tmp_path, monkeypatch):
     result = cli("models/mlp.onnx", "--plugin", "gptq", "--data", "models/mlp_calib.npz", "--no-validate", "-o", tmp_path / "m.onnx")
     assert result.exit_code == 0, result
     assert any(line.startswith("gptq: quantizing 3 layers: ") and line.endswith(" MB/s") for line in result.stderr.splitlines()), result
+
+
+@pytest.mark.parametrize(("plugin", "step"), [("weight_prune:sparsity=0.5", "weight_prune: pruning 16 tensors"), ("int_quant:mode=weights,bits=4", "int_quant: quantizing weights")])
+def test_large_model_steps_and_saving_show_throughput(cli, tmp_path, monkeypatch, plugin, step):
+    from onnxshrink.testing.large_models import make_mlp_stack
+
+    monkeypatch.setattr(console_module, "SUMMARY_AFTER_S", 0.0)
+    monkeypatch.setenv("ONNXSHRINK_LAZY_BYTES", "0")  # the on-disk path, as for a model of several GB
+    (tmp_path / "in").mkdir()
+    model = make_mlp_stack(tmp_path / "in" / "m.onnx", 1 << 20, width=64)
+    result = cli(model, "--plugin", plugin, "--no-validate", "-o", tmp_path / "out" / "m.onnx")
+    assert result.exit_code == 0, result
+    lines = result.stderr.splitlines()
+    for prefix in (step, "saving m.onnx"):
+        assert any(line.startswith(prefix + ": ") and line.endswith(" MB/s") for line in lines), (prefix, result)

@@ -95,13 +95,12 @@ class Gptq(Method):
         floats = context.segments(model, feeds)
         quantized = context.segments(work, feeds)
         done: list[tuple[str, QuantizedTensor, tuple[int, ...], dict]] = []
-        sizes = [layer.weight.size * onnx.helper.tensor_dtype_to_np_dtype(layer.weight.dtype).itemsize for layer in layers]
-        with context.progress(f"quantizing {len(layers)} layers", total=sum(sizes), unit="B") as task:
-            for layer, size in zip(layers, sizes):
+        with context.progress(f"quantizing {len(layers)} layers", total=sum(layer.weight.nbytes for layer in layers), unit="B") as task:
+            for layer in layers:
                 qt, shape, row = _quantize_layer(layer, work, floats, quantized, options)
                 quantized.overrides[layer.name] = _dequantized(qt, shape)
                 done.append((layer.name, qt, shape, row))
-                task.advance(size)
+                task.advance(layer.weight.nbytes)
         reference = [list(o.values()) for o in floats.outputs()]
         after = [list(o.values()) for o in quantized.outputs()]
         stored = _store(work, done, options, context)

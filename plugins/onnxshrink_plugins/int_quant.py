@@ -140,7 +140,8 @@ class IntQuant(Method):
         elif options["sensitivity"]:
             built, chosen = _mixed(model, settings, feeds, calibrated, options, context, extra), mode
         else:
-            built, chosen = build(model, settings, calibrated=calibrated, in_place=True), mode
+            progress = lambda total: context.progress("quantizing weights", total, unit="B")  # noqa: E731
+            built, chosen = build(model, settings, calibrated=calibrated, in_place=True, progress=progress), mode
         if built is not None and built.model is not model:
             model.CopyFrom(built.model)
         stats = _summary(built, chosen, options, settings)

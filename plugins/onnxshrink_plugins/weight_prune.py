@@ -98,7 +98,7 @@ class WeightPrune(Method):
             mask_of = lambda mag: _smallest(mag, options["sparsity"], work)  # noqa: E731
 
         tensors, total, zeros = [], 0, 0
-        with context.progress("pruning tensors", total=len(chosen)) as task:
+        with context.progress(f"pruning {len(chosen)} tensors", total=sum(w.nbytes for w in chosen), unit="B") as task:
             for weight in chosen:
                 array = weight.array()
                 if not array.flags.writeable or not array.flags.c_contiguous:
@@ -121,7 +121,7 @@ class WeightPrune(Method):
                     }
                 )
                 del array
-                task.advance()
+                task.advance(weight.nbytes)
         if not chosen:
             context.warn("no weight tensor matched; the model is unchanged")
         mode = "threshold" if options["threshold"] is not None else options["scope"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import onnx
@@ -18,6 +19,16 @@ from .measure import session_graph
 from .targets import WEIGHTED_OPS, Plan, node_label, plan_targets
 
 MODES = ("storage", "weights", "dynamic", "static")
+Progress = Callable[[int], contextlib.AbstractContextManager]  # total bytes -> a task with advance(n)
+
+
+@contextlib.contextmanager
+def _no_progress(total: int) -> Iterator:
+    class _Task:
+        def advance(self, amount: float = 1) -> None:
+            pass
+
+    yield _Task()
 
 
 @dataclass(frozen=True)
@@ -53,11 +64,13 @@ def build(
     calibrated: static_qdq.Calibrated | None = None,
     *,
     in_place: bool = False,
+    progress: Progress | None = None,
 ) -> Built:
     """A quantized copy of ``model`` (``model`` itself is not modified). ``keep_float``: node labels left float.
 
     ``in_place=True`` edits ``model`` itself where it can (``Built.model`` may still be a new model,
-    after an opset upgrade): no copy of a large model's new tensors.
+    after an opset upgrade): no copy of a large model's new tensors. ``progress(total_bytes)`` opens a
+    progress task advanced by each weight's bytes as it is written (storage, weights, dynamic).
     """
     work = model
     if not in_place:
@@ -68,7 +81,7 @@ def build(
     if settings.mode == "static":
         built = _build_static(work, settings, keep_float, calibrated)
     else:
-        built = _build_weight_forms(work, settings, keep_float)
+        built = _build_weight_forms(work, settings, keep_float, progress=progress)
     onnxshrink.tidy_model(built.model)
     built.opset = {"before": before, "after": onnxshrink.model_opset(built.model)}
     return built
@@ -110,7 +123,7 @@ def _ensure_opset(model: onnx.ModelProto, needed: int, settings: Settings, why: 
     return upgraded, True
 
 
-def _build_weight_forms(work: onnx.ModelProto, settings: Settings, keep_float: tuple[str, ...], unfused: frozenset[str] = frozenset()) -> Built:
+def _build_weight_forms(work: onnx.ModelProto, settings: Settings, keep_float: tuple[str, ...], unfused: frozenset[str] = frozenset(), progress: Progress | None = None) -> Built:
     """Storage, weights or dynamic: each target in the mode's own form where that runs well, else storage.
 
     With ``weights_format=dequantize_linear``, a DequantizeLinear that onnxruntime does not fuse after
@@ -144,23 +157,26 @@ def _build_weight_forms(work: onnx.ModelProto, settings: Settings, keep_float: t
         plan = _plan(work, settings, keep_float)
     taken = onnxshrink.all_names(work)
     quantized, left = [], list(plan.left)
-    for target in plan.targets:
-        form, reason = _form(target, settings, dq_scheme, special_ok, unfused)
-        if form == "matmulnbits":
-            quantized.append(write_matmulnbits(work, target, scheme, taken, settings.accuracy_level))
-        elif form == "dequantize_linear":
-            quantized.append(write_dequantize_linear(work, target, dq_scheme, taken))
-        elif form == "dynamic":
-            quantized.append(write_dynamic(work, target, scheme, taken))
-        elif storage_ok:
-            quantized.append(write_storage(work, target, scheme, taken, note=f"stored with the folded chain: {reason}" if reason else ""))
-        else:
-            why = f"{scheme.bits}-bit storage needs opset {storage_opset} (the model has {onnxshrink.model_opset(work)})"
-            left.append({"tensor": target.weight.name, "layers": target.layers, "shape": list(target.weight.shape), "reason": why})
+    sizes = [t.weight.nbytes for t in plan.targets]  # before writing: a written weight is replaced
+    with (progress or _no_progress)(sum(sizes)) as task:
+        for target, size in zip(plan.targets, sizes):
+            form, reason = _form(target, settings, dq_scheme, special_ok, unfused)
+            if form == "matmulnbits":
+                quantized.append(write_matmulnbits(work, target, scheme, taken, settings.accuracy_level))
+            elif form == "dequantize_linear":
+                quantized.append(write_dequantize_linear(work, target, dq_scheme, taken))
+            elif form == "dynamic":
+                quantized.append(write_dynamic(work, target, scheme, taken))
+            elif storage_ok:
+                quantized.append(write_storage(work, target, scheme, taken, note=f"stored with the folded chain: {reason}" if reason else ""))
+            else:
+                why = f"{scheme.bits}-bit storage needs opset {storage_opset} (the model has {onnxshrink.model_opset(work)})"
+                left.append({"tensor": target.weight.name, "layers": target.layers, "shape": list(target.weight.shape), "reason": why})
+            task.advance(size)
     if _dq_format(settings) and not unfused:
         missed = _unfused_dequantize(work, quantized)
         if missed:
-            return _build_weight_forms(original, settings, keep_float, frozenset(missed))
+            return _build_weight_forms(original, settings, keep_float, frozenset(missed), progress)
     return Built(work, quantized, left, notes, {})
 
 
