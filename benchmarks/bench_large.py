@@ -1,7 +1,8 @@
 """Large models: wall time and peak memory of onnxshrink against the I/O floor and onnxruntime's quantizers.
 
 Generates transformer-like MatMul stacks with external data (1 GB and 3 GB by default; set
-ONNXSHRINK_BENCH_LARGE_GB="0.5,1" to change), then runs every job in its own process so its peak
+ONNXSHRINK_BENCH_LARGE_GB="0.5,1" to change; gptq runs on the sizes in ONNXSHRINK_BENCH_LARGE_GPTQ_GB,
+default "1", "" for none), then runs every job in its own process so its peak
 resident memory (ru_maxrss from wait4) is its own. All jobs run in the same invocation, side by side.
 """
 
@@ -15,6 +16,8 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+import numpy as np
 
 from onnxshrink.testing.large_models import make_mlp_stack
 
@@ -37,9 +40,10 @@ onnx.save_model(q.model.model, sys.argv[2], save_as_external_data=True, location
 """
 
 
-def jobs(model: Path, out: Path) -> list[tuple[str, list[str]]]:
+def jobs(model: Path, out: Path, calibration: Path | None = None) -> list[tuple[str, list[str]]]:
     py = sys.executable
     shrink = [py, "-m", "onnxshrink", str(model), "--no-validate", "-q", "-o", str(out)]
+    gptq = [("onnxshrink gptq 4-bit, 32 rows", [*shrink, "--plugin", "gptq", "--data", str(calibration)])] if calibration else []
     return [
         ("onnx load + save (I/O floor)", [py, "-c", textwrap.dedent(IO_FLOOR), str(model), str(out)]),
         ("onnxshrink weight_prune 50%", [*shrink, "--plugin", "weight_prune:sparsity=0.5"]),
@@ -47,6 +51,7 @@ def jobs(model: Path, out: Path) -> list[tuple[str, list[str]]]:
         ("onnxshrink int_quant weights int4", [*shrink, "--plugin", "int_quant:mode=weights,bits=4"]),
         ("ORT quantize_dynamic int8", [py, "-c", textwrap.dedent(ORT_DYNAMIC), str(model), str(out)]),
         ("ORT MatMulNBits 4-bit", [py, "-c", textwrap.dedent(ORT_NBITS), str(model), str(out)]),
+        *gptq,
     ]
 
 
@@ -68,6 +73,7 @@ def folder_bytes(folder: Path) -> int:
 
 def main() -> None:
     sizes = [float(s) for s in os.environ.get("ONNXSHRINK_BENCH_LARGE_GB", "1,3").split(",") if s.strip()]
+    gptq_sizes = {float(s) for s in os.environ.get("ONNXSHRINK_BENCH_LARGE_GPTQ_GB", "1").split(",") if s.strip()}
     root = Path(tempfile.mkdtemp(prefix="onnxshrink-bench-large-"))
     try:
         header = f"{'model':>8} | {'job':<36} | {'time s':>7} | {'x floor':>7} | {'peak RSS GB':>11} | {'x model':>7} | {'output GB':>9} | note"
@@ -78,9 +84,13 @@ def main() -> None:
             src.mkdir()
             model = make_mlp_stack(src / "model.onnx", int(gb * 2**30))
             os.sync()  # the generator's data written out now, not during the first timed job (the floor)
+            calibration = None
+            if gb in gptq_sizes:  # GPTQ inverts a 4096x4096 Hessian per down-projection: minutes per GB
+                calibration = root / f"calib{gb:g}.npz"
+                np.savez(calibration, input=np.random.default_rng(0).standard_normal((32, 1024)).astype(np.float32))
             model_bytes = folder_bytes(src)
             floor = None
-            for name, cmd in jobs(model, root / "out" / "out.onnx"):
+            for name, cmd in jobs(model, root / "out" / "out.onnx", calibration):
                 (root / "out").mkdir(exist_ok=True)
                 seconds, rss, code, last = run(cmd)
                 floor = floor or seconds
