@@ -50,7 +50,8 @@ def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     return [t for t in stored_tensors(model) if is_external(t)]
 
 
-def _source(tensor: onnx.TensorProto) -> tuple[Path, int, int]:
+def external_source(tensor: onnx.TensorProto) -> tuple[Path, int, int]:
+    """(file, offset, length) of an external tensor's data, resolved in the current folder."""
     folder = _FOLDER.get()
     if folder is None:
         raise RuntimeError(f"tensor {tensor.name!r} keeps its data in an external file, but no folder is set (onnxshrink.external.external_data_dir)")
@@ -61,21 +62,16 @@ def _source(tensor: onnx.TensorProto) -> tuple[Path, int, int]:
     return path, offset, length
 
 
-def external_source(tensor: onnx.TensorProto) -> tuple[Path, int, int]:
-    """(file, offset, length) of an external tensor's data, resolved in the current folder."""
-    return _source(tensor)
-
-
 def data_bytes(tensor: onnx.TensorProto) -> int:
     """Bytes of a tensor's data, in memory or in its external file."""
-    return _source(tensor)[2] if is_external(tensor) else len(tensor.raw_data)
+    return external_source(tensor)[2] if is_external(tensor) else len(tensor.raw_data)
 
 
 def read_external(tensor: onnx.TensorProto) -> np.ndarray:
     """The values of an external tensor, read from its file (only this tensor's bytes)."""
-    path, offset, length = _source(tensor)
+    path, offset, length = external_source(tensor)
     count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
-    dtype = _plain_dtype(tensor.data_type)
+    dtype = plain_dtype(tensor.data_type)
     if dtype is not None and dtype.itemsize * count == length:  # one read straight into the array
         return np.fromfile(path, dtype=dtype, count=count, offset=offset).reshape(tuple(tensor.dims))
     with open(path, "rb") as fh:  # packed sub-byte types and the like: let onnx decode them
@@ -92,7 +88,7 @@ _PLAIN = {
 }
 
 
-def _plain_dtype(data_type: int) -> np.dtype | None:
+def plain_dtype(data_type: int) -> np.dtype | None:
     """The little-endian numpy dtype whose bytes are exactly ONNX's raw_data layout, if there is one."""
     if data_type not in _PLAIN:
         return None
@@ -102,7 +98,7 @@ def _plain_dtype(data_type: int) -> np.dtype | None:
 def inline_all(model: onnx.ModelProto) -> onnx.ModelProto:
     """Read every external tensor's data into ``model`` itself; returns it."""
     for tensor in external_tensors(model):
-        path, offset, length = _source(tensor)
+        path, offset, length = external_source(tensor)
         with open(path, "rb") as fh:
             fh.seek(offset)
             tensor.raw_data = fh.read(length)
@@ -183,7 +179,7 @@ def planned_data_bytes(model: onnx.ModelProto) -> int:
     total = 0
     for tensor in stored_tensors(model):
         if is_external(tensor):
-            total += _source(tensor)[2]
+            total += external_source(tensor)[2]
         elif tensor.HasField("raw_data"):
             size = tensor.ByteSize()  # the field's length plus a few bytes of header; no copy of the data
             total += size if size >= INLINE_LIMIT else 0
@@ -204,7 +200,7 @@ def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name
         writeback = _Writeback(data)
         for tensor in stored_tensors(model):
             if is_external(tensor):
-                path, start, length = _source(tensor)
+                path, start, length = external_source(tensor)
                 _copy_range(path, start, length, data, tensor.name)
             elif tensor.HasField("raw_data"):
                 raw = tensor.raw_data  # each read of the field copies it: once

@@ -256,9 +256,13 @@ def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
     per_byte = 8 // bits
     if flat.size % per_byte:
         flat = np.concatenate([flat, np.zeros(per_byte - flat.size % per_byte, np.uint8)])
-    lanes = flat.reshape(-1, per_byte)
+    return _or_lanes(flat.reshape(-1, per_byte), bits)
+
+
+def _or_lanes(lanes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack axis 1 of ``lanes`` (8 // bits values each) into one byte, lane 0 in the lowest bits."""
     packed = lanes[:, 0].copy()
-    for lane in range(1, per_byte):  # one pass per lane: an OR-reduce along a short axis is slow
+    for lane in range(1, lanes.shape[1]):  # one pass per lane: an OR-reduce along a short axis is slow
         packed |= lanes[:, lane] << np.uint8(lane * bits)
     return packed
 
@@ -456,11 +460,7 @@ def matmul_nbits(
     unsigned[k:] = zero if qt.zero_point is None else qt.zero_point[-1]  # padding rows dequantize to 0
     # Pack along K first (contiguous rows), then transpose the packed bytes: a fraction of the data
     # moved with strided access, and no power-of-two row stride to thrash the cache.
-    per_byte = 8 // qt.bits
-    lanes = unsigned.reshape(-1, per_byte, n)
-    packed_rows = lanes[:, 0].copy()
-    for lane in range(1, per_byte):
-        packed_rows |= lanes[:, lane] << np.uint8(lane * qt.bits)
+    packed_rows = _or_lanes(unsigned.reshape(-1, 8 // qt.bits, n), qt.bits)
     packed = np.ascontiguousarray(packed_rows.T).reshape(n, blocks, -1)  # block_size * bits is a whole number of bytes
     names = {key: unique_name(taken, f"{output}_{key}") for key in ("packed", "scales", "zero_points")}
     inits = [_const(names["packed"], packed), _const(names["scales"], qt.scale.T.reshape(-1).astype(np.float32))]

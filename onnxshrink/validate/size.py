@@ -25,7 +25,7 @@ from onnx import numpy_helper
 from onnxshrink.errors import InvalidModelError
 from onnxshrink.graph import iter_graphs
 from onnxshrink.model_io import stored_tensors
-from onnxshrink.external import external_data_dir, external_source, read_external
+from onnxshrink.external import external_data_dir, external_source, plain_dtype, read_external
 
 CHUNK = 1 << 20
 COMPRESS_LEVEL = 1
@@ -52,7 +52,7 @@ def measure_size(model_path: str | os.PathLike) -> dict:
     if key in _MEASURED:
         return copy.deepcopy(_MEASURED[key])
     params = nonzeros = 0
-    buffer = _ReadBuffer()
+    buffer = np.empty(CHUNK, np.uint8)  # reused for every external tensor, in pieces that stay in the CPU cache
     for tensor, dense_size in _counted(model):
         params += dense_size
         nonzeros += _count_nonzero(tensor, base, path, buffer)
@@ -163,25 +163,18 @@ def _external_file(t: onnx.TensorProto, model_path: Path, base: Path) -> Path:
     return target
 
 
-class _ReadBuffer:
-    """One buffer reused for every external tensor, read in pieces that stay in the CPU cache."""
-
-    def __init__(self):
-        self.data = np.empty(CHUNK, np.uint8)
-
-
 # Float types whose value is zero exactly when the bits other than the sign are: count_nonzero on
 # those bits (integer compares) is several times faster than on the floats.
 _SIGN_FREE = {onnx.TensorProto.FLOAT: (np.uint32, 0x7FFFFFFF), onnx.TensorProto.FLOAT16: (np.uint16, 0x7FFF), onnx.TensorProto.DOUBLE: (np.uint64, 0x7FFFFFFFFFFFFFFF)}
 
 
-def _count_nonzero(values, base: Path, model_path: Path, buffer: _ReadBuffer | None = None) -> int:
+def _count_nonzero(values, base: Path, model_path: Path, buffer: np.ndarray | None = None) -> int:
     if isinstance(values, list):
         return sum(1 for v in values if v)
     try:
         if values.data_location == onnx.TensorProto.EXTERNAL:
             with external_data_dir(base):  # location checked above
-                counted = _count_external(values, buffer or _ReadBuffer())
+                counted = _count_external(values, np.empty(CHUNK, np.uint8) if buffer is None else buffer)
                 if counted is not None:
                     return counted
                 arr = read_external(values)
@@ -197,11 +190,11 @@ def _count_nonzero(values, base: Path, model_path: Path, buffer: _ReadBuffer | N
         return int(np.count_nonzero(arr.astype(np.float32)))
 
 
-def _count_external(tensor: onnx.TensorProto, buffer: _ReadBuffer) -> int | None:
+def _count_external(tensor: onnx.TensorProto, buffer: np.ndarray) -> int | None:
     """Non-zeros of a plain external tensor read into ``buffer``; None for other types (read as usual)."""
     path, offset, length = external_source(tensor)
     kind = _SIGN_FREE.get(tensor.data_type)
-    dtype = np.dtype(kind[0]) if kind else _PLAIN_COUNTED.get(tensor.data_type)
+    dtype = np.dtype(kind[0]) if kind else plain_dtype(tensor.data_type)
     if dtype is None or length % dtype.itemsize or length // dtype.itemsize != _numel(tensor.dims):
         return None
     count = 0
@@ -209,7 +202,7 @@ def _count_external(tensor: onnx.TensorProto, buffer: _ReadBuffer) -> int | None
         fh.seek(offset)
         for start in range(0, length, CHUNK):
             size = min(CHUNK, length - start)
-            data = buffer.data[:size]
+            data = buffer[:size]
             if fh.readinto(data) != size:
                 raise OSError(f"external data of tensor {tensor.name!r} ended early in {path}")
             words = data.view(dtype.newbyteorder("<"))
@@ -217,13 +210,6 @@ def _count_external(tensor: onnx.TensorProto, buffer: _ReadBuffer) -> int | None
                 np.bitwise_and(words, kind[1], out=words)  # -0.0 counts as zero, NaN as non-zero, as for the floats
             count += int(np.count_nonzero(words))
     return count
-
-
-_PLAIN_COUNTED = {
-    onnx.TensorProto.INT8: np.dtype(np.int8), onnx.TensorProto.UINT8: np.dtype(np.uint8), onnx.TensorProto.INT16: np.dtype(np.int16),
-    onnx.TensorProto.UINT16: np.dtype(np.uint16), onnx.TensorProto.INT32: np.dtype(np.int32), onnx.TensorProto.UINT32: np.dtype(np.uint32),
-    onnx.TensorProto.INT64: np.dtype(np.int64), onnx.TensorProto.UINT64: np.dtype(np.uint64), onnx.TensorProto.BOOL: np.dtype(np.uint8),
-}
 
 
 def _compressed_bytes(files: list[Path]) -> int:
