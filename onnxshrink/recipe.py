@@ -39,6 +39,7 @@ Example (docs/gate.md has the full reference)::
     json = "out/report.json"
     junit = "out/gate.xml"
     markdown = "out/summary.md"
+    html = "out/report.html"
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Recipe:
     report_json: Path | None = None
     junit: Path | None = None
     markdown: Path | None = None
+    html: Path | None = None
 
     @property
     def gate_checks(self) -> list[GateCheck]:
@@ -96,7 +98,7 @@ RECIPE_KEYS: dict[str, dict[str, str]] = {
     "data": {"path": "string", "input_shapes": "table"},
     "validate": {"enabled": "boolean", "providers": "array", "threads": "integer", "repeats": "integer"},
     "gate": {"checks": "array", "allow_unavailable": "boolean"},
-    "report": {"json": "string", "junit": "string", "markdown": "string"},
+    "report": {"json": "string", "junit": "string", "markdown": "string", "html": "string"},
 }
 
 def _toml_type(value: Any) -> str:
@@ -248,7 +250,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
 
     if "report" in data:
         table = c.table(data["report"], "report", "report")
-        for name, attr in (("json", "report_json"), ("junit", "junit"), ("markdown", "markdown")):
+        for name, attr in (("json", "report_json"), ("junit", "junit"), ("markdown", "markdown"), ("html", "html")):
             if name in table:
                 setattr(recipe, attr, c.path_value(table[name], f"report.{name}"))
 
@@ -275,9 +277,10 @@ OVERRIDE_KEYS: dict[str, str] = {
     "report_json": "report_json",
     "junit": "junit",
     "markdown": "markdown",
+    "html": "html",
 }
 
-_PATH_FIELDS = {"model", "output", "data_path", "report_json", "junit", "markdown"}
+_PATH_FIELDS = {"model", "output", "data_path", "report_json", "junit", "markdown", "html"}
 
 
 def _as_step(item: Any) -> RecipeStep:

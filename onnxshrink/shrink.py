@@ -27,6 +27,7 @@ from .reports import write_reports
 from .validate import validate
 from .validate.data import DataSet, load_feeds, split_calibration
 from .validate.size import measure_size
+from .validate.tensors import tensor_breakdown
 
 REPORT_SCHEMA = "onnxshrink.report/1"
 
@@ -84,7 +85,7 @@ def shrink(
 
     output = Path(job.output) if job.output else default_output_path(job.model)
     check_output_path(output, [Path(job.model)])
-    for report_path in (job.report_json, job.junit, job.markdown):
+    for report_path in (job.report_json, job.junit, job.markdown, job.html):
         if report_path:
             check_writable_file(report_path)
     with external_data_dir(Path(job.model).resolve().parent):
@@ -123,6 +124,7 @@ def shrink(
         "output": {"path": str(output), "files": [str(p) for p in written], "size": measure_size(output)},
         "steps": [r.to_dict() for r in results],
         "seconds": round(shrink_seconds, 4),
+        "tensors": tensor_breakdown(job.model, output),
     }
     if job.validate and dataset is not None:
         log("validating: size, latency, fidelity")
@@ -138,6 +140,10 @@ def shrink(
     if checks:
         report["gate"] = evaluate_gates(checks, report, allow_unavailable=job.allow_unavailable)
     write_reports(report, json_path=job.report_json, junit_path=job.junit, markdown_path=job.markdown)
+    if job.html:
+        from .reports.html import write_html
+
+        write_html(report, job.html)
     return report
 
 
