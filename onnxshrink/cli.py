@@ -140,6 +140,7 @@ def _gate_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--junit", type=click.Path(path_type=Path), help="Write the gate checks as JUnit XML."),
         click.option("--report", "report_json", type=click.Path(path_type=Path), help="Write the JSON report here."),
         click.option("--markdown", type=click.Path(path_type=Path), help="Write a Markdown summary (for a pull-request comment)."),
+        click.option("--html", type=click.Path(path_type=Path), help="Write a self-contained HTML report with charts (one file, works offline)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -203,6 +204,7 @@ def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | 
         "report_json": flags["report_json"],
         "junit": flags["junit"],
         "markdown": flags["markdown"],
+        "html": flags["html"],
     }
     job = job_from(model=model, steps=specs, recipe=recipe, overrides=overrides)
     report = shrink(job, **_progress_and_log(quiet))
@@ -217,9 +219,10 @@ def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | 
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_validation_options
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
+@click.option("--html", type=click.Path(path_type=Path), help="Also write a self-contained HTML report with charts.")
 @traceback_option
 @handle_errors
-def bench_command(models: tuple[Path, ...], as_json: bool, data: Path | None, input_shapes: tuple[str, ...], providers: str | None, threads: int | None, repeats: int | None) -> int:
+def bench_command(models: tuple[Path, ...], as_json: bool, html: Path | None, data: Path | None, input_shapes: tuple[str, ...], providers: str | None, threads: int | None, repeats: int | None) -> int:
     """Measure one model (size and latency) or compare two: BASELINE CANDIDATE (size, latency, fidelity).
 
     Works on any two models, e.g. another tool's output against its input.
@@ -228,6 +231,10 @@ def bench_command(models: tuple[Path, ...], as_json: bool, data: Path | None, in
 
     if len(models) > 2:
         raise UsageError(f"bench takes one or two models, got {len(models)}")
+    if html:
+        from .model_io import check_writable_file
+
+        check_writable_file(html)
     result = bench(
         list(models),
         data=data,
@@ -244,6 +251,8 @@ def bench_command(models: tuple[Path, ...], as_json: bool, data: Path | None, in
         from .console import print_bench
 
         print_bench(result, _console())
+    if html:
+        _write_html(result, html, models)
     return EXIT_OK
 
 
@@ -255,13 +264,17 @@ def bench_command(models: tuple[Path, ...], as_json: bool, data: Path | None, in
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @traceback_option
 @handle_errors
-def gate_command(baseline: Path, candidate: Path, quiet: bool, gates: tuple[str, ...], allow_unavailable: bool | None, junit: Path | None, report_json: Path | None, markdown: Path | None, data: Path | None, input_shapes: tuple[str, ...], providers: str | None, threads: int | None, repeats: int | None) -> int:
+def gate_command(baseline: Path, candidate: Path, quiet: bool, gates: tuple[str, ...], allow_unavailable: bool | None, junit: Path | None, report_json: Path | None, markdown: Path | None, html: Path | None, data: Path | None, input_shapes: tuple[str, ...], providers: str | None, threads: int | None, repeats: int | None) -> int:
     """Validate CANDIDATE against BASELINE and apply the --gate checks (exit 1 when one fails)."""
     from .console import print_validation, gate_table
     from .measure import gate_models
 
     if not gates:
         raise UsageError("gate needs at least one --gate check, e.g. --gate 'cosine>=0.999'")
+    if html:
+        from .model_io import check_writable_file
+
+        check_writable_file(html)
     report = gate_models(
         baseline,
         candidate,
@@ -281,7 +294,36 @@ def gate_command(baseline: Path, candidate: Path, quiet: bool, gates: tuple[str,
         console = _console()
         print_validation(report["validation"], console)
         console.print(gate_table(report["gate"]))
+    if html:
+        _write_html(report, html, (baseline, candidate))
     return EXIT_OK if report["gate"]["passed"] else EXIT_GATE_FAILED
+
+
+def _write_html(report: dict[str, Any], path: Path, models: tuple[Path, ...]) -> None:
+    """The HTML page, with the per-tensor byte breakdown of the models compared (see docs/report.md)."""
+    from .reports.html import write_html
+    from .validate.tensors import tensor_breakdown
+
+    if "tensors" not in report:
+        report = {**report, "tensors": tensor_breakdown(*models[:2])}
+    write_html(report, path)
+
+
+@main.command("report")
+@click.argument("report_file", metavar="REPORT.json", type=click.Path(path_type=Path))
+@click.option("--html", type=click.Path(path_type=Path), required=True, help="Where to write the HTML page.")
+@traceback_option
+@handle_errors
+def report_command(report_file: Path, html: Path) -> int:
+    """Render a saved JSON report (shrink, gate, bench --json, or tune) as one self-contained HTML page.
+
+    \b
+    onnxshrink report out/report.json --html out/report.html
+    """
+    from .reports.html import read_report, write_html
+
+    write_html(read_report(report_file), html)
+    return EXIT_OK
 
 
 @main.command("plugins")

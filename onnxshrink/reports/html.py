@@ -31,7 +31,7 @@ from ..gate import format_number
 from . import json_safe
 from ._atomic import atomic_write_text
 
-__all__ = ["report_kind", "render_html", "write_html"]
+__all__ = ["read_report", "report_kind", "render_html", "write_html"]
 
 TUNE_SCHEMA = "onnxshrink.tune/1"
 TOP_LAYERS = 25  # layers drawn in the per-layer chart (the table lists every row)
@@ -85,6 +85,28 @@ def render_html(report: Mapping[str, Any]) -> str:
     else:
         _single(page, report, kind)
     return page.html(_title(report, kind))
+
+
+def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A saved JSON report, checked to be one :func:`render_html` knows; a UsageError naming the file otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"report {str(path)!r} is not JSON: not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read report {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        report = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"report {str(path)!r} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(report, dict):
+        raise UsageError(f"report {str(path)!r} is not an onnxshrink report: expected a JSON object, got {type(report).__name__}")
+    try:
+        report_kind(report)
+    except UsageError as exc:
+        raise UsageError(f"report {str(path)!r} is {exc.message}") from None
+    return report
 
 
 def write_html(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -257,7 +279,7 @@ def _single(page: _Page, report: Mapping[str, Any], kind: str) -> None:
     baseline, candidate = _model_paths(report)
     paths = f"<code>{_e(baseline)}</code>" + (f" → <code>{_e(candidate)}</code>" if candidate else "")
     page.add(f'<header class="top"><h1>onnxshrink {_e(kind)} report</h1><div class="paths">{paths}</div></header>')
-    _verdict(page, report)
+    _verdict(page, report, kind)
     _tiles(page, report, kind)
     _bytes_section(page, report)
     latency = (report.get("validation") or {}).get("latency") if kind != "bench" else report.get("latency")
@@ -271,8 +293,10 @@ def _single(page: _Page, report: Mapping[str, Any], kind: str) -> None:
     _footer(page, report)
 
 
-def _verdict(page: _Page, report: Mapping[str, Any]) -> None:
+def _verdict(page: _Page, report: Mapping[str, Any], kind: str) -> None:
     gate = report.get("gate")
+    if not isinstance(gate, Mapping) and kind in ("bench", "compare"):
+        return  # measurements only: there is nothing to judge
     if not isinstance(gate, Mapping):
         page.add('<div class="verdict none"><span class="big">NO GATE</span><span>No --gate checks were given: numbers only, no verdict.</span></div>')
         return
@@ -359,7 +383,8 @@ def _bytes_section(page: _Page, report: Mapping[str, Any]) -> None:
     has_after = any("after" in r for r in rows)
     by_op = tensors.get("by_op_type") or {}
     ops = list(by_op)
-    series = [{"label": "before", "role": "before", "values": [by_op[o].get("before", 0) for o in ops]}]
+    first = "before" if has_after else "stored"
+    series = [{"label": first, "role": "before", "values": [by_op[o].get("before", 0) for o in ops]}]
     if has_after:
         series.append({"label": "after", "role": "after", "values": [by_op[o].get("after", 0) for o in ops]})
     charts = [page.chart({"kind": "bar", "horizontal": True, "unit": "bytes", "labels": ops, "series": series}, "stored bytes per op type", 60 + 34 * len(ops) * (1 + has_after) // 2 + 40)]
@@ -369,7 +394,7 @@ def _bytes_section(page: _Page, report: Mapping[str, Any]) -> None:
         totals[0] += (r.get("before") or {}).get("bytes", 0)
         totals[1] += (r.get("after") or {}).get("bytes", 0)
     top = sorted(layers.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[:TOP_LAYERS]
-    layer_series = [{"label": "before", "role": "before", "values": [t[0] for _, t in top]}]
+    layer_series = [{"label": first, "role": "before", "values": [t[0] for _, t in top]}]
     if has_after:
         layer_series.append({"label": "after", "role": "after", "values": [t[1] for _, t in top]})
     title = f"stored bytes per layer (largest {len(top)} of {len(layers)})" if len(layers) > len(top) else "stored bytes per layer"
