@@ -143,6 +143,23 @@ def test_breakdown_follows_decoders_constants_and_shared_weights(tmp_path):
     assert "after" not in rows["first"]
 
 
+def test_breakdown_of_a_layer_whose_op_was_replaced_is_one_row(tmp_path):
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((4, 3)).astype(np.float32), np.ones(3, np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    gemm = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")], "g", [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    half = helper.make_graph(
+        [helper.make_node("Cast", ["w16"], ["w32"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["x", "w32"], ["y"], name="fc_matmul")],
+        "g", [x], [y], [numpy_helper.from_array(w.astype(np.float16), "w16")])
+    for name, graph in (("a.onnx", gemm), ("b.onnx", half)):
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / name)
+    [row] = tensor_breakdown(tmp_path / "a.onnx", tmp_path / "b.onnx")["rows"]
+    assert row["slot"] is None and row["layer"] == "fc" and row["op_type"] == "Gemm"
+    assert row["before"] == {"form": "float32", "bytes": 4 * 3 * 4 + 3 * 4, "tensors": 2}
+    assert row["after"] == {"form": "float16 via Cast", "bytes": 4 * 3 * 2, "tensors": 1}
+
+
 def test_shrink_report_has_the_breakdown_and_sensitivity_shows(cnn_run):
     report = json.loads((cnn_run / "report.json").read_text())
     assert report["tensors"]["rows"] and report["tensors"]["by_op_type"]["Conv"]["after"] > 0

@@ -415,7 +415,7 @@ def _bytes_section(page: _Page, report: Mapping[str, Any]) -> None:
         cells = [
             _cell(_e(r.get("layer")), cls="mono"),
             _cell(_e(r.get("op_type"))),
-            _cell(_e(r.get("tensor")), cls="mono"),
+            _cell(_e(r.get("tensor")) + (' <span class="muted">and every other input (op replaced)</span>' if r.get("slot") is None else ""), cls="mono"),
             _cell(_e(shape)),
             _cell(_e(b.get("form", "—"))),
             _cell(_e(_bytes(b.get("bytes"))), b.get("bytes"), "num"),

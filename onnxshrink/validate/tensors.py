@@ -110,6 +110,19 @@ class _Layers:
             row["tensors"] += fresh
             row["decoders"] += [o for o in self.decoders[name] if o not in row["decoders"]]
 
+    def op_types(self) -> dict[str, str]:
+        return {layer: row["op_type"] for (layer, _), row in self.rows.items()}
+
+    def merge_layer(self, layer: str) -> None:
+        """One row (slot -1) for every input of ``layer``: its op was replaced, so slots do not line up."""
+        keys = [key for key in self.rows if key[0] == layer]
+        merged = {**self.rows[keys[0]], "tensors": [], "decoders": []}
+        for key in keys:
+            row = self.rows.pop(key)
+            merged["tensors"] += row["tensors"]
+            merged["decoders"] += [o for o in row["decoders"] if o not in merged["decoders"]]
+        self.rows[(layer, -1)] = merged
+
     def summary(self, key: Key) -> dict[str, Any] | None:
         row = self.rows.get(key)
         if row is None:
@@ -137,13 +150,21 @@ def tensor_breakdown(before: str | os.PathLike, after: str | os.PathLike | None 
     """Per layer input and per op type, stored bytes of ``before`` and (when given) ``after``.
 
     Returns ``{"rows": [...], "by_op_type": {op: {"before", "after"}}, "other": {...}, "unattributed": {...}}``.
-    Each row: ``layer`` (node name), ``op_type``, ``slot``, ``tensor`` (the name the layer reads),
+    Each row: ``layer`` (node name), ``op_type`` (before), ``slot`` (input index; ``null`` when the
+    layer's op was replaced, e.g. Gemm by MatMulNBits: then one row holds all its inputs), ``tensor``
+    (the name the layer reads),
     ``shape`` (of the largest stored tensor before), ``before`` and ``after`` (``form``: stored dtypes
     and the folded decoder ops, ``bytes``, ``tensors``; ``after.shape`` only where it differs; ``null`` where the layer input has no stored tensor on
     that side, e.g. a removed layer). Rows are sorted by bytes before (then after), largest first; past
     ``MAX_ROWS`` the rest are summed in ``other`` (``rows``, ``before``, ``after``).
     """
     sides = [_Layers(_load(before))] + ([_Layers(_load(after))] if after is not None else [])
+    if len(sides) > 1:
+        ops_after = sides[1].op_types()
+        for layer, op in sides[0].op_types().items():
+            if layer in ops_after and ops_after[layer] != op:  # e.g. Gemm rewritten as MatMulNBits
+                sides[0].merge_layer(layer)
+                sides[1].merge_layer(layer)
     keys = list(dict.fromkeys([*sides[0].rows, *(sides[1].rows if len(sides) > 1 else {})]))
     rows, by_op = [], {}
     for key in keys:
@@ -153,7 +174,7 @@ def tensor_breakdown(before: str | os.PathLike, after: str | os.PathLike | None 
         rows.append({
             "layer": first["layer"],
             "op_type": (sides[0].rows.get(key) or first)["op_type"],
-            "slot": key[1],
+            "slot": key[1] if key[1] >= 0 else None,
             "tensor": first["input"],
             "shape": (b or a).pop("shape"),
             "before": b,
@@ -167,7 +188,7 @@ def tensor_breakdown(before: str | os.PathLike, after: str | os.PathLike | None 
         totals = by_op.setdefault(op, {"before": 0, "after": 0})
         totals["before"] += b["bytes"] if b else 0
         totals["after"] += a["bytes"] if a else 0
-    rows.sort(key=lambda r: (-(r["before"] or {}).get("bytes", 0), -(r["after"] or {}).get("bytes", 0), r["layer"], r["slot"]))
+    rows.sort(key=lambda r: (-(r["before"] or {}).get("bytes", 0), -(r["after"] or {}).get("bytes", 0), r["layer"], r["slot"] if r["slot"] is not None else -1))
     rest = rows[MAX_ROWS:]
     result: dict[str, Any] = {
         "rows": rows[:MAX_ROWS],
