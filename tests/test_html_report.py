@@ -58,7 +58,7 @@ def tune_report() -> dict:
     ] + [[{"plugin": "int_quant", "options": {"bits": b}}] for b in (8, 4)] + [
         [{"plugin": "weight_prune", "options": {"sparsity": 0.5}}, {"plugin": "int_quant", "options": {"bits": 8}}]
     ]
-    metrics = [(1.0, 0.9999, 1.02), (0.98, 0.999, 0.97), (0.97, 0.99, 1.01), (0.96, 0.95, 0.99), (0.27, 0.9999, 0.95), (0.15, 0.998, 1.2), (0.26, 0.9995, 0.93)]
+    metrics = [(1.0, 0.9999, 1.02), (0.98, 0.999, 0.97), (0.97, 0.99, 1.01), (0.96, 0.95, 0.99), (0.27, 0.9999, 0.92), (0.15, 0.998, 1.2), (0.26, 0.9995, 0.93)]
     trials = []
     for number, (chain, (size, cosine, latency)) in enumerate(zip(chains, metrics)):
         trials.append({

@@ -83,7 +83,7 @@
       type: "scatter",
       data: {
         datasets: [
-          dataset("chosen", chosen, { pointStyle: "star", pointRadius: 14, borderWidth: 2, borderColor: "#111" }),
+          dataset("chosen", chosen, { pointStyle: "rectRot", pointRadius: 12, borderWidth: 2.5, borderColor: "#111" }),
           dataset("Pareto front", front, { pointRadius: 8, borderWidth: 2 }),
           { label: "front", type: "line", data: frontLine.map(function (p) { return { x: p.x, y: p.y }; }), borderColor: "rgba(60,60,60,0.35)", borderDash: [4, 4], pointRadius: 0, fill: false, showLine: true },
           dataset("other trials", others, { pointRadius: 5, borderWidth: 0.5 }),
@@ -96,7 +96,16 @@
           y: { title: { display: true, text: spec.y_title } },
         },
         plugins: {
-          legend: { labels: { filter: function (item) { return item.text !== "front"; } } },
+          legend: { labels: {
+            usePointStyle: true,
+            filter: function (item) { return item.text !== "front"; },
+            generateLabels: function (chart) {
+              return Chart.defaults.plugins.legend.labels.generateLabels(chart).map(function (item) {
+                item.fillStyle = "#e3e7ec"; item.strokeStyle = "#333"; return item;
+              });
+            },
+          } },
+          subtitle: { display: cosines.length > 0, text: "cosine: red " + lo.toFixed(6) + " … amber … teal " + hi.toFixed(6), color: "#5d6975", padding: { bottom: 6 } },
           tooltip: { callbacks: { label: function (ctx) {
             var r = ctx.raw;
             if (r.trial === undefined) return "";
