@@ -134,7 +134,7 @@ def test_validation_can_be_disabled(tmp_path):
         ('modle = "m.onnx"\n', "'modle'", "model"),
         ("[validate]\nthread = 1\n", "'validate.thread'", "threads"),
         ("[gate]\ncheck = []\n", "'gate.check'", "checks"),
-        ('[report]\nhtml = "x.html"\n', "'report.html'", "markdown"),
+        ('[report]\npdf = "x.pdf"\n', "'report.pdf'", "markdown"),
         ('[data]\nlabels = "y.npy"\n', "'data.labels'", "input_shapes"),
         ('[[steps]]\nplugin = "a"\n[[steps]]\nplugn = "b"\n', "'steps[1].plugn'", "plugin"),
         ("[extra]\nx = 1\n", "'extra'", "report"),
