@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxshrink.model_io import stored_tensors
 from onnxshrink.recipe import load_recipe
-from onnxshrink.reports.html import read_report, render_html, report_kind
+from onnxshrink.reports.html import render_html, report_kind
 from onnxshrink.validate.tensors import stored_bytes, tensor_breakdown
 
 from .conftest import MODELS, folder_digest
