@@ -181,7 +181,10 @@ def test_page_is_one_offline_file_and_deterministic(cnn_run):
     assert "GATE PASSED" in page and "layer2.0.conv2.weight" in page
     charts = CHART_SPEC.findall(page)
     data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S).group(1))
-    assert [c["id"] for c in data["charts"]] == charts and len(charts) == 3  # op types, layers, latency
+    validation = report["validation"]
+    per_feed = sum(1 for o in validation["fidelity"]["outputs"].values() if o.get("cosine_per_feed"))
+    timed = sum(1 for e in validation["latency"].values() if e["status"] == "ok")
+    assert [c["id"] for c in data["charts"]] == charts and len(charts) == 2 + timed + per_feed  # op types, layers, latency, fidelity
 
 
 def test_every_report_kind_is_told_apart(cnn_run, tmp_path):
