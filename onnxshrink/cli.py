@@ -186,9 +186,8 @@ def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | 
     """
     from .console import print_report
     from .method import parse_plugin_spec
-    from .shrink import job_from, shrink
+    from .shrink import REPORT_SCHEMA, job_from, shrink, tool_info, write_error_reports
 
-    specs = [parse_plugin_spec(p) for p in plugins]
     overrides = {
         "output": flags["output"],
         "seed": flags["seed"],
@@ -204,7 +203,14 @@ def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | 
         "junit": flags["junit"],
         "markdown": flags["markdown"],
     }
-    job = job_from(model=model, steps=specs, recipe=recipe, overrides=overrides)
+    try:
+        job = job_from(model=model, steps=[parse_plugin_spec(p) for p in plugins], recipe=recipe, overrides=overrides)
+    except OnnxShrinkError as exc:  # no job yet: the reports named on the command line still say why
+        write_error_reports(
+            {"schema": REPORT_SCHEMA, "tool": tool_info(), "input": {"path": str(model) if model else None}},
+            exc.exit_code, exc.message, json_path=flags["report_json"], junit_path=flags["junit"], markdown_path=flags["markdown"],
+        )
+        raise
     report = shrink(job, **_progress_and_log(quiet))
     if not quiet:
         print_report(report, _console())
