@@ -27,8 +27,9 @@ from .pipeline import check_saved, prepare_steps, run_steps
 from .plugins import Registry, default_registry
 from .recipe import Recipe, load_recipe, merge_cli
 from .reports import write_reports
+from .runtime import quiet_onnxruntime
 from .validate import validate
-from .validate.data import DataSet, load_feeds, split_calibration
+from .validate.data import DataSet, check_runs, load_feeds, split_calibration
 from .validate.size import measure_size
 
 REPORT_SCHEMA = "onnxshrink.report/1"
@@ -79,6 +80,7 @@ def shrink(
     reports asked for are written in every case; a failed run's report has an ``error`` section
     (``exit_code`` and ``message``) and whatever was measured before the failure.
     """
+    quiet_onnxruntime()
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "tool": tool_info(),
@@ -286,6 +288,7 @@ def providers_to_measure(providers: list[str], checks: list[GateCheck]) -> list[
 def _load_data(job: Recipe, model: onnx.ModelProto, log: Callable[[str], None]) -> DataSet:
     source = str(job.data_path) if job.data_path else None
     dataset = load_feeds(source, model, input_shapes=job.input_shapes or None, seed=job.seed)
+    check_runs(model, dataset)
     if dataset.synthetic:
         for note in dataset.warnings[1:]:  # what was chosen for the synthetic inputs
             log(f"synthetic inputs: {note}")

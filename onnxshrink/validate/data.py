@@ -424,6 +424,22 @@ def _synthetic(
     return DataSet(feeds, None, None, True, warnings, [per_feed] * n_feeds)
 
 
+def check_runs(model: onnx.ModelProto, dataset: DataSet) -> None:
+    """Run ``model`` on the first feed of user data, so data that does not fit fails before any method
+    runs (exit 2, the input named); skipped for large models still on disk and models onnxruntime
+    cannot load (the pipeline says why)."""
+    if dataset.synthetic or not dataset.feeds:
+        return
+    runner, why_not = _probe_runner(model)
+    if runner is None:
+        return
+    try:
+        runner(dataset.feeds[0])
+    except Exception as exc:  # noqa: BLE001
+        shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in dataset.feeds[0].items())
+        raise UsageError(f"the model does not run on the data {dataset.source!r} (first feed: {shapes}): {one_line(exc, 400)}") from None
+
+
 def _probe_runner(model: onnx.ModelProto):
     """(run one feed, None) or (None, why the model cannot be tried here)."""
     from onnxshrink.external import external_tensors
