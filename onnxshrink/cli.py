@@ -110,7 +110,11 @@ def _console(quiet: bool = False) -> Console:
 
 
 def _stderr_console(quiet: bool) -> Console:
-    return Console(stderr=True, quiet=quiet, highlight=False)
+    """stderr; off a terminal (logs, CI) lines are never wrapped, so each message stays one line."""
+    console = Console(stderr=True, quiet=quiet, highlight=False)
+    if not console.is_terminal:
+        console.soft_wrap = True
+    return console
 
 
 def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .context import Context, ProgressFactory
+from .context import Context, ProgressFactory, no_progress
 from .errors import OnnxShrinkError, PluginError, UsageError, one_line
 from .graph import op_histogram
 from .method import PluginSpec
@@ -109,7 +109,8 @@ def run_steps(
             ctx.warn(f"{runtime_problem}{kept}; outputs are checked with onnx.checker only")
         started = time.perf_counter()
         try:
-            stats = step.info.cls().apply(model, dict(step.options), ctx)
+            with (progress or no_progress)(step.name, None, ""):  # off a terminal: start/heartbeat/end lines for long steps
+                stats = step.info.cls().apply(model, dict(step.options), ctx)
         except OnnxShrinkError:
             raise
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - any plugin failure (sys.exit too) is reported naming the plugin
