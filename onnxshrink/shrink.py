@@ -109,6 +109,8 @@ def write_error_reports(
     """The reports asked for, with ``error: {exit_code, message}``; a report that cannot be written is skipped
     (the run's own error is what the user must see)."""
     report = {**report, "error": {"exit_code": exit_code, "message": message}}
+    if "output" in report:  # the candidate was staged, never moved into place
+        report["output"] = {**report["output"], "files": []}
     for key, path in (("json_path", json_path), ("junit_path", junit_path), ("markdown_path", markdown_path)):
         if path:
             with contextlib.suppress(Exception):

@@ -90,6 +90,7 @@ def test_failure_after_saving_leaves_nothing(cli, tmp_path, monkeypatch):
     assert_error_reports(paths, 2, "validation refused the data (test)")
     report = json.loads(paths[0].read_text())
     assert report["steps"][0]["plugin"] == "weight_prune"  # what ran before the failure is still reported
+    assert report["output"]["path"] == str(out) and report["output"]["files"] == []  # nothing written
 
 
 def test_plugin_failure_exit_3_reports_and_leaves_nothing(cli, tmp_path, monkeypatch):
