@@ -277,11 +277,13 @@ def _check_inferred_outputs(before: dict, after: dict, model: onnx.ModelProto, p
 
 
 def _without_output_types(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of the graph structure (no weights) whose outputs are also listed as value_info-free names,
-    so shape inference reports what the nodes produce rather than what the outputs declare."""
+    """A copy of the main graph whose outputs carry names only, so shape inference reports what the nodes
+    produce rather than what the outputs declare. Weights are copied up to ``INFER_WITH_DATA_LIMIT``;
+    above it, initializers keep only their type and dims."""
     probe = onnx.ModelProto()
     probe.ir_version = model.ir_version
     probe.opset_import.extend(model.opset_import)
+    probe.functions.extend(model.functions)
     graph = probe.graph
     graph.node.extend(model.graph.node)
     graph.input.extend(model.graph.input)
