@@ -110,7 +110,11 @@ def _console(quiet: bool = False) -> Console:
 
 
 def _stderr_console(quiet: bool) -> Console:
-    return Console(stderr=True, quiet=quiet, highlight=False)
+    """stderr; off a terminal (logs, CI) lines are never wrapped, so each message stays one line."""
+    console = Console(stderr=True, quiet=quiet, highlight=False)
+    if not console.is_terminal:
+        console.soft_wrap = True
+    return console
 
 
 def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -122,8 +126,16 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
 def _validation_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by every command that measures models."""
     options = [
-        click.option("--data", type=click.Path(path_type=Path), help="Evaluation/calibration data: a .npz (keys = input names, optional 'labels') or a folder of .npz/.npy."),
-        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224", help="Fix dynamic dimensions of an input (repeatable)."),
+        click.option(
+            "--data",
+            type=click.Path(path_type=Path),
+            help="Evaluation/calibration data: a .npz (keys = input names, optional 'labels'), a folder of .npz files "
+            "(each a full set of keys, read in name order), or a folder of <input>.npy files (+ labels.npy). An array with "
+            "the input's rank is one batch (cut into feeds of 32 samples when every input's first dim is dynamic); one "
+            "more axis is a stack, axis 0 separating feeds. Methods that calibrate take the first half of the feeds, "
+            "fidelity and latency the rest. Without --data, synthetic inputs the model runs on are made.",
+        ),
+        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224", help="Shape of an input's synthetic data (repeatable); its named dims hold for every input sharing them."),
         click.option("--providers", default=None, metavar="cpu,cuda,tensorrt", help="Execution providers to time (default: cpu). Missing ones are reported unavailable."),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads for timing (default 1)."),
         click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed runs per model and provider (default 20)."),
@@ -184,12 +196,28 @@ def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | 
     onnxshrink model.onnx --plugin weight_prune --data eval.npz
     onnxshrink model.onnx --plugin weight_prune --gate 'size_ratio<=0.5' --junit gate.xml
     onnxshrink --recipe shrink.toml model.onnx
+
+    Data (--data): a .npz whose keys are the input names (inputs with an initializer may be left out)
+    plus optional 'labels' (one per sample, over all feeds in order); a folder of such .npz files, read
+    in file-name order and concatenated; or a folder of <input>.npy files (plus labels.npy). A feed is
+    one session run. An array with the input's rank is one batch, cut along axis 0 into feeds of 32
+    samples when every input's first dimension is dynamic and the arrays are longer; an array with one
+    extra leading axis is a stack, one feed per entry of axis 0. When a method calibrates, the first
+    half of the feeds (at least one, never all) calibrates it and the rest measure fidelity and
+    latency; otherwise every feed is measured.
+
+    Without --data: 8 synthetic feeds. Integers that index a table stay inside it, masks are ones,
+    dynamic dimensions come from --input-shape, from the graph, or from a search of small sizes that
+    onnxruntime runs; what was chosen is printed and kept in the report.
+
+    Exit codes: 0 ok, 1 a gate failed (the candidate is kept), 2 usage or invalid input, 3 plugin or
+    internal failure. On 2 or 3 no model is written (a file already at the output path stays as it
+    was) and the --report/--junit/--markdown files still say what failed.
     """
     from .console import print_report
     from .method import parse_plugin_spec
-    from .shrink import job_from, shrink
+    from .shrink import REPORT_SCHEMA, job_from, shrink, tool_info, write_error_reports
 
-    specs = [parse_plugin_spec(p) for p in plugins]
     overrides = {
         "output": flags["output"],
         "seed": flags["seed"],
@@ -206,7 +234,14 @@ def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | 
         "markdown": flags["markdown"],
         "html": flags["html"],
     }
-    job = job_from(model=model, steps=specs, recipe=recipe, overrides=overrides)
+    try:
+        job = job_from(model=model, steps=[parse_plugin_spec(p) for p in plugins], recipe=recipe, overrides=overrides)
+    except OnnxShrinkError as exc:  # no job yet: the reports named on the command line still say why
+        write_error_reports(
+            {"schema": REPORT_SCHEMA, "tool": tool_info(), "input": {"path": str(model) if model else None}},
+            exc.exit_code, exc.message, json_path=flags["report_json"], junit_path=flags["junit"], markdown_path=flags["markdown"],
+        )
+        raise
     report = shrink(job, **_progress_and_log(quiet))
     if not quiet:
         print_report(report, _console())

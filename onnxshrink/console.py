@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -147,7 +149,8 @@ def print_validation(validation: dict[str, Any] | None, console: Console) -> Non
         console.print(fidelity_table(validation["fidelity"]))
 
 
-SUMMARY_AFTER_S = 2.0  # steps shorter than this leave no summary line
+SUMMARY_AFTER_S = 2.0  # steps shorter than this leave no start or end line
+HEARTBEAT_EVERY_S = 10.0  # off a terminal, a long step prints a line this often
 
 
 class _Counted:
@@ -163,27 +166,153 @@ class _Counted:
             self.moved(amount)
 
 
+def _amount(done: float, total: float | None, unit: str) -> str:
+    if unit == "B":
+        return human_bytes(done) + (f" of {human_bytes(total)}" if total else "")
+    return f"{done:g}" + (f" of {total:g}" if total else "")
+
+
+def _rate(done: float, seconds: float, unit: str) -> str:
+    if not done or seconds <= 0:
+        return ""
+    return f", {done / seconds / 1e6:.0f} MB/s" if unit == "B" else f", {done / seconds:.3g}/s"
+
+
+class Heartbeat:
+    """The lines a long step leaves in a log that is not a terminal (CI): one when it has run for
+    ``SUMMARY_AFTER_S``, one every ``HEARTBEAT_EVERY_S`` while it runs, and one at the end with the time
+    and the throughput. ``tick(now)`` says which line is due; a daemon thread asks it twice a second."""
+
+    def __init__(self, description: str, task: _Counted, total: float | None, unit: str, started: float):
+        self.description, self.task, self.total, self.unit = description, task, total, unit
+        self.started = started
+        self.last: float | None = None  # when the last line was printed
+
+    def tick(self, now: float) -> str | None:
+        elapsed = now - self.started
+        if self.last is None:
+            if elapsed < SUMMARY_AFTER_S:
+                return None
+            self.last = now
+            return f"{self.description}: started ({self._so_far(elapsed)})"
+        if now - self.last < HEARTBEAT_EVERY_S:
+            return None
+        self.last = now
+        return f"{self.description}: running ({self._so_far(elapsed)})"
+
+    def end(self, now: float) -> str | None:
+        elapsed = now - self.started
+        if elapsed < SUMMARY_AFTER_S:
+            return None
+        done = self.task.done
+        if self.unit == "B" and done:
+            return f"{self.description}: {human_bytes(done)} in {elapsed:.1f} s{_rate(done, elapsed, 'B')}"
+        if done:
+            return f"{self.description}: done, {_amount(done, self.total, '')} in {elapsed:.1f} s{_rate(done, elapsed, '')}"
+        return f"{self.description}: done in {elapsed:.1f} s"
+
+    def _so_far(self, elapsed: float) -> str:
+        done = f"{_amount(self.task.done, self.total, self.unit)} done, " if self.task.done else ""
+        return f"{done}{elapsed:.0f} s"
+
+
+_BEATING: list[Heartbeat] = []  # open steps off a terminal; only the innermost prints "running" lines
+
+
+@contextlib.contextmanager
+def _heartbeat_thread(console: Console, beat: Heartbeat) -> Iterator[None]:
+    stop = threading.Event()
+    _BEATING.append(beat)
+
+    def run() -> None:
+        while not stop.wait(0.5):
+            if beat.last is not None and _BEATING and _BEATING[-1] is not beat:
+                beat.last = time.perf_counter()  # an inner step is reporting; stay quiet
+                continue
+            line = beat.tick(time.perf_counter())
+            if line:
+                console.print(line, markup=False, highlight=False)
+
+    thread = threading.Thread(target=run, name="onnxshrink-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        _BEATING.remove(beat)
+
+
+class _AmountColumn(ProgressColumn):
+    """Bytes done (and total) for byte tasks, N of M for counted ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bytes, self._items = DownloadColumn(), MofNCompleteColumn()
+
+    def render(self, task: Any) -> Text:
+        if task.fields.get("unit") == "B":
+            return self._bytes.render(task)
+        return self._items.render(task) if task.total else Text("")
+
+
+class _SpeedColumn(ProgressColumn):
+    def __init__(self) -> None:
+        super().__init__()
+        self._speed = TransferSpeedColumn()
+
+    def render(self, task: Any) -> Text:
+        return self._speed.render(task) if task.fields.get("unit") == "B" else Text("")
+
+
+_LIVE: dict[int, list[Any]] = {}  # id(console) -> [Progress, open tasks]: nested steps share one display
+
+
+@contextlib.contextmanager
+def _shared_progress(console: Console) -> Iterator[Progress]:
+    entry = _LIVE.get(id(console))
+    if entry is None:
+        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), _AmountColumn(), _SpeedColumn(), TimeElapsedColumn()]
+        progress = Progress(*columns, console=console, transient=True)
+        progress.start()
+        entry = _LIVE[id(console)] = [progress, 0]
+    entry[1] += 1
+    try:
+        yield entry[0]
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            entry[0].stop()
+            del _LIVE[id(console)]
+
+
 @contextlib.contextmanager
 def rich_progress(console: Console, description: str, total: float | None, unit: str = "") -> Iterator[Any]:
-    """A progress bar on stderr for long steps, shown only when stderr is a terminal.
+    """Progress of a step on ``console`` (stderr).
 
-    With ``unit="B"`` it shows bytes done and the throughput, and a step that took a while leaves a
-    one-line summary (``saving: 3.00 GiB in 9.1 s, 353 MB/s``), also in logs that are not a terminal.
+    On a terminal: a bar (nested steps share one display, each on its own line). Off a terminal (logs,
+    CI): a line when the step has run for ``SUMMARY_AFTER_S`` seconds, one every ``HEARTBEAT_EVERY_S``
+    while it runs, and one at the end with the time and throughput (``saving: 3.00 GiB in 9.1 s,
+    353 MB/s``). A step with ``unit="B"`` also leaves that summary line on a terminal.
     """
     task = _Counted()
     started = time.perf_counter()
+    beat = Heartbeat(description, task, total, unit, started)
     if console.is_terminal:
-        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
-        columns += [DownloadColumn(), TransferSpeedColumn()] if unit == "B" else [MofNCompleteColumn()]
-        with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
-            task_id = progress.add_task(description, total=total)
+        with _shared_progress(console) as progress:
+            task_id = progress.add_task(description, total=total, unit=unit)
             task.moved = lambda amount: progress.advance(task_id, amount)
-            yield task
+            try:
+                yield task
+            finally:
+                progress.remove_task(task_id)
+        line = beat.end(time.perf_counter()) if unit == "B" and task.done else None
     else:
-        yield task
-    seconds = time.perf_counter() - started
-    if unit == "B" and seconds >= SUMMARY_AFTER_S and task.done:
-        console.print(f"{description}: {human_bytes(task.done)} in {seconds:.1f} s, {task.done / seconds / 1e6:.0f} MB/s", markup=False, highlight=False)
+        with _heartbeat_thread(console, beat):
+            yield task
+        line = beat.end(time.perf_counter())
+    if line:
+        console.print(line, markup=False, highlight=False)
 
 
 def print_bench(result: dict[str, Any], console: Console) -> None:

@@ -27,8 +27,12 @@ ProgressFactory = Callable[[str, "float | None", str], contextlib.AbstractContex
 
 
 @contextlib.contextmanager
-def _no_progress(description: str, total: float | None, unit: str = "") -> Iterator[ProgressTask]:
+def no_progress(description: str, total: float | None, unit: str = "") -> Iterator[ProgressTask]:
+    """A ProgressFactory that shows nothing (the default when the caller gives none)."""
     yield _NullTask()
+
+
+_no_progress = no_progress
 
 
 class Context:

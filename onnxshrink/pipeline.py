@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .context import Context, ProgressFactory
+from .context import Context, ProgressFactory, no_progress
 from .errors import OnnxShrinkError, PluginError, UsageError, one_line
 from .graph import op_histogram
 from .method import PluginSpec
@@ -109,7 +109,8 @@ def run_steps(
             ctx.warn(f"{runtime_problem}{kept}; outputs are checked with onnx.checker only")
         started = time.perf_counter()
         try:
-            stats = step.info.cls().apply(model, dict(step.options), ctx)
+            with (progress or no_progress)(step.name, None, ""):  # off a terminal: start/heartbeat/end lines for long steps
+                stats = step.info.cls().apply(model, dict(step.options), ctx)
         except OnnxShrinkError:
             raise
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - any plugin failure (sys.exit too) is reported naming the plugin
@@ -139,6 +140,7 @@ def _check_stats(plugin: str, stats: Any) -> None:
         raise PluginError(plugin, f"apply() returned stats that are not JSON-serialisable: {exc}") from None
 
 
+INFER_WITH_DATA_LIMIT = 64 << 20  # bytes of model up to which the output check infers shapes with the weights
 IN_MEMORY_CHECK_LIMIT = 1 << 30  # bytes of tensor data above which checks run on the saved file instead
 
 
@@ -175,28 +177,127 @@ def check_saved(path: str, plugins: Sequence[str]) -> None:
         raise PluginError(chain, f"produced a model onnxruntime cannot load: {one_line(exc)}") from exc
 
 
-def interface_signature(model: onnx.ModelProto) -> dict[str, list[tuple[str, str, int | None]]]:
-    """(name, element type, rank) of every graph input and output: what a method must keep."""
+Signature = dict[str, Any]  # "input"/"output": [(name, type, shape)], "inferred": see inferred_outputs
 
-    def describe(values: Sequence[onnx.ValueInfoProto]) -> list[tuple[str, str, int | None]]:
+
+def interface_signature(model: onnx.ModelProto) -> Signature:
+    """(name, element type, declared shape) of every graph input and output: what a method must keep.
+
+    The shape is a tuple with the fixed size of each dimension and None for a dynamic one (named or
+    not), or None when no shape is declared. ``inferred`` holds what the outputs' producers make
+    (:func:`inferred_outputs`), to catch a method that changes a tensor but not its declaration.
+    """
+
+    def describe(values: Sequence[onnx.ValueInfoProto]) -> list[tuple[str, str, tuple[int | None, ...] | None]]:
         out = []
         for v in values:
             t = v.type.tensor_type
             dtype = onnx.TensorProto.DataType.Name(t.elem_type) if v.type.HasField("tensor_type") else str(v.type.WhichOneof("value"))
-            out.append((v.name, dtype, len(t.shape.dim) if t.HasField("shape") else None))
+            shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim) if t.HasField("shape") else None
+            out.append((v.name, dtype, shape))
         return out
 
-    return {"input": describe(model.graph.input), "output": describe(model.graph.output)}
+    return {"input": describe(model.graph.input), "output": describe(model.graph.output), "inferred": inferred_outputs(model)}
 
 
-def check_interface(before: dict[str, list[tuple[str, str, int | None]]], model: onnx.ModelProto, plugin: str) -> None:
-    """A method may not rename, retype, re-rank, add or drop graph inputs or outputs."""
+def _fmt(shape: tuple[int | None, ...] | None) -> str:
+    return "no shape" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _interface_change(before: tuple, after: tuple) -> str:
+    """What changed between two (name, dtype, shape) entries, in words."""
+    (name, dtype, shape), (name2, dtype2, shape2) = before, after
+    if name != name2:
+        return f"{name!r} renamed to {name2!r}"
+    if dtype != dtype2:
+        return f"{name!r} type {dtype} -> {dtype2}"
+    if shape is None or shape2 is None or len(shape) != len(shape2):
+        return f"{name!r} rank {len(shape) if shape is not None else '?'} -> {len(shape2) if shape2 is not None else '?'} ({_fmt(shape)} -> {_fmt(shape2)})"
+    dims = [i for i, (a, b) in enumerate(zip(shape, shape2)) if a is not None and a != b]
+    return f"{name!r} declared dim {dims[0]} {shape[dims[0]]} -> {shape2[dims[0]] or '?'} ({_fmt(shape)} -> {_fmt(shape2)})"
+
+
+def check_interface(before: Signature, model: onnx.ModelProto, plugin: str) -> None:
+    """A method may not rename, retype, re-rank, add or drop graph inputs or outputs, nor change a fixed
+    dimension they declare (a dynamic dimension may become fixed: that is shape inference, not a change)."""
     after = interface_signature(model)
     for kind in ("input", "output"):
-        if before[kind] != after[kind]:
-            changed = [f"{b} -> {a}" for b, a in zip(before[kind], after[kind]) if b != a]
-            changed = changed or [f"{len(before[kind])} {kind}s -> {len(after[kind])}"]
-            raise PluginError(plugin, f"changed the model's interface: graph {kind}s (name, type, rank) {'; '.join(changed)}")
+        changed = [_interface_change(b, a) for b, a in zip(before[kind], after[kind]) if not _same_interface(b, a)]
+        if len(before[kind]) != len(after[kind]):
+            changed.append(f"{len(before[kind])} {kind}s -> {len(after[kind])}")
+        if changed:
+            raise PluginError(plugin, f"changed the model's interface: graph {kind} {'; '.join(changed)}")
+    _check_inferred_outputs(before.get("inferred", {}), after["inferred"], model, plugin)
+
+
+def _same_interface(before: tuple, after: tuple) -> bool:
+    (name, dtype, shape), (name2, dtype2, shape2) = before, after
+    if (name, dtype) != (name2, dtype2) or (shape is None) != (shape2 is None):
+        return False
+    if shape is None:
+        return True
+    return len(shape) == len(shape2) and all(a is None or a == b for a, b in zip(shape, shape2))
+
+
+def inferred_outputs(model: onnx.ModelProto) -> dict[str, tuple[int, tuple[int, ...] | None]]:
+    """What onnx shape inference says each graph output's producer makes: (element type, fixed dims with 0
+    for unknown, or None), ignoring the outputs' declarations. Empty when inference cannot tell."""
+    if model.ByteSize() > IN_MEMORY_CHECK_LIMIT:
+        return {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_without_output_types(model), strict_mode=False)
+    except Exception:  # noqa: BLE001 - shape inference gives up on some valid models; onnxruntime checks later
+        return {}
+    out = {}
+    for v in [*inferred.graph.value_info, *inferred.graph.output]:
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
+            t = v.type.tensor_type
+            out[v.name] = (t.elem_type, tuple(d.dim_value for d in t.shape.dim) if t.HasField("shape") else None)
+    return {o.name: out[o.name] for o in model.graph.output if o.name in out}
+
+
+def _check_inferred_outputs(before: dict, after: dict, model: onnx.ModelProto, plugin: str) -> None:
+    """An output whose producer now makes another type or shape than the graph declares (the declaration
+    kept, the tensor changed). Only a change the method made counts: a mismatch the input already had is
+    the exporter's."""
+    for declared in model.graph.output:
+        now = after.get(declared.name)
+        if now is None or now == before.get(declared.name) or not declared.type.HasField("tensor_type"):
+            continue
+        want, (elem, dims) = declared.type.tensor_type, now
+        if want.elem_type and elem != want.elem_type:
+            raise PluginError(plugin, f"changed graph output {declared.name!r}: it now holds {onnx.TensorProto.DataType.Name(elem)}, the model declares {onnx.TensorProto.DataType.Name(want.elem_type)}")
+        if dims is None or not want.HasField("shape"):
+            continue
+        if len(want.shape.dim) != len(dims):
+            raise PluginError(plugin, f"changed graph output {declared.name!r}: it now has rank {len(dims)}, the model declares rank {len(want.shape.dim)}")
+        for i, (w, g) in enumerate(zip(want.shape.dim, dims)):
+            if w.dim_value > 0 and g > 0 and w.dim_value != g:
+                raise PluginError(plugin, f"changed graph output {declared.name!r}: dim {i} is now {g}, the model declares {w.dim_value}")
+
+
+def _without_output_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the main graph whose outputs carry names only, so shape inference reports what the nodes
+    produce rather than what the outputs declare. Weights are copied up to ``INFER_WITH_DATA_LIMIT``;
+    above it, initializers keep only their type and dims."""
+    probe = onnx.ModelProto()
+    probe.ir_version = model.ir_version
+    probe.opset_import.extend(model.opset_import)
+    probe.functions.extend(model.functions)
+    graph = probe.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    small = model.ByteSize() <= INFER_WITH_DATA_LIMIT
+    for tensor in model.graph.initializer:  # large models: shapes and types only (Reshape targets then stay unknown)
+        if small:
+            graph.initializer.append(tensor)
+            continue
+        stub = graph.initializer.add()
+        stub.name, stub.data_type = tensor.name, tensor.data_type
+        stub.dims.extend(tensor.dims)
+    for out in model.graph.output:
+        graph.output.add().name = out.name
+    return probe
 
 
 def passes_full_check(model: onnx.ModelProto) -> bool:

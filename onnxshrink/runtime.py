@@ -14,13 +14,27 @@ import onnxruntime as ort
 PROTOBUF_SAFE_BYTES = 2**31 - 2**26
 
 
+# onnxruntime's own log lines (with terminal colour codes) must not reach the user's terminal: its
+# errors come back as the exception's message, which onnxshrink puts into its one-line error and the
+# report. Level 4 (FATAL) for sessions: level 3 still prints the ERROR line a failing run logs.
+SESSION_LOG_LEVEL = 4
+DEFAULT_LOG_LEVEL = 4  # sessions made by other libraries (onnxruntime.quantization) log through it
+
+
+def quiet_onnxruntime() -> None:
+    """Silence onnxruntime's process-wide logger, which sessions without their own level use (for example
+    the ones onnxruntime.quantization's calibrators create)."""
+    ort.set_default_logger_severity(DEFAULT_LOG_LEVEL)
+
+
 def session_options(threads: int = 1) -> ort.SessionOptions:
-    """Deterministic CPU session options: fixed threads, sequential execution, quiet logs."""
+    """Deterministic CPU session options: fixed threads, sequential execution, no onnxruntime log output."""
+    quiet_onnxruntime()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
+    opts.log_severity_level = SESSION_LOG_LEVEL
     return opts
 
 

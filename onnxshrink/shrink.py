@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +17,20 @@ import onnxruntime
 
 from . import __version__
 from .context import ProgressFactory
-from .errors import UsageError
+from .errors import OnnxShrinkError, UsageError, one_line
 from .gate import GateCheck, evaluate_gates
 from .method import PluginSpec
+from .model_io import _commit as commit_files  # moves staged files into place, rolling back on failure
 from .model_io import check_output_path, check_writable_file, default_output_path, load_model, save_model
 from .external import external_data_dir, inline_all, lazy_threshold
 from .pipeline import check_saved, prepare_steps, run_steps
 from .plugins import Registry, default_registry
 from .recipe import Recipe, load_recipe, merge_cli
 from .reports import write_reports
+from .reports.html import write_html
+from .runtime import quiet_onnxruntime
 from .validate import validate
-from .validate.data import DataSet, load_feeds, split_calibration
+from .validate.data import DataSet, check_runs, load_feeds, split_calibration
 from .validate.size import measure_size
 from .validate.tensors import tensor_breakdown
 
@@ -71,10 +76,60 @@ def shrink(
     """Run ``job`` and return the report (see docs/report.md). Raises OnnxShrinkError subclasses.
 
     Everything that can be checked is checked before anything is written: plugins and their options,
-    gate expressions, the output path, the model and the data.
+    gate expressions, the output path, the model and the data. The output is written into a staging
+    folder beside it and moved into place only when the run ends with exit 0 or 1, so a run that fails
+    (exit 2 or 3) leaves nothing at the output path and never replaces a file that was there. The
+    reports asked for are written in every case; a failed run's report has an ``error`` section
+    (``exit_code`` and ``message``) and whatever was measured before the failure.
     """
-    log = log or (lambda message: None)
-    registry = registry or default_registry()
+    quiet_onnxruntime()
+    report: dict[str, Any] = {
+        "schema": REPORT_SCHEMA,
+        "tool": tool_info(),
+        "seed": job.seed,
+        "input": {"path": str(job.model) if job.model else None},
+    }
+    try:
+        return _run(job, report, registry or default_registry(), progress, log or (lambda message: None))
+    except OnnxShrinkError as exc:
+        write_error_reports(report, exc.exit_code, exc.message, **_report_paths(job))
+        raise
+    except Exception as exc:  # noqa: BLE001 - an internal failure still gets its report, then propagates
+        write_error_reports(report, 3, f"internal error: {type(exc).__name__}: {one_line(exc)}", **_report_paths(job))
+        raise
+
+
+def write_error_reports(
+    report: dict[str, Any],
+    exit_code: int,
+    message: str,
+    *,
+    json_path: Path | None = None,
+    junit_path: Path | None = None,
+    markdown_path: Path | None = None,
+    html_path: Path | None = None,
+) -> None:
+    """The reports asked for, with ``error: {exit_code, message}``; a report that cannot be written is skipped
+    (the run's own error is what the user must see)."""
+    report = {**report, "error": {"exit_code": exit_code, "message": message}}
+    if "output" in report:  # the candidate was staged, never moved into place
+        report["output"] = {**report["output"], "files": []}
+    for key, path in (("json_path", json_path), ("junit_path", junit_path), ("markdown_path", markdown_path)):
+        if path:
+            with contextlib.suppress(Exception):
+                write_reports(report, **{key: path})
+    if html_path:
+        with contextlib.suppress(Exception):
+            write_html(report, html_path)
+
+
+def _report_paths(job: Recipe) -> dict[str, Any]:
+    return {"json_path": job.report_json, "junit_path": job.junit, "markdown_path": job.markdown, "html_path": job.html}
+
+
+def _run(
+    job: Recipe, report: dict[str, Any], registry: Registry, progress: ProgressFactory | None, log: Callable[[str], None]
+) -> dict[str, Any]:
     registry.raise_for_errors()
     if not job.steps:
         raise UsageError(f"no --plugin given; known plugins: {', '.join(sorted(registry.methods))}")
@@ -88,73 +143,101 @@ def shrink(
     for report_path in (job.report_json, job.junit, job.markdown, job.html):
         if report_path:
             check_writable_file(report_path)
-    with external_data_dir(Path(job.model).resolve().parent):
-        loaded = load_model(job.model, load_external=False)
-        check_output_path(output, [Path(job.model), *loaded.external_files])
-        input_size = _InBackground(measure_size, job.model)  # reads the input's weights while the chain runs
-        lazy = loaded.external_bytes > lazy_threshold()
-        if not lazy:
-            inline_all(loaded.model)
-        dataset = _load_data(job, loaded.model) if (job.validate or job.data_path) else None
-        calibration = _Calibration(dataset, lambda: _load_data(job, loaded.model))
+    with _staging_folder(output) as stage:
+        staged = stage / output.name
+        with external_data_dir(Path(job.model).resolve().parent):
+            loaded = load_model(job.model, load_external=False)
+            check_output_path(output, [Path(job.model), *loaded.external_files])
+            input_size = _InBackground(measure_size, job.model)  # reads the input's weights while the chain runs
+            lazy = loaded.external_bytes > lazy_threshold()
+            if not lazy:
+                inline_all(loaded.model)
+            dataset = _load_data(job, loaded.model, log) if (job.validate or job.data_path) else None
+            calibration = _Calibration(dataset, lambda: _load_data(job, loaded.model, log))
 
-        started = time.perf_counter()
-        results = run_steps(
-            loaded.model,
-            prepared,
-            seed=job.seed,
-            calibration=calibration.feeds,
-            calibration_is_synthetic=dataset.synthetic if dataset is not None else True,
-            progress=progress,
-            log=log,
-        )
-        saving = (lambda total: progress(f"saving {output.name}", total, "B")) if progress else None
-        written = save_model(loaded.model, output, external_data=True if loaded.uses_external_data else None, progress=saving)
-    del loaded  # the edited tensors: free them before onnxruntime loads the output
-    if lazy:
-        with progress("checking the output (onnx.checker, onnxruntime)", None, "") if progress else contextlib.nullcontext():
-            _check_saved_or_remove(output, written, [r.plugin for r in results])
-    shrink_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            results = run_steps(
+                loaded.model,
+                prepared,
+                seed=job.seed,
+                calibration=calibration.feeds,
+                calibration_is_synthetic=dataset.synthetic if dataset is not None else True,
+                progress=progress,
+                log=log,
+            )
+            report["steps"] = [r.to_dict() for r in results]
+            saving = (lambda total: progress(f"saving {output.name}", total, "B")) if progress else None
+            written = save_model(loaded.model, staged, external_data=True if loaded.uses_external_data else None, progress=saving)
+        del loaded  # the edited tensors: free them before onnxruntime loads the output
+        if lazy:
+            with _step(progress, "checking the output (onnx.checker, onnxruntime)"):
+                check_saved(str(staged), [r.plugin for r in results])
+        shrink_seconds = time.perf_counter() - started
 
-    report: dict[str, Any] = {
-        "schema": REPORT_SCHEMA,
-        "tool": tool_info(),
-        "seed": job.seed,
-        "input": {"path": str(job.model), "size": input_size.result()},
-        "output": {"path": str(output), "files": [str(p) for p in written], "size": measure_size(output)},
-        "steps": [r.to_dict() for r in results],
-        "seconds": round(shrink_seconds, 4),
-        "tensors": tensor_breakdown(job.model, output),
-    }
-    if job.validate and dataset is not None:
-        log("validating: size, latency, fidelity")
-        report["validation"] = validate(
-            Path(job.model),
-            output,
-            calibration.evaluation_set(),
-            providers=tuple(providers_to_measure(job.providers, checks)),
-            threads=job.threads,
-            repeats=job.repeats,
-            progress=log,
-        )
-    if checks:
-        report["gate"] = evaluate_gates(checks, report, allow_unavailable=job.allow_unavailable)
-    write_reports(report, json_path=job.report_json, junit_path=job.junit, markdown_path=job.markdown)
-    if job.html:
-        from .reports.html import write_html
-
-        write_html(report, job.html)
+        finals = [output.parent / p.name for p in written]
+        report["input"]["size"] = input_size.result()
+        report["output"] = {"path": str(output), "files": [str(p) for p in finals], "size": measure_size(staged)}
+        report["steps"] = [r.to_dict() for r in results]
+        report["seconds"] = round(shrink_seconds, 4)
+        report["tensors"] = tensor_breakdown(job.model, staged)
+        if job.validate and dataset is not None:
+            log("validating: size, latency, fidelity")
+            with _step(progress, "validating"):
+                validation = validate(
+                    Path(job.model),
+                    staged,
+                    calibration.evaluation_set(),
+                    providers=tuple(providers_to_measure(job.providers, checks)),
+                    threads=job.threads,
+                    repeats=job.repeats,
+                    progress=log,
+                )
+            report["validation"] = _unstage(validation, stage, output.parent)
+        if checks:
+            report["gate"] = evaluate_gates(checks, report, allow_unavailable=job.allow_unavailable)
+        write_reports(report, json_path=job.report_json, junit_path=job.junit, markdown_path=job.markdown)
+        if job.html:
+            write_html(report, job.html)
+        commit_files(stage, finals)
     return report
 
 
-def _check_saved_or_remove(output: Path, written: list[Path], plugins: list[str]) -> None:
-    """Large models are checked once, by path, after saving; a failing output is removed again."""
+@contextlib.contextmanager
+def _staging_folder(output: Path) -> Iterator[Path]:
+    """A temporary folder beside ``output`` (same file system, so moving out of it is atomic), removed
+    at the end with any folder this run had to create for it."""
+    folder = output.parent if str(output.parent) else Path(".")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
-        check_saved(str(output), plugins)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".onnxshrink-stage-", dir=folder))
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+    committed = False
+    try:
+        yield stage
+        committed = True
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if not committed:
+            for path in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+
+
+def _step(progress: ProgressFactory | None, description: str) -> contextlib.AbstractContextManager[Any]:
+    return progress(description, None, "") if progress else contextlib.nullcontext()
+
+
+def _unstage(section: Any, stage: Path, folder: Path) -> Any:
+    """Messages that name the staged candidate name its final path instead."""
+    if isinstance(section, dict):
+        return {k: _unstage(v, stage, folder) for k, v in section.items()}
+    if isinstance(section, list):
+        return [_unstage(v, stage, folder) for v in section]
+    if isinstance(section, str) and str(stage) in section:
+        return section.replace(str(stage), str(folder))
+    return section
 
 
 class _InBackground:
@@ -213,6 +296,11 @@ def providers_to_measure(providers: list[str], checks: list[GateCheck]) -> list[
     return wanted
 
 
-def _load_data(job: Recipe, model: onnx.ModelProto) -> DataSet:
+def _load_data(job: Recipe, model: onnx.ModelProto, log: Callable[[str], None]) -> DataSet:
     source = str(job.data_path) if job.data_path else None
-    return load_feeds(source, model, input_shapes=job.input_shapes or None, seed=job.seed)
+    dataset = load_feeds(source, model, input_shapes=job.input_shapes or None, seed=job.seed)
+    check_runs(model, dataset)
+    if dataset.synthetic:
+        for note in dataset.warnings[1:]:  # what was chosen for the synthetic inputs
+            log(f"synthetic inputs: {note}")
+    return dataset

@@ -578,7 +578,9 @@ def test_awkward_but_valid_input_is_handled(cli, tmp_path, case, method):
     if not spec.runs_in_onnxruntime and result.exit_code == 2:
         # a method that must run the model (calibration, measurement) may refuse such an input: one line, nothing written
         assert_one_line_error(result, 2, f"plugin {method!r} needs to run the model", "onnxruntime cannot load the input model")
-        assert snapshot(tmp_path) == before
+        after = snapshot(tmp_path)
+        assert {k: v for k, v in after.items() if k not in ("out", "out/report.json")} == before  # no model written
+        assert json.loads(report_path.read_text())["error"]["exit_code"] == 2  # the report asked for says why
         return
     assert result.exit_code == 0, result
 

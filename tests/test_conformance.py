@@ -265,7 +265,7 @@ def output_rank_plus_one(model):
     out.CopyFrom(helper.make_tensor_value_info(out.name, out.type.tensor_type.elem_type, [1, *dims]))
 
 
-@pytest.mark.parametrize("edit, detail", [(rename_output, "'renamed'"), (output_to_float16, "'FLOAT16'"), (output_rank_plus_one, "'FLOAT', 3)")])
+@pytest.mark.parametrize("edit, detail", [(rename_output, "'renamed'"), (output_to_float16, "FLOAT -> FLOAT16"), (output_rank_plus_one, "rank 2 -> 3")])
 def test_changed_output_name_dtype_or_rank_is_caught(edit, detail):
     class ChangesInterface(ScaleWeights):
         """Scale weights and change the graph's output."""

@@ -96,7 +96,8 @@ def test_synthetic_is_deterministic_and_flagged():
     c = load_feeds(None, m, input_shapes={"ids": (2, 5)}, seed=4)
     assert a.synthetic and a.source is None and SYNTHETIC_WARNING in a.warnings
     assert a.feeds[0]["ids"].shape == (2, 5) and a.feeds[0]["ids"].dtype == np.int64
-    assert a.feeds[0]["mask"].shape == (1, 5) and a.feeds[0]["mask"].dtype == np.bool_  # dynamic dim → 1
+    assert a.feeds[0]["mask"].shape == (2, 5) and a.feeds[0]["mask"].dtype == np.bool_  # the symbol N is 2 on ids
+    assert a.feeds[0]["mask"].all()  # masks (and bools) are ones
     assert a.feeds[0]["ids"].min() >= 0 and a.feeds[0]["ids"].max() < 4
     assert all(np.array_equal(fa["ids"], fb["ids"]) for fa, fb in zip(a.feeds, b.feeds))
     assert not all(np.array_equal(fa["ids"], fc["ids"]) for fa, fc in zip(a.feeds, c.feeds))

@@ -14,10 +14,10 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from ._atomic import atomic_write_text
-from .junit import junit_xml, write_junit
+from .junit import junit_error_xml, junit_xml, write_junit
 from .markdown import render_markdown, write_markdown
 
-__all__ = ["atomic_write_text", "json_safe", "junit_xml", "render_markdown", "report_json", "write_json", "write_junit", "write_markdown", "write_reports"]
+__all__ = ["atomic_write_text", "json_safe", "junit_error_xml", "junit_xml", "render_markdown", "report_json", "write_json", "write_junit", "write_markdown", "write_reports"]
 
 
 def json_safe(value: Any) -> Any:
@@ -62,10 +62,12 @@ def write_reports(
     junit_path: str | os.PathLike[str] | None = None,
     markdown_path: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Write each report that has a path; JUnit only when the report has a gate section."""
+    """Write each report that has a path; JUnit only when the report has a gate section or an error."""
     if json_path:
         write_json(report, json_path)
-    if junit_path and "gate" in report:
+    if junit_path and "error" in report:
+        atomic_write_text(junit_path, junit_error_xml(report))
+    elif junit_path and "gate" in report:
         write_junit(report["gate"], junit_path, report=report)
     if markdown_path:
         write_markdown(report, markdown_path)

@@ -29,7 +29,7 @@ from typing import Any
 from ..gate import format_number
 from ._atomic import atomic_write_text
 
-__all__ = ["junit_xml", "write_junit"]
+__all__ = ["junit_error_xml", "junit_xml", "write_junit"]
 
 # Characters XML 1.0 cannot hold at all (ElementTree would write them and readers would reject the file).
 _INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -121,3 +121,22 @@ def write_junit(
 ) -> Path:
     """Write the gate checks as JUnit XML at ``path`` (atomically). ``report`` adds model paths as properties."""
     return atomic_write_text(path, junit_xml(gate_section, suite_name=suite_name, report=report))
+
+
+def junit_error_xml(report: Mapping[str, Any], *, suite_name: str = "onnxshrink.gate") -> str:
+    """JUnit XML for a run that ended with an error (exit 2 or 3): one ``<testcase>`` with an ``<error>``
+    holding the one-line message, so a CI test view shows why there is no verdict."""
+    error = report.get("error") or {}
+    message = _clean(error.get("message") or "error")
+    counts = {"tests": "1", "failures": "0", "errors": "1", "skipped": "0", "time": "0"}
+    root = ET.Element("testsuites", {"name": "onnxshrink", **counts})
+    suite = ET.SubElement(root, "testsuite", {"name": _clean(suite_name), **counts})
+    props = ET.SubElement(suite, "properties")
+    for name, value in _properties(report, {"passed": False}):
+        ET.SubElement(props, "property", {"name": _clean(name), "value": _clean(value)})
+    ET.SubElement(props, "property", {"name": "exit_code", "value": _clean(error.get("exit_code"))})
+    case = ET.SubElement(suite, "testcase", {"name": "onnxshrink run", "classname": _clean(suite_name), "time": "0"})
+    failure = ET.SubElement(case, "error", {"message": message, "type": f"exit {_clean(error.get('exit_code'))}"})
+    failure.text = message
+    ET.indent(root, space="  ")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -88,7 +88,10 @@ def _section(report: Mapping[str, Any], *names: str) -> Mapping[str, Any]:
 
 def _header(report: Mapping[str, Any]) -> list[str]:
     gate = report.get("gate")
-    if isinstance(gate, Mapping):
+    error = report.get("error")
+    if isinstance(error, Mapping):
+        lines = [f"## ❌ onnxshrink: ERROR (exit {_cell(error.get('exit_code'))})", "", _cell(error.get("message") or "")]
+    elif isinstance(gate, Mapping):
         checks = gate.get("checks") or []
         passed = sum(1 for c in checks if c.get("passed"))
         if gate.get("passed"):

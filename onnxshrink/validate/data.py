@@ -6,9 +6,11 @@ Sources (``load_feeds``):
 - a folder of ``.npz`` files (each one complete set of keys, read in sorted file-name order, their feeds
   concatenated), or a folder of ``.npy`` files named ``<input>.npy`` (plus optional ``labels.npy``)
   that together form one set of keys. A folder holding both kinds is an error;
-- ``None``: synthetic inputs from the declared shapes and dtypes (dynamic dims from ``input_shapes``,
-  else 1), deterministic from ``seed``: floats standard normal, integers uniform in ``[0, 4)``, bools
-  random. ``DataSet.synthetic`` is then True and ``DataSet.warnings`` says so.
+- ``None``: synthetic inputs from the declared shapes and dtypes, deterministic from ``seed``: floats
+  standard normal, integers uniform in ``[0, 4)`` or, when they index a table, in ``[0, rows)``, masks
+  and bools all ones. Dynamic dims come from ``input_shapes``, else from the graph, else from a search
+  that runs the model in onnxruntime until it accepts a size (see :mod:`onnxshrink.validate.synthetic`).
+  ``DataSet.synthetic`` is then True and ``DataSet.warnings`` says so and lists what was chosen.
 
 Layout of one array (checked per input against the graph input's declared rank):
 
@@ -47,7 +49,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxshrink.errors import UsageError
+from onnxshrink.errors import UsageError, one_line
+from onnxshrink.validate import synthetic
 
 LABELS_KEY = "labels"
 DEFAULT_BATCH_SIZE = 32
@@ -166,6 +169,7 @@ def load_feeds(
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     synthetic_feeds: int = DEFAULT_SYNTHETIC_FEEDS,
+    probe: bool = True,
 ) -> DataSet:
     """Load (or synthesize) and check the inputs for ``model``; see the module docstring for the rules."""
     if batch_size < 1:
@@ -174,7 +178,7 @@ def load_feeds(
         raise UsageError(f"max samples must be a positive integer, got {max_samples}")
     specs = input_specs(model)
     if source is None:
-        return _synthetic(specs, input_shapes or {}, max_samples, seed, synthetic_feeds)
+        return _synthetic(model, specs, input_shapes or {}, max_samples, seed, synthetic_feeds, probe)
 
     path = Path(source)
     if not path.exists():
@@ -366,22 +370,25 @@ def _truncate(ds: DataSet, max_samples: int | None) -> DataSet:
 
 
 def _synthetic(
-    specs: list[InputSpec], input_shapes: dict[str, tuple[int, ...]], max_samples: int | None, seed: int, n_feeds: int
+    model: onnx.ModelProto,
+    specs: list[InputSpec],
+    input_shapes: dict[str, tuple[int, ...]],
+    max_samples: int | None,
+    seed: int,
+    n_feeds: int,
+    probe: bool,
 ) -> DataSet:
     names = {s.name for s in specs}
     unknown = sorted(set(input_shapes) - names)
     if unknown:
         raise UsageError(f"input shape given for {unknown}, which is not a graph input; inputs: {sorted(names)}")
-    shapes: dict[str, tuple[int, ...]] = {}
     for spec in specs:
         given = input_shapes.get(spec.name)
         if spec.shape is None:
             if given is None:
                 raise UsageError(f"graph input {spec.name!r} has no declared shape; give one with --input-shape {spec.name}=DIMS")
-            shapes[spec.name] = tuple(given)
             continue
         if given is None:
-            shapes[spec.name] = tuple(1 if d is None else d for d in spec.shape)
             continue
         if len(given) != len(spec.shape):
             raise UsageError(
@@ -390,7 +397,22 @@ def _synthetic(
         for i, (want, got) in enumerate(zip(spec.shape, given)):
             if want is not None and want != got:
                 raise UsageError(f"input shape for {spec.name!r}: dim {i} is {got}, the model declares {want} (expected {_fmt_shape(spec.shape)})")
-        shapes[spec.name] = tuple(given)
+
+    runner, warnings = None, [SYNTHETIC_WARNING]
+    if probe:
+        runner, why_not = _probe_runner(model)
+        if why_not:
+            warnings.append(f"synthetic input shapes not checked: {why_not}")
+    plan = synthetic.plan_shapes(model, specs, {k: tuple(v) for k, v in input_shapes.items()}, runner, seed)
+    shapes = plan.shapes
+    warnings += plan.notes
+    for spec in specs:
+        hints = plan.hints[spec.name]
+        if hints.mask:
+            warnings.append(f"input {spec.name!r}: all ones (a mask)")
+        elif np.issubdtype(spec.dtype, np.integer):
+            where = f"indices of Gather {hints.index_node!r}" if hints.index_bound else "no table found to bound it"
+            warnings.append(f"input {spec.name!r}: integers in [0, {hints.index_bound or synthetic.DEFAULT_INT_HIGH}) ({where})")
 
     rng = np.random.default_rng(seed)
     per_feed = _samples_from_shapes(specs, shapes)
@@ -398,8 +420,38 @@ def _synthetic(
         n_feeds = max(1, min(n_feeds, math.floor(max_samples / per_feed)))
     feeds = []
     for _ in range(n_feeds):
-        feeds.append({s.name: _random(rng, s, shapes[s.name]) for s in specs})
-    return DataSet(feeds, None, None, True, [SYNTHETIC_WARNING], [per_feed] * n_feeds)
+        feeds.append({s.name: synthetic.random_input(rng, s, shapes[s.name], plan.hints[s.name]) for s in specs})
+    return DataSet(feeds, None, None, True, warnings, [per_feed] * n_feeds)
+
+
+def check_runs(model: onnx.ModelProto, dataset: DataSet) -> None:
+    """Run ``model`` on the first feed of user data, so data that does not fit fails before any method
+    runs (exit 2, the input named); skipped for large models still on disk and models onnxruntime
+    cannot load (the pipeline says why)."""
+    if dataset.synthetic or not dataset.feeds:
+        return
+    runner, why_not = _probe_runner(model)
+    if runner is None:
+        return
+    try:
+        runner(dataset.feeds[0])
+    except Exception as exc:  # noqa: BLE001
+        shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in dataset.feeds[0].items())
+        raise UsageError(f"the model does not run on the data {dataset.source!r} (first feed: {shapes}): {one_line(exc, 400)}") from None
+
+
+def _probe_runner(model: onnx.ModelProto):
+    """(run one feed, None) or (None, why the model cannot be tried here)."""
+    from onnxshrink.external import external_tensors
+    from onnxshrink.runtime import cpu_session
+
+    if external_tensors(model):
+        return None, "the model's weights are still on disk (a large model); the first validation run checks them"
+    try:
+        session = cpu_session(model)
+    except Exception as exc:  # noqa: BLE001 - the pipeline reports why onnxruntime cannot load it
+        return None, f"onnxruntime cannot load the model ({one_line(exc, 200)})"
+    return (lambda feed: session.run(None, feed)), None
 
 
 def _samples_from_shapes(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]]) -> int:
@@ -407,17 +459,6 @@ def _samples_from_shapes(specs: list[InputSpec], shapes: dict[str, tuple[int, ..
         shape = shapes[spec.name]
         return int(shape[0]) if shape else 1
     return 1
-
-
-def _random(rng: np.random.Generator, spec: InputSpec, shape: tuple[int, ...]) -> np.ndarray:
-    dt = spec.dtype
-    if dt == np.bool_:
-        return rng.integers(0, 2, size=shape).astype(np.bool_)
-    if np.issubdtype(dt, np.integer):
-        return rng.integers(0, 4, size=shape).astype(dt)
-    if dt.kind in "fc" or dt.kind == "V" or "float" in dt.name:  # includes ml_dtypes bfloat16/float8
-        return rng.standard_normal(size=shape).astype(np.float32).astype(dt)
-    raise UsageError(f"cannot synthesize data for graph input {spec.name!r} of type {spec.type_name}; give real data with --data")
 
 
 # ------------------------------------------------------------------------------------------- split

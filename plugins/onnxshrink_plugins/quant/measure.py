@@ -41,7 +41,7 @@ def session(model: onnx.ModelProto | bytes, threads: int = 1) -> ort.InferenceSe
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors come back as the exception; level 3 still prints them
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
@@ -53,7 +53,7 @@ def session_graph(model: onnx.ModelProto) -> onnx.ModelProto:
 
     with tempfile.TemporaryDirectory(prefix="onnxshrink-session-") as folder:
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # errors come back as the exception; level 3 still prints them
         options.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
         ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         return onnx.load(options.optimized_model_filepath)
