@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, one_line
 from ..gate import METRICS, evaluate_gates, parse_gate
 from ..method import PluginSpec
 from . import report as rep
@@ -166,6 +166,11 @@ class _Tuner:
         except KeyboardInterrupt:
             self.interrupted = True
             self.progress.say("tune: interrupted; re-timing what was found (Ctrl-C again to stop now)")
+        except Exception as exc:  # the report still says what happened, then exit 3
+            self.progress.finish()
+            if self.job.report:
+                rep.write_json({**self._report(None), "error": f"{type(exc).__name__}: {one_line(exc)}"}, self.job.report)
+            raise
         chosen = None
         try:
             self._retime()
