@@ -42,3 +42,7 @@ def test_tune_on_ray_matches_the_local_report(ray_runtime, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "rebuilt.onnx").read_bytes() == (tmp_path / "best.onnx").read_bytes()
     assert ray.is_initialized()  # tune joined the runtime it found and left it running
+    import tempfile
+    from pathlib import Path
+
+    assert not list(Path(tempfile.gettempdir()).glob("onnxshrink_ray_*"))  # the nodes' copies were removed

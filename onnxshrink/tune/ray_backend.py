@@ -50,11 +50,11 @@ def write_files(folder: Path, files: dict[str, bytes]) -> None:
 
 
 def _materialize(key: str, model_name: str, model_files: dict[str, bytes], data_name: str | None, data_files: dict[str, bytes] | None) -> tuple[Path, Path | None, Path]:
-    """Model and data written once per node and run into ``<tmp>/onnxshrink_tune_<key>``; returns (model, data, root)."""
-    root = Path(tempfile.gettempdir()) / f"onnxshrink_tune_{key}"
+    """Model and data written once per node and run into ``<tmp>/onnxshrink_ray_<key>``; returns (model, data, root)."""
+    root = Path(tempfile.gettempdir()) / f"onnxshrink_ray_{key}"
     ready = root / ".ready"
     if not ready.exists():
-        staging = Path(tempfile.mkdtemp(prefix=f"onnxshrink_tune_{key}_"))
+        staging = Path(tempfile.mkdtemp(prefix=f"onnxshrink_ray_{key}_"))
         write_files(staging / "model", model_files)
         if data_files is not None:
             write_files(staging / "data", data_files)
@@ -97,6 +97,10 @@ def _remote_timing(shipped: dict[str, Any], model_files: dict[str, bytes], data_
         return {number: {"node": os.uname().nodename, **{ep: entry for ep, entry in lat.items()}} for number, lat in out.items()}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remote_cleanup(key: str) -> None:
+    shutil.rmtree(Path(tempfile.gettempdir()) / f"onnxshrink_ray_{key}", ignore_errors=True)
 
 
 class RayBackend:
@@ -185,5 +189,17 @@ class RayBackend:
         return {"name": self.name, "jobs": self.jobs, "address": self.address, "timing_node": getattr(self, "timing_node", None)}
 
     def close(self) -> None:
-        if self.started:
-            self.ray.shutdown()
+        """Remove the model and data copies from every node, and stop the runtime if tune started it."""
+        try:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            cleanup = self.ray.remote(num_cpus=0, max_retries=0)(_remote_cleanup)
+            refs = [
+                cleanup.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(self.shipped["key"])
+                for node in self.ray.nodes()
+                if node.get("Alive")
+            ]
+            self.ray.wait(refs, num_returns=len(refs), timeout=30)
+        finally:
+            if self.started:
+                self.ray.shutdown()
