@@ -35,9 +35,9 @@ class LocalBackend:
                 r.kill()
         return [r.result for r in running]
 
-    def time_candidates(self, job: Any, candidates: list[tuple[int, Path]], providers: list[str]) -> dict[int, dict[str, Any]]:
+    def time_candidates(self, job: Any, candidates: list[tuple[int, Path]], providers: list[str], seconds: float | None) -> dict[int, dict[str, Any]]:
         feeds = evaluation_feeds(job.model, job.data, job.input_shapes, job.seed)
-        return time_candidates(job.model, candidates, feeds, providers, threads=job.threads)
+        return time_candidates(job.model, candidates, feeds, providers, threads=job.threads, seconds=seconds)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "jobs": self.jobs}

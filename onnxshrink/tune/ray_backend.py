@@ -82,7 +82,7 @@ def _remote_trial(spec: dict[str, Any], shipped: dict[str, Any], model_files: di
     return result
 
 
-def _remote_timing(shipped: dict[str, Any], model_files: dict[str, bytes], data_files: dict[str, bytes] | None, candidates: list[tuple[int, dict[str, bytes]]], providers: list[str], input_shapes: dict, seed: int, threads: int) -> dict[int, dict[str, Any]]:
+def _remote_timing(shipped: dict[str, Any], model_files: dict[str, bytes], data_files: dict[str, bytes] | None, candidates: list[tuple[int, dict[str, bytes]]], providers: list[str], input_shapes: dict, seed: int, threads: int, seconds: float | None) -> dict[int, dict[str, Any]]:
     from .timing import evaluation_feeds, time_candidates
 
     model, data, root = _materialize(shipped["key"], shipped["model_name"], model_files, shipped["data_name"], data_files)
@@ -93,7 +93,7 @@ def _remote_timing(shipped: dict[str, Any], model_files: dict[str, bytes], data_
             write_files(folder / str(number), files)
             paths.append((number, folder / str(number) / "candidate.onnx"))
         feeds = evaluation_feeds(model, data, input_shapes, seed)
-        out = time_candidates(model, paths, feeds, providers, threads=threads)
+        out = time_candidates(model, paths, feeds, providers, threads=threads, seconds=seconds)
         return {number: {"node": os.uname().nodename, **{ep: entry for ep, entry in lat.items()}} for number, lat in out.items()}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -177,9 +177,9 @@ class RayBackend:
             out.append(result)
         return out
 
-    def time_candidates(self, job: Any, candidates: list[tuple[int, Path]], providers: list[str]) -> dict[int, dict[str, Any]]:
+    def time_candidates(self, job: Any, candidates: list[tuple[int, Path]], providers: list[str], seconds: float | None) -> dict[int, dict[str, Any]]:
         shipped = [(number, read_files(path, [p for p in path.parent.iterdir() if p != path])) for number, path in candidates]
-        ref = self._timing.remote(self.shipped, self.model_ref, self.data_ref, shipped, providers, job.input_shapes, job.seed, job.threads)
+        ref = self._timing.remote(self.shipped, self.model_ref, self.data_ref, shipped, providers, job.input_shapes, job.seed, job.threads, seconds)
         out = self.ray.get(ref)
         nodes = {v.pop("node") for v in out.values()}
         self.timing_node = nodes.pop() if nodes else None

@@ -303,7 +303,8 @@ class _Tuner:
             self._materialize(numbers)
             ready = [(n, Path(self.files[n][0])) for n in numbers if n in self.files]
             self.progress.say(f"tune: re-timing {len(ready)} candidate(s) one at a time against the baseline")
-            latencies = self.backend.time_candidates(self._timing_job(), ready, self.checked.providers)
+            seconds = None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0) / len(self.checked.providers)
+            latencies = self.backend.time_candidates(self._timing_job(), ready, self.checked.providers, seconds)
             by_number = {t["number"]: t for t in self.trials}
             latency_checks = [c for c in self.checked.checks if METRICS[c.metric].per_provider]
             for number, latency in latencies.items():

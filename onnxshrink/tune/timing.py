@@ -7,14 +7,17 @@ candidates worth choosing from are timed here, one after the other, with
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from ..validate.latency import measure_latency
 
-# More and longer rounds than a shrink run's default: the choice between candidates rests on them.
+# More and longer rounds than a shrink run's default when time allows: the choice rests on them.
 REPEATS = 30
+MIN_REPEATS = 5
 MIN_TIME_S = 0.5
+WARMUP = 2
 
 
 def evaluation_feeds(model: str | Path, data: str | Path | None, input_shapes: dict[str, Any], seed: int) -> list[dict]:
@@ -26,6 +29,21 @@ def evaluation_feeds(model: str | Path, data: str | Path | None, input_shapes: d
     return split_calibration(dataset)[1].feeds
 
 
+def rounds_for(baseline: str | Path, feed: dict, threads: int, seconds: float | None) -> int:
+    """Timed rounds (A and B) that fit ``seconds`` per candidate, between MIN_REPEATS and REPEATS,
+    from one warm baseline run on CPU (None: REPEATS)."""
+    if seconds is None:
+        return REPEATS
+    from ..validate.providers import make_session
+
+    session = make_session(baseline, "cpu", threads=threads).session
+    session.run(None, feed)
+    started = time.perf_counter()
+    session.run(None, feed)
+    one = max(time.perf_counter() - started, 1e-6)
+    return int(min(max(seconds / (2 * one) - WARMUP, MIN_REPEATS), REPEATS))
+
+
 def time_candidates(
     baseline: str | Path,
     candidates: list[tuple[int, str | Path]],
@@ -33,12 +51,17 @@ def time_candidates(
     providers: list[str],
     *,
     threads: int = 1,
-    repeats: int = REPEATS,
-    min_time_s: float = MIN_TIME_S,
+    seconds: float | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """``{trial number: validation.latency section}`` for each candidate, timed one after the other."""
+    """``{trial number: validation.latency section}`` for each candidate, timed one after the other;
+    ``seconds``: the time left for all of them (fewer rounds when it is short)."""
+    if not candidates:
+        return {}
+    per_candidate = seconds / len(candidates) if seconds is not None else None
+    repeats = rounds_for(baseline, feeds[0], threads, per_candidate)
+    min_time = MIN_TIME_S if repeats == REPEATS else 0.0
     return {
-        number: measure_latency(baseline, path, feeds, providers, threads=threads, repeats=repeats, min_time_s=min_time_s)
+        number: measure_latency(baseline, path, feeds, providers, threads=threads, warmup=WARMUP, repeats=repeats, min_time_s=min_time)
         for number, path in candidates
     }
 
