@@ -8,6 +8,7 @@ same way (interleaved against the baseline, alone on the machine).
     python benchmarks/bench_tune.py                       # every zoo model, 10 minutes each
     python benchmarks/bench_tune.py centerface mrz_unet   # some of them
     ONNXSHRINK_BENCH_TUNE_TIME=3m ONNXSHRINK_BENCH_TUNE_JOBS=1 python benchmarks/bench_tune.py
+    ONNXSHRINK_BENCH_TUNE_REPORTS=out/tune python benchmarks/bench_tune.py   # keep each tune report
 
 The zoo is found through ``ONNXSHRINK_ZOO`` (default ``<repo>/.zoo``); see the zoo's README.
 """
@@ -25,6 +26,7 @@ ZOO = Path(os.environ.get("ONNXSHRINK_ZOO", ROOT / ".zoo"))
 GATES = [g.strip() for g in os.environ.get("ONNXSHRINK_BENCH_TUNE_GATES", "cosine>=0.99,latency_ratio[cpu]<=1.0").split(",")]
 BUDGET = os.environ.get("ONNXSHRINK_BENCH_TUNE_TIME", "10m")
 JOBS = int(os.environ.get("ONNXSHRINK_BENCH_TUNE_JOBS", "1"))
+REPORTS = os.environ.get("ONNXSHRINK_BENCH_TUNE_REPORTS")  # a folder to keep each model's tune report in
 
 
 def int_quant_default(model: Path, data: Path, workdir: Path) -> dict:
@@ -54,6 +56,9 @@ def tuned(model: Path, data: Path, workdir: Path) -> dict:
     started = time.perf_counter()
     report, code = tune(TuneJob(model=model, data=data, gates=GATES, time_s=parse_duration(BUDGET), jobs=JOBS,
                                 output=workdir / "best.onnx", report=workdir / "tune.json"))
+    if REPORTS:
+        Path(REPORTS).mkdir(parents=True, exist_ok=True)
+        (Path(REPORTS) / f"{model.stem}.tune.json").write_bytes((workdir / "tune.json").read_bytes())
     out = {"code": code, "trials": len(report["trials"]), "seconds": time.perf_counter() - started,
            "statuses": {s: sum(t["status"] == s for t in report["trials"]) for s in ("ok", "failed", "timeout", "invalid")}}
     if report["chosen"] is not None:

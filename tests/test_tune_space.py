@@ -83,7 +83,9 @@ def test_every_builtin_space_is_valid_and_chains_prune_before_quantize(registry)
             assert kinds[chain[0]] == "prune" and kinds[chain[1]] != "prune"
     assert ("weight_prune", "int_quant") in space.chains and ("int_quant",) in space.chains
     # the start points are valid option sets for their methods
-    for point in space.start_points():
+    assert space.chains[0] == ("int_quant:default",)  # its default (mode=auto) lies outside the space: measured as is
+    assert space.start_points()[0] == {"chain": "int_quant:default"}
+    for point in space.start_points()[1:]:
         [plugin] = point["chain"].split("+")
         options = {k.split(".", 1)[1]: v for k, v in point.items() if k != "chain"}
         registry.get(plugin).cls.validate_options({**space.methods[plugin].fixed, **options})
@@ -91,7 +93,7 @@ def test_every_builtin_space_is_valid_and_chains_prune_before_quantize(registry)
 
 def test_plugin_restricts_and_fixes_options(registry):
     space = build_space(registry, [PluginSpec("weight_prune", {"structured": "channel"}), PluginSpec("int_quant", {"mode": "storage"})])
-    assert space.chains == [("weight_prune",), ("int_quant",), ("weight_prune", "int_quant")]
+    assert space.chains == [("int_quant:default",), ("weight_prune",), ("int_quant",), ("weight_prune", "int_quant")]
     assert space.methods["weight_prune"].fixed["structured"] == "channel"
     assert "structured" not in space.methods["weight_prune"].tunables
     assert space.methods["int_quant"].fixed["mode"] == "storage"
@@ -159,13 +161,27 @@ def test_same_seed_same_trials(registry, batch):
     first = run(7)
     assert first == run(7)
     assert first != run(8)
-    assert first[0][1][0][0] == "binarize"  # start points come first
+    assert first[0][1] == [("int_quant", {})]  # start points come first: int_quant as it is by default
+    assert first[1][1][0][0] == "binarize"
 
 
 def test_failed_trials_are_told_as_infeasible(registry):
     search = Search(build_space(registry), 0, 2)
     values, constraints = search.values({"status": "timeout", "metrics": None})
     assert values == WORST and constraints == [1.0, 1.0]
+
+
+def test_a_default_chain_runs_the_method_with_its_defaults(registry):
+    space = build_space(registry, [PluginSpec("int_quant", {"bits": 8})])
+    assert space.chain_labels[0] == "int_quant:default"
+
+    class Fixed:
+        def suggest_categorical(self, name, choices):
+            return "int_quant:default"
+
+    assert space.suggest(Fixed()) == [PluginSpec("int_quant", {"bits": 8})]  # fixed options kept, nothing searched
+    assert space.searched_params("int_quant:default") == set()
+    assert space.searched_params("int_quant") == {"int_quant.mode", "int_quant.block_size"}
 
 
 def test_replay_checks_params_against_the_space(registry):

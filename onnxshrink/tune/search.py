@@ -88,7 +88,7 @@ class Search:
         label = params.get(CHAIN_PARAM)
         if label not in self.space.chain_labels:
             return False
-        used = {CHAIN_PARAM} | {f"{p}.{name}" for p in label.split("+") for name in self.space.methods[p].tunables}
+        used = {CHAIN_PARAM} | self.space.searched_params(label)
         if set(params) != used:
             return False
         dists = {k: distributions[k] for k in params}

@@ -45,6 +45,16 @@ class MethodSpace:
     def name(self) -> str:
         return self.cls.name
 
+    def default_in_space(self) -> bool:
+        """True when every searched option's default is one of the values the search can take."""
+        for name, t in self.tunables.items():
+            default = self.cls.option(name).default
+            if t.choices is not None and default not in t.choices:
+                return False
+            if t.choices is None and (default is None or not t.low <= default <= t.high):
+                return False
+        return True
+
     def first_values(self) -> dict[str, Any]:
         """A starting point: each option's default when it lies in the range, else the first choice or the middle."""
         out = {}
@@ -85,13 +95,24 @@ class SearchSpace:
         """Ask the optuna ``trial`` for a chain and its options."""
         label = trial.suggest_categorical(CHAIN_PARAM, self.chain_labels)
         steps = []
-        for plugin in label.split("+"):
+        for element in label.split("+"):
+            plugin, as_default = split_element(element)
             space = self.methods[plugin]
             options = dict(space.fixed)
-            for name, t in space.tunables.items():
-                options[name] = _suggest(trial, f"{plugin}.{name}", t, space.cls.option(name).type)
+            if not as_default:
+                for name, t in space.tunables.items():
+                    options[name] = _suggest(trial, f"{plugin}.{name}", t, space.cls.option(name).type)
             steps.append(PluginSpec(plugin, options))
         return steps
+
+    def searched_params(self, label: str) -> set[str]:
+        """The parameter names a chain label uses (besides ``chain``)."""
+        out = set()
+        for element in label.split("+"):
+            plugin, as_default = split_element(element)
+            if not as_default:
+                out |= {f"{plugin}.{name}" for name in self.methods[plugin].tunables}
+        return out
 
     def distributions(self) -> dict[str, Any]:
         """Every parameter's optuna distribution (to replay finished trials on --resume)."""
@@ -114,14 +135,25 @@ class SearchSpace:
         default is always measured; prune methods alone rarely make the file smaller)."""
         points = []
         for chain in self.chains:
-            if len(chain) == 1 and self.methods[chain[0]].cls.kind == "quantize":
-                space = self.methods[chain[0]]
-                points.append({CHAIN_PARAM: chain_label(chain), **{f"{chain[0]}.{k}": v for k, v in space.first_values().items()}})
+            plugin, as_default = split_element(chain[0])
+            if len(chain) == 1 and self.methods[plugin].cls.kind == "quantize":
+                values = {} if as_default else self.methods[plugin].first_values()
+                points.append({CHAIN_PARAM: chain_label(chain), **{f"{plugin}.{k}": v for k, v in values.items()}})
         return points
 
 
 def chain_label(chain: tuple[str, ...] | list[str]) -> str:
     return "+".join(chain)
+
+
+DEFAULT_SUFFIX = ":default"
+
+
+def split_element(element: str) -> tuple[str, bool]:
+    """``"int_quant:default"`` → ``("int_quant", True)``: the method with its defaults (and fixed options), nothing searched."""
+    if element.endswith(DEFAULT_SUFFIX):
+        return element[: -len(DEFAULT_SUFFIX)], True
+    return element, False
 
 
 def _suggest(trial: Any, key: str, t: Tunable, kind: type) -> Any:
@@ -133,9 +165,12 @@ def _suggest(trial: Any, key: str, t: Tunable, kind: type) -> Any:
 
 
 def default_chains(methods: dict[str, MethodSpace]) -> list[tuple[str, ...]]:
-    """Every single method, then every prune method followed by a method of another kind."""
+    """Every quantize method as it is by default where its default lies outside its search space
+    (``NAME:default``, so tune always measures it), every single method, then every prune method
+    followed by a method of another kind."""
     names = list(methods)
-    chains: list[tuple[str, ...]] = [(n,) for n in names]
+    chains: list[tuple[str, ...]] = [(n + DEFAULT_SUFFIX,) for n in names if methods[n].cls.kind == "quantize" and not methods[n].default_in_space()]
+    chains += [(n,) for n in names]
     for first in names:
         if methods[first].cls.kind != "prune":
             continue
@@ -169,7 +204,7 @@ def build_space(
                 raise UsageError(f"plugin {spec.plugin!r} declares no search space; give its options (--plugin {spec.plugin}:key=value) or a --space file")
             chosen[spec.plugin] = base
         methods = chosen
-        chains = [c for c in chains if all(p in methods for p in c)] if chains else None
+        chains = [c for c in chains if all(split_element(p)[0] in methods for p in c)] if chains else None
     if not methods:
         raise UsageError("nothing to search: no installed method declares a search space (give --plugin or --space)")
     chains = chains or default_chains(methods)
@@ -218,7 +253,8 @@ def _from_file(registry: Registry, path: Path) -> tuple[dict[str, MethodSpace], 
         methods[key] = space
     if chains:
         for chain in chains:
-            for plugin in chain:
+            for element in chain:
+                plugin = split_element(element)[0]
                 if plugin not in methods:
                     if plugin not in registry.methods:
                         raise UsageError(f"{where}: chains: unknown plugin {plugin!r}")
