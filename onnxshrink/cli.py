@@ -1,7 +1,7 @@
 """The ``onnxshrink`` command line.
 
 ``onnxshrink MODEL --plugin NAME[:key=value,...]`` shrinks (the default command); ``plugins``,
-``inspect``, ``bench`` and ``gate`` are subcommands. Exit codes: 0 ok or gate passed, 1 gate failed,
+``inspect``, ``bench``, ``gate`` and ``tune`` are subcommands. Exit codes: 0 ok or gate passed, 1 gate failed,
 2 usage or invalid input, 3 plugin or internal failure.
 """
 
@@ -95,6 +95,7 @@ def main() -> None:
     onnxshrink model.onnx --plugin weight_prune:sparsity=0.7,scope=global -o small.onnx --report r.json
     onnxshrink plugins          list the methods and their options
     onnxshrink inspect m.onnx   sizes, parameters, ops, inputs and outputs
+    onnxshrink tune m.onnx --data d.npz --gate 'cosine>=0.99'   search for the smallest passing model
 
     Run `onnxshrink shrink --help` for every option of a shrink run.
     Exit codes: 0 ok (gate passed), 1 gate failed, 2 usage or invalid input, 3 plugin or internal failure.
