@@ -38,7 +38,7 @@ from .graph import (
     weight_tensors,
 )
 from .hookspecs import hookimpl
-from .method import KINDS, Method, Option
+from .method import KINDS, Method, Option, Tunable
 from .model_io import LoadedModel, load_model, save_model
 from .quantization import (
     QuantizedTensor,
@@ -118,6 +118,7 @@ __all__ = [
     "tensor_bytes",
     "tidy_model",
     "to_graph",
+    "Tunable",
     "unique_name",
     "unknown_exclusions",
     "unpack_bits",

@@ -1,7 +1,7 @@
 """The ``onnxshrink`` command line.
 
 ``onnxshrink MODEL --plugin NAME[:key=value,...]`` shrinks (the default command); ``plugins``,
-``inspect``, ``bench`` and ``gate`` are subcommands. Exit codes: 0 ok or gate passed, 1 gate failed,
+``inspect``, ``bench``, ``gate`` and ``tune`` are subcommands. Exit codes: 0 ok or gate passed, 1 gate failed,
 2 usage or invalid input, 3 plugin or internal failure.
 """
 
@@ -95,6 +95,7 @@ def main() -> None:
     onnxshrink model.onnx --plugin weight_prune:sparsity=0.7,scope=global -o small.onnx --report r.json
     onnxshrink plugins          list the methods and their options
     onnxshrink inspect m.onnx   sizes, parameters, ops, inputs and outputs
+    onnxshrink tune m.onnx --data d.npz --gate 'cosine>=0.99'   search for the smallest passing model
 
     Run `onnxshrink shrink --help` for every option of a shrink run.
     Exit codes: 0 ok (gate passed), 1 gate failed, 2 usage or invalid input, 3 plugin or internal failure.
@@ -359,6 +360,82 @@ def report_command(report_file: Path, html: Path) -> int:
 
     write_html(read_report(report_file), html)
     return EXIT_OK
+
+
+@main.command("tune")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="Data (.npz or folder): methods calibrate on the first half of the feeds, fidelity is judged on the rest.")
+@click.option("--gate", "gates", multiple=True, required=True, metavar="'METRIC[EP] OP NUMBER'", help="A check every chosen model must pass (repeatable), e.g. 'cosine>=0.99', 'latency_ratio[cpu]<=1.0'.")
+@click.option("--objective", type=click.Choice(["size"]), default="size", show_default=True, help="What to minimize among models that pass the gate.")
+@click.option("--time", "time_budget", default="10m", show_default=True, metavar="DURATION", help="Time budget for the whole run: 90s, 10m, 1h.")
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="Stop after this many trials (whichever comes first with --time).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Trials at a time (default 1; with --ray: the cluster's CPUs).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]", help="Run trials as Ray tasks: --ray starts a local Ray runtime, --ray ADDRESS joins a cluster (pip install 'onnxshrink[ray]').")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="The chosen model (default: <stem>.tuned.onnx beside MODEL); written only when a model passed.")
+@click.option("--report", "report_json", type=click.Path(path_type=Path), help="Write the tune report (every trial, the Pareto front, the choice) as JSON.")
+@click.option("--plugin", "-p", "plugins", multiple=True, metavar="NAME[:k=v,...]", help="Search only these methods (repeatable); options given are fixed.")
+@click.option("--space", "space_file", type=click.Path(path_type=Path), help="A TOML file with the chains and option ranges to search (docs/tune.md).")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue from an earlier --report: its trials are replayed into the search.")
+@click.option("--html", type=click.Path(path_type=Path), help="Also write the tune report as a self-contained HTML page (Pareto front, every trial).")
+@click.option("--save-recipe", type=click.Path(path_type=Path), help="Write the chosen chain as a recipe that `onnxshrink --recipe` rebuilds byte-identically.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the search and of every method.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224", help="Fix dynamic dimensions of an input (repeatable).")
+@click.option("--trial-timeout", default=None, metavar="DURATION", help="Time limit per trial (default: a third of --time, at least 60 s).")
+@click.option("--trial-memory", default=None, metavar="SIZE", help="Address-space limit per trial, e.g. 4G (default: twice memory / jobs, at least 4G; none on Ray).")
+@click.option("--allow-unavailable", is_flag=True, help="A latency check on a provider that is not available passes.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@traceback_option
+@handle_errors
+def tune_command(model: Path, quiet: bool, plugins: tuple[str, ...], ray_address: str | None, time_budget: str, **flags: Any) -> int:
+    """Search chains of methods and their options for the smallest model that passes every --gate.
+
+    \b
+    onnxshrink tune model.onnx --data eval.npz --gate 'cosine>=0.99' --gate 'latency_ratio[cpu]<=1.0' \\
+        --time 10m -o best.onnx --report tune.json --save-recipe best.toml
+    onnxshrink tune model.onnx --data eval.npz --gate 'cosine>=0.99' --ray --jobs 8
+
+    Exit codes: 0 a model passing every gate was written, 1 none passed (the report is still written),
+    2 usage, 3 internal failure. See docs/tune.md.
+    """
+    from .method import parse_plugin_spec
+    from .model_io import check_writable_file
+    from .tune import TuneJob, parse_bytes, parse_duration, tune
+
+    html = flags.pop("html")
+    if html:
+        check_writable_file(html)
+    job = TuneJob(
+        model=model,
+        gates=list(flags["gates"]),
+        data=flags["data"],
+        objective=flags["objective"],
+        time_s=parse_duration(time_budget),
+        trials=flags["trials"],
+        jobs=flags["jobs"],
+        ray=ray_address is not None,
+        ray_address=ray_address or None,
+        output=flags["output"],
+        report=flags["report_json"],
+        plugins=[parse_plugin_spec(p) for p in plugins],
+        space_file=flags["space_file"],
+        resume=flags["resume"],
+        save_recipe=flags["save_recipe"],
+        seed=flags["seed"],
+        input_shapes=_parse_shapes(flags["input_shapes"]),
+        trial_timeout_s=parse_duration(flags["trial_timeout"], "--trial-timeout") if flags["trial_timeout"] else None,
+        trial_memory_bytes=parse_bytes(flags["trial_memory"]) if flags["trial_memory"] else None,
+        allow_unavailable=flags["allow_unavailable"],
+    )
+    report, code = tune(job, console=_stderr_console(quiet))
+    if html:
+        from .reports.html import write_html
+
+        write_html(report, html)
+    if not quiet:
+        from .tune.summary import print_summary
+
+        print_summary(report, _console())
+    return code
 
 
 @main.command("plugins")

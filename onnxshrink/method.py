@@ -118,6 +118,33 @@ class Option:
         raise UsageError(f"{where}: option {self.name!r} has unsupported type {self.type!r}")
 
 
+@dataclass(frozen=True)
+class Tunable:
+    """One option worth searching (``onnxshrink tune``) and its range.
+
+    Either ``choices`` (values tried as categories) or ``low``/``high`` (numbers; ``step`` makes the
+    range discrete, ``log`` samples it on a log scale). The values must be valid for the option.
+    """
+
+    option: str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description (``onnxshrink plugins --json``, tune reports)."""
+        if self.choices is not None:
+            return {"option": self.option, "choices": list(self.choices)}
+        out: dict[str, Any] = {"option": self.option, "low": self.low, "high": self.high}
+        if self.step is not None:
+            out["step"] = self.step
+        if self.log:
+            out["log"] = True
+        return out
+
+
 class Method:
     """Base class of every compression method.
 
@@ -129,6 +156,10 @@ class Method:
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
+    # The options ``onnxshrink tune`` searches (empty: tune leaves the method out). Options not
+    # listed keep their defaults, or the values in ``search_fixed``.
+    search_space: ClassVar[tuple[Tunable, ...]] = ()
+    search_fixed: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def summary(cls) -> str:
@@ -238,4 +269,48 @@ def check_method_class(cls: Any) -> str | None:
             return f"method {cls.name!r}: option {opt.name!r} has no doc"
         if opt.type not in _TYPE_NAMES:
             return f"method {cls.name!r}: option {opt.name!r} has unsupported type {opt.type!r}"
+    return check_search_space(cls)
+
+
+def check_search_space(cls: type[Method], space: tuple[Tunable, ...] | None = None, fixed: dict[str, Any] | None = None) -> str | None:
+    """Why ``cls.search_space``/``search_fixed`` (or the ``space``/``fixed`` given) do not fit its
+    options, or None when they do."""
+    space = cls.search_space if space is None else space
+    fixed = cls.search_fixed if fixed is None else fixed
+    where = f"method {cls.name!r}: search_space"
+    seen: set[str] = set()
+    for t in space:
+        if not isinstance(t, Tunable):
+            return f"{where} must hold onnxshrink.Tunable instances"
+        opt = cls.option(t.option)
+        if opt is None:
+            return f"{where} names unknown option {t.option!r}"
+        if t.option in seen or t.option in fixed:
+            return f"{where} names option {t.option!r} twice"
+        seen.add(t.option)
+        if t.choices is not None:
+            if not t.choices or t.low is not None or t.high is not None:
+                return f"{where}: option {t.option!r} needs either non-empty choices or low/high"
+            values = list(t.choices)
+            if not all(isinstance(v, (bool, int, float, str)) for v in values):
+                return f"{where}: option {t.option!r}: choices must be numbers, strings or booleans"
+        else:
+            if opt.type not in (int, float) or t.low is None or t.high is None or not t.low <= t.high:
+                return f"{where}: option {t.option!r} needs low <= high on an int or float option"
+            if t.log and t.low <= 0:
+                return f"{where}: option {t.option!r} with log=True needs low > 0"
+            values = [t.low, t.high]
+        try:
+            for value in values:
+                opt.parse(value, where)
+        except UsageError as exc:
+            return exc.message
+    for key, value in fixed.items():
+        opt = cls.option(key)
+        if opt is None:
+            return f"method {cls.name!r}: search_fixed names unknown option {key!r}"
+        try:
+            opt.parse(value, f"method {cls.name!r}: search_fixed")
+        except UsageError as exc:
+            return exc.message
     return None

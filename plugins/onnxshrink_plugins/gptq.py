@@ -64,6 +64,14 @@ class Gptq(Method):
         Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
         Option("calibration_samples", int, 64, "Most calibration feeds used.", min=1),
     )
+    # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
+    from onnxshrink import Tunable
+
+    search_space = (
+        Tunable("bits", low=2, high=8),
+        Tunable("group_size", choices=(32, 0, 128)),
+    )
+    del Tunable
 
     @classmethod
     def check_options(cls, values: dict[str, Any], given: set[str]) -> None:

@@ -86,6 +86,15 @@ class IntQuant(Method):
         Option("accuracy_level", int, 0, "weights_format=matmulnbits: 0 computes in float32; 1-4 let the kernel quantize activations (4: int8, faster only on CPUs with VNNI/AMX).", min=0, max=4),
         Option("dq_conv", bool, False, "mode=weights: DequantizeLinear in front of Conv weights too (for EPs that fuse it; the CPU EP does not)."),
     )
+    # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
+    from onnxshrink import Tunable
+
+    search_space = (
+        Tunable("mode", choices=("storage", "weights")),
+        Tunable("bits", choices=(8, 4, 2)),
+        Tunable("block_size", choices=(0, 32, 128)),
+    )
+    del Tunable
 
     @classmethod
     def check_options(cls, values: dict[str, Any], given: set[str]) -> None:

@@ -1,0 +1,280 @@
+"""The search space of ``onnxshrink tune``: which chains of methods, and which options, with which ranges.
+
+Built from the installed methods (each declares ``search_space``, see :class:`onnxshrink.method.Tunable`),
+restricted by ``--plugin NAME[:key=value]`` (only these methods; given options are fixed) or replaced
+by a ``--space FILE.toml``::
+
+    chains = [["weight_prune", "sparse_store"], ["int_quant"]]   # optional
+    [int_quant]
+    bits = [8, 4]                                   # a list: the choices
+    mode = "storage"                                # a scalar: fixed
+    [weight_prune]
+    sparsity = { low = 0.3, high = 0.9, step = 0.05 }  # a table: a range (log = true for a log scale)
+
+Every method named in the file joins with its declared search space, each key given replaces that
+option's range. Without ``chains``, the chains are every single method plus every pair of a ``prune``
+method followed by a method of another kind (prune, then quantize or store).
+
+The optimizer sees one categorical parameter ``chain`` and one parameter ``PLUGIN.OPTION`` per
+searched option; :meth:`SearchSpace.suggest` turns an optuna trial into a chain of steps.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..method import Method, PluginSpec, Tunable, check_search_space
+from ..plugins import Registry
+
+CHAIN_PARAM = "chain"
+
+
+@dataclass
+class MethodSpace:
+    """One method's searched options (``tunables``) and its fixed ones."""
+
+    cls: type[Method]
+    tunables: dict[str, Tunable] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+    def default_in_space(self) -> bool:
+        """True when every searched option's default is one of the values the search can take."""
+        for name, t in self.tunables.items():
+            default = self.cls.option(name).default
+            if t.choices is not None and default not in t.choices:
+                return False
+            if t.choices is None and (default is None or not t.low <= default <= t.high):
+                return False
+        return True
+
+    def first_values(self) -> dict[str, Any]:
+        """A starting point: each option's default when it lies in the range, else the first choice or the middle."""
+        out = {}
+        for name, t in self.tunables.items():
+            default = self.cls.option(name).default
+            if t.choices is not None:
+                out[name] = default if default in t.choices else t.choices[0]
+            elif default is not None and t.low <= default <= t.high:
+                out[name] = default
+            else:
+                middle = (t.low + t.high) / 2
+                if t.step is not None:
+                    middle = t.low + round((middle - t.low) / t.step) * t.step
+                out[name] = int(middle) if self.cls.option(name).type is int else middle
+        return out
+
+
+@dataclass
+class SearchSpace:
+    methods: dict[str, MethodSpace]
+    chains: list[tuple[str, ...]]
+
+    @property
+    def chain_labels(self) -> list[str]:
+        return [chain_label(c) for c in self.chains]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready, for the report."""
+        return {
+            "chains": [list(c) for c in self.chains],
+            "methods": {
+                name: {"search": [t.describe() for t in m.tunables.values()], "fixed": dict(m.fixed)}
+                for name, m in self.methods.items()
+            },
+        }
+
+    def suggest(self, trial: Any) -> list[PluginSpec]:
+        """Ask the optuna ``trial`` for a chain and its options."""
+        label = trial.suggest_categorical(CHAIN_PARAM, self.chain_labels)
+        steps = []
+        for element in label.split("+"):
+            plugin, as_default = split_element(element)
+            space = self.methods[plugin]
+            options = dict(space.fixed)
+            if not as_default:
+                for name, t in space.tunables.items():
+                    options[name] = _suggest(trial, f"{plugin}.{name}", t, space.cls.option(name).type)
+            steps.append(PluginSpec(plugin, options))
+        return steps
+
+    def searched_params(self, label: str) -> set[str]:
+        """The parameter names a chain label uses (besides ``chain``)."""
+        out = set()
+        for element in label.split("+"):
+            plugin, as_default = split_element(element)
+            if not as_default:
+                out |= {f"{plugin}.{name}" for name in self.methods[plugin].tunables}
+        return out
+
+    def distributions(self) -> dict[str, Any]:
+        """Every parameter's optuna distribution (to replay finished trials on --resume)."""
+        import optuna.distributions as d
+
+        out: dict[str, Any] = {CHAIN_PARAM: d.CategoricalDistribution(self.chain_labels)}
+        for plugin, space in self.methods.items():
+            for name, t in space.tunables.items():
+                key = f"{plugin}.{name}"
+                if t.choices is not None:
+                    out[key] = d.CategoricalDistribution(list(t.choices))
+                elif space.cls.option(name).type is int:
+                    out[key] = d.IntDistribution(int(t.low), int(t.high), log=t.log, step=int(t.step or 1))
+                else:
+                    out[key] = d.FloatDistribution(t.low, t.high, log=t.log, step=t.step)
+        return out
+
+    def start_points(self) -> list[dict[str, Any]]:
+        """One trial per single quantize method at its starting values (tried first, so a method's
+        default is always measured; prune methods alone rarely make the file smaller)."""
+        points = []
+        for chain in self.chains:
+            plugin, as_default = split_element(chain[0])
+            if len(chain) == 1 and self.methods[plugin].cls.kind == "quantize":
+                values = {} if as_default else self.methods[plugin].first_values()
+                points.append({CHAIN_PARAM: chain_label(chain), **{f"{plugin}.{k}": v for k, v in values.items()}})
+        return points
+
+
+def chain_label(chain: tuple[str, ...] | list[str]) -> str:
+    return "+".join(chain)
+
+
+DEFAULT_SUFFIX = ":default"
+
+
+def split_element(element: str) -> tuple[str, bool]:
+    """``"int_quant:default"`` → ``("int_quant", True)``: the method with its defaults (and fixed options), nothing searched."""
+    if element.endswith(DEFAULT_SUFFIX):
+        return element[: -len(DEFAULT_SUFFIX)], True
+    return element, False
+
+
+def _suggest(trial: Any, key: str, t: Tunable, kind: type) -> Any:
+    if t.choices is not None:
+        return trial.suggest_categorical(key, list(t.choices))
+    if kind is int:
+        return trial.suggest_int(key, int(t.low), int(t.high), step=int(t.step or 1), log=t.log)
+    return trial.suggest_float(key, t.low, t.high, step=t.step, log=t.log)
+
+
+def default_chains(methods: dict[str, MethodSpace]) -> list[tuple[str, ...]]:
+    """Every quantize method as it is by default where its default lies outside its search space
+    (``NAME:default``, so tune always measures it), every single method, then every prune method
+    followed by a method of another kind."""
+    names = list(methods)
+    chains: list[tuple[str, ...]] = [(n + DEFAULT_SUFFIX,) for n in names if methods[n].cls.kind == "quantize" and not methods[n].default_in_space()]
+    chains += [(n,) for n in names]
+    for first in names:
+        if methods[first].cls.kind != "prune":
+            continue
+        chains += [(first, second) for second in names if methods[second].cls.kind != "prune"]
+    return chains
+
+
+def build_space(
+    registry: Registry,
+    plugins: list[PluginSpec] | None = None,
+    space_file: Path | None = None,
+) -> SearchSpace:
+    """The space to search; every problem is a UsageError naming the plugin, the option or the file."""
+    if space_file is not None:
+        methods, chains = _from_file(registry, Path(space_file))
+    else:
+        methods, chains = {}, None
+        for name, info in sorted(registry.methods.items()):
+            if info.cls.search_space:
+                methods[name] = MethodSpace(info.cls, {t.option: t for t in info.cls.search_space}, dict(info.cls.search_fixed))
+    if plugins:
+        chosen: dict[str, MethodSpace] = {}
+        for spec in plugins:
+            info = registry.get(spec.plugin)
+            base = methods.get(spec.plugin) or MethodSpace(info.cls, {t.option: t for t in info.cls.search_space}, dict(info.cls.search_fixed))
+            typed = info.cls.validate_options(dict(spec.options))
+            for key in spec.options:
+                base.tunables.pop(key, None)
+                base.fixed[key] = typed[key]
+            if not base.tunables and not spec.options and spec.plugin not in methods:
+                raise UsageError(f"plugin {spec.plugin!r} declares no search space; give its options (--plugin {spec.plugin}:key=value) or a --space file")
+            chosen[spec.plugin] = base
+        methods = chosen
+        chains = [c for c in chains if all(split_element(p)[0] in methods for p in c)] if chains else None
+    if not methods:
+        raise UsageError("nothing to search: no installed method declares a search space (give --plugin or --space)")
+    chains = chains or default_chains(methods)
+    if not chains:
+        raise UsageError("nothing to search: no chain is left after --plugin")
+    for space in methods.values():
+        space.cls.validate_options(dict(space.fixed))
+    return SearchSpace(methods, chains)
+
+
+def _from_file(registry: Registry, path: Path) -> tuple[dict[str, MethodSpace], list[tuple[str, ...]] | None]:
+    where = f"space {path}"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"space file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read space file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{where}: invalid TOML: {exc}") from None
+    methods: dict[str, MethodSpace] = {}
+    chains = None
+    for key, value in data.items():
+        if key == "chains":
+            chains = _chains(value, where)
+            continue
+        if key not in registry.methods:
+            raise UsageError(f"{where}: unknown plugin {key!r}; known plugins: {', '.join(sorted(registry.methods))}")
+        if not isinstance(value, dict):
+            raise UsageError(f"{where}: [{key}] must be a table of options")
+        cls = registry.methods[key].cls
+        space = MethodSpace(cls, {t.option: t for t in cls.search_space}, dict(cls.search_fixed))
+        for option, spec in value.items():
+            space.tunables.pop(option, None)
+            space.fixed.pop(option, None)
+            if isinstance(spec, list):
+                space.tunables[option] = Tunable(option, choices=tuple(spec))
+            elif isinstance(spec, dict):
+                unknown = set(spec) - {"low", "high", "step", "log"}
+                if unknown:
+                    raise UsageError(f"{where}: {key}.{option}: unknown range key {sorted(unknown)[0]!r} (use low, high, step, log)")
+                space.tunables[option] = Tunable(option, low=spec.get("low"), high=spec.get("high"), step=spec.get("step"), log=bool(spec.get("log", False)))
+            else:
+                space.fixed[option] = spec
+        _check(cls, space, f"{where}: [{key}]")
+        methods[key] = space
+    if chains:
+        for chain in chains:
+            for element in chain:
+                plugin = split_element(element)[0]
+                if plugin not in methods:
+                    if plugin not in registry.methods:
+                        raise UsageError(f"{where}: chains: unknown plugin {plugin!r}")
+                    cls = registry.methods[plugin].cls
+                    methods[plugin] = MethodSpace(cls, {t.option: t for t in cls.search_space}, dict(cls.search_fixed))
+    return methods, chains
+
+
+def _chains(value: Any, where: str) -> list[tuple[str, ...]]:
+    if not isinstance(value, list) or not all(isinstance(c, list) and c and all(isinstance(p, str) for p in c) for c in value):
+        raise UsageError(f"{where}: chains must be a list of lists of plugin names, e.g. [[\"weight_prune\", \"int_quant\"]]")
+    chains = [tuple(c) for c in value]
+    for chain in chains:
+        if len(set(chain)) != len(chain):
+            raise UsageError(f"{where}: chain {list(chain)} names a plugin twice")
+    return chains
+
+
+def _check(cls: type[Method], space: MethodSpace, where: str) -> None:
+    """Check a file's space with the same rules as a method's declared one."""
+    problem = check_search_space(cls, tuple(space.tunables.values()), space.fixed)
+    if problem:
+        raise UsageError(f"{where}: {problem}")
