@@ -1,0 +1,139 @@
+"""weight_prune's default: prune each tensor as far as a fidelity budget allows, then store it small."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+import onnxshrink
+
+from .budget import LEVELS, MAX_JUDGE_RUNS, PROBES, Candidate, levels_after, measure_sensitivity, pruning_order, search_budget
+from .probe import SwappableSession, synthetic_feeds
+from .store import SPARSE_OPSET, sparse_blocker, store_pruned
+
+RANK_FEEDS = 2  # feeds each sensitivity probe runs (2 runs per tensor)
+JUDGE_FEEDS = 8  # held-back feeds each step of the search runs
+SYNTHETIC_FEEDS = 8
+_PROBE_DTYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
+
+
+def split_feeds(feeds: list[dict[str, np.ndarray]]) -> tuple[list, list]:
+    """(ranking, judging): the first half ranks (its first RANK_FEEDS), the second half judges
+    (its first JUDGE_FEEDS). A single feed does both."""
+    if len(feeds) <= 1:
+        return feeds, feeds
+    half = len(feeds) // 2
+    return feeds[:half][:RANK_FEEDS], feeds[half:][:JUDGE_FEEDS]
+
+
+def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context, op_inputs) -> dict[str, Any]:
+    budget, store = options["budget"], options["store"] or "auto"
+    head: dict[str, Any] = {"mode": "budget", "budget": budget, "criterion": "worst per-feed cosine over outputs"}
+    opset = onnxshrink.model_opset(model)
+    if store != "dense" and opset < SPARSE_OPSET:
+        try:
+            model.CopyFrom(onnxshrink.upgrade_opset(model, SPARSE_OPSET))
+            head["opset_upgraded"] = f"{opset} -> {SPARSE_OPSET}"
+        except ValueError as exc:
+            head["opset_upgrade_failed"] = str(exc)
+
+    candidates, skipped = [], []
+    for weight in onnxshrink.weight_tensors(model, op_inputs):
+        reason = _skip_reason(model, weight, options["min_size"], store)
+        if reason:
+            skipped.append({"name": weight.name, "reason": reason})
+        else:
+            candidates.append(Candidate(weight, np.array(weight.array())))
+    head["skipped"] = skipped
+    if not candidates:
+        context.warn("no weight tensor can be pruned to a smaller file (see 'skipped'); the model is unchanged")
+        return {**head, "stopped": "no prunable tensor", "pruned_tensors": 0, "sparsity": 0.0, "bytes_saved": 0, "tensors": []}
+
+    feeds = list(context.calibration_feeds())
+    if not feeds:
+        feeds = synthetic_feeds(model, context.rng, SYNTHETIC_FEEDS)
+    if not feeds or context.calibration_is_synthetic or not context.calibration_feeds():
+        context.warn("the budget is judged on synthetic random inputs (no --data): pass --data with real inputs for a budget that means something")
+    rank, judge = split_feeds(feeds)
+    if rank is judge:
+        context.warn("only one calibration feed: sensitivity and the budget are judged on the same feed")
+    head.update(ranking_feeds=len(rank), judging_feeds=len(judge))
+
+    session = SwappableSession(model, [c.weight for c in candidates])
+    probes = len(candidates) * len(PROBES)
+    with context.progress(f"sensitivity of {len(candidates)} tensors on {len(rank)} feeds", total=probes) as task:
+        measure_sensitivity(candidates, session, rank, lambda: task.advance())
+    steps = pruning_order(candidates)
+    with context.progress(f"searching the budget on {len(judge)} held-back feeds", total=MAX_JUDGE_RUNS) as task:
+        found = search_budget(candidates, steps, session, judge, budget, lambda: task.advance())
+
+    levels = levels_after(steps, found.kept, len(candidates))
+    stopped = _stop_reason(found, steps, candidates, budget)
+    context.log(f"stopped: {stopped}")
+    tensors, total, zeros = [], 0, 0
+    for candidate, level in zip(candidates, levels):
+        weight = candidate.weight
+        if level > 0:
+            weight.set_array(candidate.cut(level))
+        nz = int(np.count_nonzero(weight.array()))
+        total += weight.size
+        zeros += weight.size - nz
+        tensors.append(
+            {
+                "name": weight.name,
+                "op_types": weight.op_types,
+                "shape": list(weight.shape),
+                "sparsity_after": round(1 - nz / weight.size, 6),
+                "drop_at": {str(p): round(candidate.measured[p], 6) for p in PROBES},
+            }
+        )
+    storage = store_pruned(model, [c.name for c, lv in zip(candidates, levels) if lv > 0], store)
+    return {
+        **head,
+        "stopped": stopped,
+        "worst_cosine": round(found.kept_cosine, 6),
+        "steps_kept": found.kept,
+        "steps": len(steps),
+        "model_runs": session.runs,
+        "pruned_tensors": sum(1 for lv in levels if lv > 0),
+        "pruned_params": total,
+        "zeros": zeros,
+        "sparsity": round(zeros / total, 6) if total else 0.0,
+        **storage,
+        "tensors": tensors,
+    }
+
+
+def _skip_reason(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, min_size: int, store: str) -> str | None:
+    if len(weight.shape) < 2:
+        return "1-D tensor (bias-like)"
+    if weight.size < min_size:
+        return f"{weight.size} elements < min_size {min_size}"
+    if weight.in_subgraph:
+        return "defined inside a subgraph: its sensitivity is not measured"
+    if weight.dtype not in _PROBE_DTYPES:
+        return f"dtype {onnx.TensorProto.DataType.Name(weight.dtype)} is not pruned to a budget"
+    if store != "dense":
+        blocker = sparse_blocker(model, weight)
+        if blocker:
+            return f"cannot be stored sparse ({blocker}); zeros would not shrink the file (store=dense prunes it anyway)"
+    if not np.all(np.isfinite(weight.array())):
+        return "holds NaN or Inf"
+    return None
+
+
+def _stop_reason(found, steps, candidates, budget: float) -> str:
+    if not steps:
+        return "nothing to prune"
+    if found.kept >= len(steps):
+        return f"every tensor reached the largest sparsity tried ({LEVELS[-1]}) within the budget"
+    i, target = steps[found.kept]
+    if found.failed == found.kept + 1:
+        which = "the first step" if found.kept == 0 else "the next step"
+        return f"budget: {which} ({candidates[i].name} to sparsity {target}) gave worst per-feed cosine {found.failed_cosine:.4f} < {budget}"
+    return (
+        f"budget: after {found.judge_runs} judging runs, {found.kept} of {len(steps)} steps kept; "
+        f"{found.failed} steps gave worst per-feed cosine {found.failed_cosine:.4f} < {budget}"
+    )
