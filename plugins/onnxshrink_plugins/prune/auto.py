@@ -9,12 +9,12 @@ import onnx
 
 import onnxshrink
 
-from .budget import LEVELS, MAX_JUDGE_RUNS, PROBES, Candidate, levels_after, measure_sensitivity, pruning_order, search_budget
+from .budget import MAX_ROUNDS, PROBES, QUICK_RUNS, Candidate, measure_sensitivity, search_budget
 from .probe import SwappableSession, synthetic_feeds
-from .store import SPARSE_OPSET, sparse_blocker, store_pruned
+from .store import SPARSE_OPSET, sparse_blocker, sparse_bytes, store_pruned
 
 RANK_FEEDS = 2  # feeds each sensitivity probe runs (2 runs per tensor)
-JUDGE_FEEDS = 8  # held-back feeds each step of the search runs
+JUDGE_FEEDS = 16  # held-back feeds the budget is confirmed on
 SYNTHETIC_FEEDS = 8
 _PROBE_DTYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
 
@@ -30,7 +30,7 @@ def split_feeds(feeds: list[dict[str, np.ndarray]]) -> tuple[list, list]:
 
 def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context, op_inputs) -> dict[str, Any]:
     budget, store = options["budget"], options["store"] or "auto"
-    head: dict[str, Any] = {"mode": "budget", "budget": budget, "criterion": "worst per-feed cosine over outputs"}
+    head: dict[str, Any] = {"mode": "budget", "budget": budget, "criterion": "worst per-feed cosine over the outputs (and the logits before a final Softmax/Sigmoid)"}
     opset = onnxshrink.model_opset(model)
     if store != "dense" and opset < SPARSE_OPSET:
         try:
@@ -54,7 +54,7 @@ def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: on
     feeds = list(context.calibration_feeds())
     if not feeds:
         feeds = synthetic_feeds(model, context.rng, SYNTHETIC_FEEDS)
-    if not feeds or context.calibration_is_synthetic or not context.calibration_feeds():
+    if context.calibration_is_synthetic or not context.calibration_feeds():
         context.warn("the budget is judged on synthetic random inputs (no --data): pass --data with real inputs for a budget that means something")
     rank, judge = split_feeds(feeds)
     if rank is judge:
@@ -65,37 +65,44 @@ def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: on
     probes = len(candidates) * len(PROBES)
     with context.progress(f"sensitivity of {len(candidates)} tensors on {len(rank)} feeds", total=probes) as task:
         measure_sensitivity(candidates, session, rank, lambda: task.advance())
-    steps = pruning_order(candidates)
-    with context.progress(f"searching the budget on {len(judge)} held-back feeds", total=MAX_JUDGE_RUNS) as task:
-        found = search_budget(candidates, steps, session, judge, budget, lambda: task.advance())
-
-    levels = levels_after(steps, found.kept, len(candidates))
-    stopped = _stop_reason(found, steps, candidates, budget)
+    with context.progress(f"searching the budget on {len(judge)} held-back feeds", total=QUICK_RUNS + MAX_ROUNDS) as task:
+        found = search_budget(candidates, session, judge, budget, lambda: task.advance())
+    levels, stopped = found.levels, found.stopped
     context.log(f"stopped: {stopped}")
+    undone = []
+    for index, (candidate, level) in enumerate(zip(candidates, levels)):
+        if level <= 0:
+            continue
+        pruned = candidate.cut(level)
+        if store == "auto":  # zeros that would stay dense cost fidelity and save nothing: leave the tensor whole
+            size, dense = sparse_bytes(model, candidate.weight, pruned), candidate.weight.proto.ByteSize()
+            if size >= dense:
+                undone.append({"tensor": candidate.name, "sparsity": level, "reason": f"bitmask form {size} B >= dense {dense} B: left unpruned"})
+                levels[index] = 0.0
+                continue
+        candidate.weight.set_array(pruned)
     tensors, total, zeros = [], 0, 0
     for candidate, level in zip(candidates, levels):
-        weight = candidate.weight
-        if level > 0:
-            weight.set_array(candidate.cut(level))
-        nz = int(np.count_nonzero(weight.array()))
-        total += weight.size
-        zeros += weight.size - nz
+        nz = int(np.count_nonzero(candidate.cut(level))) if level > 0 else int(np.count_nonzero(candidate.values))
+        total += candidate.weight.size
+        zeros += candidate.weight.size - nz
         tensors.append(
             {
-                "name": weight.name,
-                "op_types": weight.op_types,
-                "shape": list(weight.shape),
-                "sparsity_after": round(1 - nz / weight.size, 6),
+                "name": candidate.name,
+                "op_types": candidate.weight.op_types,
+                "shape": list(candidate.weight.shape),
+                "sparsity_after": round(1 - nz / candidate.weight.size, 6),
                 "drop_at": {str(p): round(candidate.measured[p], 6) for p in PROBES},
             }
         )
     storage = store_pruned(model, [c.name for c, lv in zip(candidates, levels) if lv > 0], store)
+    storage["dense_tensors"] += undone
     return {
         **head,
         "stopped": stopped,
-        "worst_cosine": round(found.kept_cosine, 6),
-        "steps_kept": found.kept,
-        "steps": len(steps),
+        "worst_cosine": round(found.cosine, 6),
+        "stopped_tensors": found.frozen,
+        "judge_runs": found.judge_runs,
         "model_runs": session.runs,
         "pruned_tensors": sum(1 for lv in levels if lv > 0),
         "pruned_params": total,
@@ -123,17 +130,3 @@ def _skip_reason(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, min_si
         return "holds NaN or Inf"
     return None
 
-
-def _stop_reason(found, steps, candidates, budget: float) -> str:
-    if not steps:
-        return "nothing to prune"
-    if found.kept >= len(steps):
-        return f"every tensor reached the largest sparsity tried ({LEVELS[-1]}) within the budget"
-    i, target = steps[found.kept]
-    if found.failed == found.kept + 1:
-        which = "the first step" if found.kept == 0 else "the next step"
-        return f"budget: {which} ({candidates[i].name} to sparsity {target}) gave worst per-feed cosine {found.failed_cosine:.4f} < {budget}"
-    return (
-        f"budget: after {found.judge_runs} judging runs, {found.kept} of {len(steps)} steps kept; "
-        f"{found.failed} steps gave worst per-feed cosine {found.failed_cosine:.4f} < {budget}"
-    )

@@ -7,8 +7,9 @@
 2. Order: starting from nothing pruned, the next step is always the (tensor, level) move of
    :data:`LEVELS` that removes the most weights per unit of predicted drop.
 3. Search (on the *judging* feeds, held back from step 1): the longest prefix of that order whose
-   worst per-feed cosine stays at or above the budget, by bisection (at most :data:`MAX_JUDGE_RUNS`
-   runs), starting from the prefix the predictions say fits.
+   worst per-feed cosine stays at or above the budget, by bisection on a few judging feeds from the
+   prefix the predictions say fits, confirmed on all of them. The tensor whose step broke the budget
+   is frozen at its level and the search goes on with the others, for :data:`MAX_ROUNDS` rounds.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from .probe import SwappableSession
 
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 PROBES = (0.5, 0.9)
-MAX_JUDGE_RUNS = 8
+QUICK_FEEDS = 4  # judging feeds each bisection step runs
+QUICK_RUNS = 16  # bisection steps in all rounds together
+MAX_ROUNDS = 3  # rounds of: bisect, confirm on every judging feed, freeze the tensor that broke the budget
 
 
 @dataclass
@@ -79,14 +82,16 @@ def measure_sensitivity(candidates: list[Candidate], session: SwappableSession, 
             advance()
 
 
-def pruning_order(candidates: list[Candidate]) -> list[tuple[int, float]]:
-    """Steps (candidate index, new sparsity) from nothing pruned to every tensor at the last level."""
-    level = [0.0] * len(candidates)
+def pruning_order(candidates: list[Candidate], start: list[float], frozen: set[int]) -> list[tuple[int, float]]:
+    """Steps (candidate index, new sparsity) from ``start`` until every tensor not ``frozen`` is at the last level."""
+    level = list(start)
     drops = [{s: c.predicted_drop(s) for s in LEVELS} | {0.0: 0.0} for c in candidates]
     steps = []
     while True:
         best = None
         for i, c in enumerate(candidates):
+            if i in frozen:
+                continue
             here = level[i]
             for target in (s for s in LEVELS if s > here):
                 gain = c.values.size * (target - here)
@@ -101,8 +106,8 @@ def pruning_order(candidates: list[Candidate]) -> list[tuple[int, float]]:
         steps.append((i, target))
 
 
-def levels_after(steps: list[tuple[int, float]], k: int, count: int) -> list[float]:
-    level = [0.0] * count
+def levels_after(start: list[float], steps: list[tuple[int, float]], k: int) -> list[float]:
+    level = list(start)
     for i, target in steps[:k]:
         level[i] = target
     return level
@@ -110,44 +115,68 @@ def levels_after(steps: list[tuple[int, float]], k: int, count: int) -> list[flo
 
 @dataclass
 class Search:
-    """Where the search stopped: the prefix kept, its worst cosine, the first prefix that failed."""
+    """Where the search stopped: each tensor's sparsity, the worst cosine on every judging feed, the
+    steps that broke the budget (each freezes its tensor), the runs it took and why it stopped."""
 
-    kept: int
-    kept_cosine: float
-    failed: int | None
-    failed_cosine: float | None
+    levels: list[float]
+    cosine: float
+    frozen: list[dict]
     judge_runs: int
+    stopped: str
 
 
-def search_budget(candidates: list[Candidate], steps, session: SwappableSession, feeds, budget: float, advance: Callable[[], None]) -> Search:
+def search_budget(candidates: list[Candidate], session: SwappableSession, judge, budget: float, advance: Callable[[], None]) -> Search:
+    """Rounds of: order the remaining steps, bisect the longest prefix that keeps the worst cosine >=
+    ``budget`` on the first QUICK_FEEDS judging feeds, confirm it on all of them (halving the prefix
+    while it fails), then freeze the tensor whose step broke the budget and go on with the others."""
     count = len(candidates)
+    quick = judge[:QUICK_FEEDS]
+    levels, cosine, frozen, runs, tried = [0.0] * count, 1.0, {}, 0, 0
 
-    def cosine_at(k: int) -> float:
-        level = levels_after(steps, k, count)
-        overrides = {c.name: c.cut(s) for c, s in zip(candidates, level) if s > 0}
-        advance()
-        return session.worst_cosine(feeds, overrides)
-
-    predicted = [0.0]
-    for k in range(1, len(steps) + 1):
-        level = levels_after(steps, k, count)
-        predicted.append(sum(c.predicted_drop(s) for c, s in zip(candidates, level) if s > 0))
-    allowed = 1.0 - budget
-    guess = max((k for k, p in enumerate(predicted) if p <= allowed), default=0)
-    lo, lo_cos, hi, hi_cos, runs = 0, 1.0, None, None, 0
-    k = max(guess, 1) if steps else None
-    while k is not None and runs < MAX_JUDGE_RUNS:
-        cos = cosine_at(k)
+    def measure(level: list[float], feeds) -> float:
+        nonlocal runs
         runs += 1
-        if cos >= budget:
-            lo, lo_cos = k, cos
-        else:
-            hi, hi_cos = k, cos
-        upper = hi if hi is not None else len(steps) + 1
-        if upper - lo <= 1:
+        advance()
+        return session.worst_cosine(feeds, {c.name: c.cut(s) for c, s in zip(candidates, level) if s > 0})
+
+    stopped = "nothing to prune"
+    for _ in range(MAX_ROUNDS):
+        steps = pruning_order(candidates, levels, set(frozen))
+        if not steps:
+            stopped = f"every tensor reached the largest sparsity tried ({LEVELS[-1]})" + (" or broke the budget" if frozen else "") + " within the budget"
             break
-        if hi is None:  # above the guess: every remaining step at once first, then bisect
-            k = len(steps) if lo < len(steps) and runs == 1 else (lo + upper) // 2
-        else:
-            k = (lo + upper) // 2
-    return Search(lo, lo_cos, hi, hi_cos, runs)
+        base = sum(c.predicted_drop(s) for c, s in zip(candidates, levels) if s > 0)
+        predicted = [base]
+        for k in range(1, len(steps) + 1):
+            predicted.append(sum(c.predicted_drop(s) for c, s in zip(candidates, levels_after(levels, steps, k)) if s > 0))
+        k = max(1, max(j for j, p in enumerate(predicted) if p <= max(1.0 - budget, base)))
+        lo, lo_cos, hi, hi_cos, first = 0, cosine, len(steps) + 1, None, True
+        while hi - lo > 1 and tried < QUICK_RUNS:
+            value = measure(levels_after(levels, steps, k), quick)
+            tried += 1
+            if value >= budget:
+                lo, lo_cos = k, value
+            else:
+                hi, hi_cos = k, value
+            k = len(steps) if (hi == len(steps) + 1 and first) else (lo + hi) // 2
+            first = False
+        while lo > 0 and len(judge) > len(quick):  # confirm on every judging feed; halve the prefix while it fails
+            value = measure(levels_after(levels, steps, lo), judge)
+            if value >= budget:
+                lo_cos = value
+                break
+            hi, hi_cos, lo = lo, value, lo // 2
+        levels, cosine = levels_after(levels, steps, lo), (lo_cos if lo > 0 else cosine)
+        if hi > len(steps):
+            stopped = f"every tensor reached the largest sparsity tried ({LEVELS[-1]})" + (" or broke the budget" if frozen else "") + " within the budget"
+            break
+        if hi != lo + 1:
+            stopped = f"bisection runs used up: {lo} of {len(steps)} further steps kept; {hi} steps gave worst per-feed cosine {hi_cos:.4f} < {budget}"
+            break
+        i, target = steps[lo]
+        frozen[i] = {"tensor": candidates[i].name, "kept_sparsity": levels[i], "failed_sparsity": target, "worst_cosine": round(hi_cos, 6)}
+        stopped = f"budget: {candidates[i].name} to sparsity {target} gave worst per-feed cosine {hi_cos:.4f} < {budget} (last of {len(frozen)} tensors stopped this way)"
+    else:
+        stopped += f"; search rounds ({MAX_ROUNDS}) used up"
+    return Search(levels, cosine, list(frozen.values()), runs, stopped)
+

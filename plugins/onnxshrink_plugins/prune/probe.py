@@ -12,6 +12,25 @@ from onnx import TensorProto
 import onnxshrink
 
 _FLOAT_KINDS = "f"
+_SQUASHING = frozenset({"Softmax", "LogSoftmax", "Sigmoid"})
+_SHAPE_ONLY = frozenset({"Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Flatten"})
+
+
+def logits_of_outputs(graph: onnx.GraphProto) -> list[str]:
+    """Inputs of a Softmax, LogSoftmax or Sigmoid that makes a graph output (through shape-only ops).
+
+    Probabilities hide what pruning does: a two-class softmax that stays near [1, 0] keeps a cosine
+    of 1 while its logits move, so the budget judges these logits too.
+    """
+    producer = {o: n for n in graph.node for o in n.output}
+    found = []
+    for output in graph.output:
+        node = producer.get(output.name)
+        while node is not None and node.op_type in _SHAPE_ONLY and node.input:
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type in _SQUASHING and node.input[0] not in found:
+            found.append(node.input[0])
+    return found
 
 
 def worst_cosine(reference: Sequence[Sequence[np.ndarray]], candidate: Sequence[Sequence[np.ndarray]]) -> float:
@@ -49,7 +68,8 @@ class SwappableSession:
     """The model on the CPU EP (1 thread) with chosen weights turned into overridable graph inputs.
 
     ``worst_cosine(feeds, overrides)`` runs ``feeds`` with some weights replaced by other values and
-    compares the outputs with those of the unchanged weights (computed once per feed list). Weights
+    compares the outputs (and the logits before a final Softmax/Sigmoid, see :func:`logits_of_outputs`)
+    with those of the unchanged weights (computed once per feed list). Weights
     must be defined in the main graph (initializers, graph inputs or Constant nodes); readers inside
     subgraphs see the swapped values too.
     """
@@ -72,6 +92,10 @@ class SwappableSession:
                 graph.initializer.append(tensor)
                 graph.node.remove(node)
             graph.input.append(onnx.helper.make_tensor_value_info(weight.name, weight.dtype, list(weight.shape)))
+        outputs = {o.name for o in graph.output}
+        for name in logits_of_outputs(graph):
+            if name not in outputs:
+                graph.output.append(onnx.ValueInfoProto(name=name))
         if probe.ir_version < 4:
             probe.ir_version = 4
         options = ort.SessionOptions()

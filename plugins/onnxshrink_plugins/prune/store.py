@@ -24,23 +24,24 @@ def sparse_blocker(model: onnx.ModelProto, weight: onnxshrink.WeightTensor) -> s
 
 
 def sparse_bytes(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, values: np.ndarray) -> int:
-    """Bytes of the initializers the bitmask form of ``values`` would store."""
-    _, _, inits = onnxshrink.weight_chain(values, weight.name, onnxshrink.all_names(model), form="sparse", dtype=weight.dtype, opset=onnxshrink.model_opset(model))
-    return sum(onnxshrink.tensor_bytes(t) for t in inits)
+    """Bytes the bitmask form of ``values`` adds to the file: its initializers and its decoder nodes."""
+    _, nodes, inits = onnxshrink.weight_chain(values, weight.name, onnxshrink.all_names(model), form="sparse", dtype=weight.dtype, opset=onnxshrink.model_opset(model))
+    return sum(t.ByteSize() for t in inits) + sum(n.ByteSize() for n in nodes)
 
 
 def store_pruned(model: onnx.ModelProto, names: list[str], store: str) -> dict:
     """Store each of the (already pruned) weights ``names`` as ``store`` says; the stats of what was written.
 
-    ``auto``: the bitmask form where it is smaller than the dense tensor; ``sparse``: the bitmask form
-    wherever it can be written; ``dense``: leave the tensors as they are.
+    ``auto``: the bitmask form where it makes the file smaller (its values and decoder nodes against
+    the dense tensor as serialized); ``sparse``: the bitmask form wherever it can be written;
+    ``dense``: leave the tensors as they are.
     """
     before = after = 0
     tensors, dense = [], []
     wanted = set(names)
     for weight in [w for w in onnxshrink.weight_tensors(model, _all_ops()) if w.name in wanted]:
         values = weight.array()
-        dense_bytes = weight.nbytes
+        dense_bytes = weight.proto.ByteSize()
         before += dense_bytes
         reason = "store=dense" if store == "dense" else sparse_blocker(model, weight)
         size = None
@@ -53,8 +54,8 @@ def store_pruned(model: onnx.ModelProto, names: list[str], store: str) -> dict:
             dense.append({"tensor": weight.name, "bytes": dense_bytes, "reason": reason})
             continue
         result = onnxshrink.store_weight(model, weight, values, form="sparse")
-        after += result.stored_bytes
-        tensors.append({**result.describe(), "dense_bytes": dense_bytes})
+        after += size
+        tensors.append({**result.describe(), "serialized_bytes": size, "dense_bytes": dense_bytes})
     return {
         "store": store,
         "stored_sparse": len(tensors),
