@@ -9,23 +9,24 @@ import onnx
 
 import onnxshrink
 
-from .budget import MAX_ROUNDS, PROBES, QUICK_RUNS, Candidate, measure_sensitivity, search_budget
+from .budget import LEVELS, MAX_ROUNDS, PROBES, QUICK_RUNS, Candidate, measure_sensitivity, search_budget
 from .probe import SwappableSession, synthetic_feeds
 from .store import SPARSE_OPSET, sparse_blocker, sparse_bytes, store_pruned
 
 RANK_FEEDS = 2  # feeds each sensitivity probe runs (2 runs per tensor)
-JUDGE_FEEDS = 16  # held-back feeds the budget is confirmed on
+JUDGE_FEEDS = 24  # held-back feeds the budget is confirmed on
 SYNTHETIC_FEEDS = 8
+MIN_SAVING = 0.01  # store=auto: prune nothing when the file would shrink by less than this fraction
 _PROBE_DTYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
 
 
 def split_feeds(feeds: list[dict[str, np.ndarray]]) -> tuple[list, list]:
-    """(ranking, judging): the first half ranks (its first RANK_FEEDS), the second half judges
-    (its first JUDGE_FEEDS). A single feed does both."""
+    """(ranking, judging): the first RANK_FEEDS feeds (at most half) rank, the next JUDGE_FEEDS judge.
+    A single feed does both."""
     if len(feeds) <= 1:
         return feeds, feeds
-    half = len(feeds) // 2
-    return feeds[:half][:RANK_FEEDS], feeds[half:][:JUDGE_FEEDS]
+    rank = min(RANK_FEEDS, len(feeds) // 2)
+    return feeds[:rank], feeds[rank:][:JUDGE_FEEDS]
 
 
 def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context, op_inputs) -> dict[str, Any]:
@@ -46,6 +47,13 @@ def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: on
             skipped.append({"name": weight.name, "reason": reason})
         else:
             candidates.append(Candidate(weight, np.array(weight.array())))
+    if store == "auto":
+        for candidate in list(candidates):
+            level = _smallest_storable_level(model, candidate)
+            if level is None:
+                candidates.remove(candidate)
+                skipped.append({"name": candidate.name, "reason": f"the bitmask form would not be smaller even at sparsity {LEVELS[-1]}"})
+            candidate.min_level = level or 0.0
     head["skipped"] = skipped
     if not candidates:
         context.warn("no weight tensor can be pruned to a smaller file (see 'skipped'); the model is unchanged")
@@ -70,6 +78,11 @@ def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: on
     levels, stopped = found.levels, found.stopped
     context.log(f"stopped: {stopped}")
     undone = []
+    if store == "auto":
+        saving = sum(c.dense_bytes - c.stored_bytes[lv] for c, lv in zip(candidates, levels) if lv > 0)
+        if 0 < saving < MIN_SAVING * model.ByteSize():
+            stopped += f"; the {saving} B it would save are under {MIN_SAVING:.0%} of the file: not worth the fidelity, nothing pruned"
+            levels = [0.0] * len(candidates)
     for index, (candidate, level) in enumerate(zip(candidates, levels)):
         if level <= 0:
             continue
@@ -97,10 +110,13 @@ def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: on
         )
     storage = store_pruned(model, [c.name for c, lv in zip(candidates, levels) if lv > 0], store)
     storage["dense_tensors"] += undone
+    cosine = found.cosine if any(lv > 0 for lv in levels) else 1.0
+    if undone:  # the judged model changed: judge it again
+        cosine = session.worst_cosine(judge, {c.name: c.cut(lv) for c, lv in zip(candidates, levels) if lv > 0})
     return {
         **head,
         "stopped": stopped,
-        "worst_cosine": round(found.cosine, 6),
+        "worst_cosine": round(cosine, 6),
         "stopped_tensors": found.frozen,
         "judge_runs": found.judge_runs,
         "model_runs": session.runs,
@@ -111,6 +127,22 @@ def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: on
         **storage,
         "tensors": tensors,
     }
+
+
+def _smallest_storable_level(model: onnx.ModelProto, candidate: Candidate) -> float | None:
+    """The lowest of LEVELS at which the bitmask form of the tensor is smaller than the dense one.
+
+    One chain is built (at sparsity 0.5) to learn the decoder's fixed cost; other levels change only
+    the number of stored non-zeros."""
+    weight = candidate.weight
+    itemsize = candidate.values.dtype.itemsize
+    n = weight.size
+    variable = lambda level: -(-n // 8) + itemsize * (n - int(round(level * n)) + 1)  # noqa: E731
+    fixed = sparse_bytes(model, weight, candidate.cut(0.5)) - variable(0.5)
+    dense = weight.proto.ByteSize()
+    candidate.stored_bytes = {level: fixed + variable(level) for level in LEVELS}
+    candidate.dense_bytes = dense
+    return next((level for level in LEVELS if candidate.stored_bytes[level] < dense), None)
 
 
 def _skip_reason(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, min_size: int, store: str) -> str | None:

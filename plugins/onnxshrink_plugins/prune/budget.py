@@ -37,6 +37,9 @@ class Candidate:
     weight: onnxshrink.WeightTensor
     values: np.ndarray
     order: np.ndarray = field(init=False, repr=False)  # flat positions by increasing |w| (ties: earliest first)
+    min_level: float = 0.0  # the lowest sparsity worth having (below it, the bitmask form would not be smaller)
+    stored_bytes: dict[float, int] = field(default_factory=dict)  # sparsity -> bytes of the bitmask form
+    dense_bytes: int = 0
     removed_energy: dict[float, float] = field(default_factory=dict)  # sparsity -> share of sum(w^2) removed
     measured: dict[float, float] = field(default_factory=dict)  # probe sparsity -> 1 - worst cosine
 
@@ -93,7 +96,7 @@ def pruning_order(candidates: list[Candidate], start: list[float], frozen: set[i
             if i in frozen:
                 continue
             here = level[i]
-            for target in (s for s in LEVELS if s > here):
+            for target in (s for s in LEVELS if s > here and s >= c.min_level):
                 gain = c.values.size * (target - here)
                 cost = max(drops[i][target] - drops[i][here], 1e-15)
                 score = gain / cost
@@ -160,18 +163,26 @@ def search_budget(candidates: list[Candidate], session: SwappableSession, judge,
                 hi, hi_cos = k, value
             k = len(steps) if (hi == len(steps) + 1 and first) else (lo + hi) // 2
             first = False
-        while lo > 0 and len(judge) > len(quick):  # confirm on every judging feed; halve the prefix while it fails
+        if lo > 0 and len(judge) > len(quick):  # confirm on every judging feed; bisect on all of them if it fails
             value = measure(levels_after(levels, steps, lo), judge)
             if value >= budget:
                 lo_cos = value
-                break
-            hi, hi_cos, lo = lo, value, lo // 2
+            else:
+                lo, hi, hi_cos = 0, lo, value
+                while hi - lo > 1 and tried < QUICK_RUNS:
+                    k = (lo + hi) // 2
+                    value = measure(levels_after(levels, steps, k), judge)
+                    tried += 1
+                    if value >= budget:
+                        lo, lo_cos = k, value
+                    else:
+                        hi, hi_cos = k, value
         levels, cosine = levels_after(levels, steps, lo), (lo_cos if lo > 0 else cosine)
         if hi > len(steps):
             stopped = f"every tensor reached the largest sparsity tried ({LEVELS[-1]})" + (" or broke the budget" if frozen else "") + " within the budget"
             break
         if hi != lo + 1:
-            stopped = f"bisection runs used up: {lo} of {len(steps)} further steps kept; {hi} steps gave worst per-feed cosine {hi_cos:.4f} < {budget}"
+            stopped = f"bisection runs ({QUICK_RUNS}) used up: {lo} of {len(steps)} further steps kept; {hi} steps gave worst per-feed cosine {hi_cos:.4f} < {budget}"
             break
         i, target = steps[lo]
         frozen[i] = {"tensor": candidates[i].name, "kept_sparsity": levels[i], "failed_sparsity": target, "worst_cosine": round(hi_cos, 6)}
