@@ -233,3 +233,13 @@ def test_plugins_listing_shows_budget_and_store(cli):
     options = {o["name"]: o for o in prune_method["options"]}
     assert options["budget"]["default"] == 0.99 and options["store"]["choices"] == ["auto", "dense", "sparse"]
     assert options["sparsity"]["default"] is None
+
+
+def test_weights_left_on_disk_ask_for_a_fixed_sparsity(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXSHRINK_LAZY_BYTES", "1")  # edit with the weights left in external data
+    model = rg.mlp()
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True, location="m.data", size_threshold=0)
+    result = cli(tmp_path / "m.onnx", "--plugin", "weight_prune", "-o", tmp_path / "out.onnx", "--no-validate")
+    assert result.exit_code == 2 and "external data" in result.stderr and "sparsity=" in result.stderr
+    assert not (tmp_path / "out.onnx").exists()
+    assert cli(tmp_path / "m.onnx", "--plugin", "weight_prune:sparsity=0.5", "-o", tmp_path / "out.onnx", "--no-validate").exit_code == 0

@@ -40,6 +40,11 @@ def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: on
         except ValueError as exc:
             head["opset_upgrade_failed"] = str(exc)
 
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise onnxshrink.UsageError(
+            f"plugin {context.plugin or 'weight_prune'!r}: pruning to a budget runs the model with swapped weights in memory, "
+            "and this model keeps its weights in external data; give sparsity= or threshold="
+        )
     candidates, skipped = [], []
     for weight in onnxshrink.weight_tensors(model, op_inputs):
         reason = _skip_reason(model, weight, options["min_size"], store)
