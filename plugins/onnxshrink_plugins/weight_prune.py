@@ -23,17 +23,18 @@ CHANNEL_SPARSITY = 0.5  # structured=channel without sparsity or threshold
 class WeightPrune(Method):
     """Prune the smallest-magnitude weights: to a fidelity budget, unstructured, N:M patterns, or whole channels.
 
-    Default (no ``sparsity`` or ``threshold``): prune as far as the fidelity ``budget`` allows (worst
-    per-feed cosine of the outputs, default 0.99), judged on calibration feeds held back from ranking.
-    Each tensor's sensitivity is measured (the model's output cosine with that tensor alone pruned to
-    50% and 90%, on the first feeds of the calibration data's first half); tensors are then cut in
-    the order that removes the most weights per unit of predicted loss, and the longest prefix of that
-    order whose worst per-feed cosine on the second half stays >= ``budget`` is kept (bisection, a
-    bounded number of runs). Each pruned tensor is stored in the smallest form onnxruntime folds at
-    load (``store=auto``: dense, or a bitmask plus the non-zeros), so the file shrinks; models under
-    opset 11 are converted to opset 11 for that. Only tensors that can be stored smaller are pruned
-    (``store=dense`` prunes every weight and keeps the zeros dense). Without ``--data`` the budget is
-    judged on random inputs, with a warning.
+    Default (no ``sparsity`` or ``threshold``): prune as far as the fidelity ``budget`` allows (the
+    worst per-feed cosine of the outputs, and of the logits before a final Softmax/Sigmoid; default
+    0.99), judged on calibration feeds held back from ranking. Each tensor's sensitivity is measured
+    (the model with that tensor alone pruned to 50% and 90%, on the first 2 calibration feeds);
+    tensors are cut in the order that removes the most weights per unit of predicted loss, and the
+    longest prefix of that order whose worst per-feed cosine on the next (up to 24) feeds stays >=
+    ``budget`` is kept (bisection; the tensor whose step broke the budget is frozen and the others go
+    on; a bounded number of runs). Each pruned tensor is stored in the smallest form onnxruntime
+    folds at load (``store=auto``: dense, or a bitmask plus the non-zeros), so the file shrinks;
+    models under opset 11 are converted to opset 11 for that. Only tensors that a bitmask makes
+    smaller are pruned (``store=dense`` prunes every weight and keeps the zeros dense). Without
+    ``--data`` the budget is judged on random inputs, with a warning.
 
     Unstructured with ``sparsity`` or ``threshold``: zero the smallest weights of Conv, ConvTranspose, Gemm and MatMul (and
     Gather embedding tables with ``embeddings=true``) wherever they are stored: initializers, Constant
