@@ -243,3 +243,12 @@ def test_weights_left_on_disk_ask_for_a_fixed_sparsity(cli, tmp_path, monkeypatc
     assert result.exit_code == 2 and "external data" in result.stderr and "sparsity=" in result.stderr
     assert not (tmp_path / "out.onnx").exists()
     assert cli(tmp_path / "m.onnx", "--plugin", "weight_prune:sparsity=0.5", "-o", tmp_path / "out.onnx", "--no-validate").exit_code == 0
+
+
+def test_opset_10_is_left_alone_when_nothing_gets_pruned(registry):
+    model = rg.mlp()
+    model.opset_import[0].version = 10
+    before = model.SerializeToString(deterministic=True)
+    stats = prune(registry, model, min_size=0, budget=1.0).stats
+    assert stats["pruned_tensors"] == 0 and "undone" in stats["opset_upgraded"]
+    assert model.SerializeToString(deterministic=True) == before

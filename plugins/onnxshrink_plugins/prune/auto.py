@@ -32,26 +32,25 @@ def split_feeds(feeds: list[dict[str, np.ndarray]]) -> tuple[list, list]:
 def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context, op_inputs) -> dict[str, Any]:
     budget, store = options["budget"], options["store"] or "auto"
     head: dict[str, Any] = {"mode": "budget", "budget": budget, "criterion": "worst per-feed cosine over the outputs (and the logits before a final Softmax/Sigmoid)"}
-    opset = onnxshrink.model_opset(model)
-    if store != "dense" and opset < SPARSE_OPSET:
-        try:
-            model.CopyFrom(onnxshrink.upgrade_opset(model, SPARSE_OPSET))
-            head["opset_upgraded"] = f"{opset} -> {SPARSE_OPSET}"
-        except ValueError as exc:
-            head["opset_upgrade_failed"] = str(exc)
-
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise onnxshrink.UsageError(
             f"plugin {context.plugin or 'weight_prune'!r}: pruning to a budget runs the model with swapped weights in memory, "
             "and this model keeps its weights in external data; give sparsity= or threshold="
         )
-    candidates, skipped = [], []
-    for weight in onnxshrink.weight_tensors(model, op_inputs):
-        reason = _skip_reason(model, weight, options["min_size"], store)
-        if reason:
-            skipped.append({"name": weight.name, "reason": reason})
-        else:
-            candidates.append(Candidate(weight, np.array(weight.array())))
+    opset = onnxshrink.model_opset(model)
+    upgrade = store != "dense" and opset < SPARSE_OPSET
+    weights, skipped = _scan(model, op_inputs, options["min_size"], store, ignore_opset=upgrade)
+    original = None
+    if upgrade and weights:  # the bitmask decoder needs opset 11: convert, but only when something would be pruned
+        original = onnx.ModelProto()
+        original.CopyFrom(model)
+        try:
+            model.CopyFrom(onnxshrink.upgrade_opset(model, SPARSE_OPSET))
+            head["opset_upgraded"] = f"{opset} -> {SPARSE_OPSET}"
+        except ValueError as exc:
+            head["opset_upgrade_failed"] = str(exc)
+        weights, skipped = _scan(model, op_inputs, options["min_size"], store)
+    candidates = [Candidate(weight, np.array(weight.array())) for weight in weights]
     if store == "auto":
         for candidate in list(candidates):
             level = _smallest_storable_level(model, candidate)
@@ -61,6 +60,7 @@ def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: on
             candidate.min_level = level or 0.0
     head["skipped"] = skipped
     if not candidates:
+        _undo_upgrade(model, original, head)
         context.warn("no weight tensor can be pruned to a smaller file (see 'skipped'); the model is unchanged")
         return {**head, "stopped": "no prunable tensor", "pruned_tensors": 0, "sparsity": 0.0, "bytes_saved": 0, "tensors": []}
 
@@ -113,6 +113,8 @@ def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: on
                 "drop_at": {str(p): round(candidate.measured[p], 6) for p in PROBES},
             }
         )
+    if not any(level > 0 for level in levels):
+        _undo_upgrade(model, original, head)
     storage = store_pruned(model, [c.name for c, lv in zip(candidates, levels) if lv > 0], store)
     storage["dense_tensors"] += undone
     cosine = found.cosine if any(lv > 0 for lv in levels) else 1.0
@@ -150,7 +152,26 @@ def _smallest_storable_level(model: onnx.ModelProto, candidate: Candidate) -> fl
     return next((level for level in LEVELS if candidate.stored_bytes[level] < dense), None)
 
 
-def _skip_reason(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, min_size: int, store: str) -> str | None:
+def _undo_upgrade(model: onnx.ModelProto, original: onnx.ModelProto | None, head: dict) -> None:
+    """Nothing was pruned: give back the model as it came, opset included."""
+    if original is not None and "opset_upgraded" in head:
+        model.CopyFrom(original)
+        head["opset_upgraded"] += " (undone: nothing pruned)"
+
+
+def _scan(model: onnx.ModelProto, op_inputs, min_size: int, store: str, ignore_opset: bool = False) -> tuple[list, list[dict]]:
+    """(weights to prune, skipped with reasons)."""
+    weights, skipped = [], []
+    for weight in onnxshrink.weight_tensors(model, op_inputs):
+        reason = _skip_reason(model, weight, min_size, store, ignore_opset)
+        if reason:
+            skipped.append({"name": weight.name, "reason": reason})
+        else:
+            weights.append(weight)
+    return weights, skipped
+
+
+def _skip_reason(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, min_size: int, store: str, ignore_opset: bool = False) -> str | None:
     if len(weight.shape) < 2:
         return "1-D tensor (bias-like)"
     if weight.size < min_size:
@@ -160,7 +181,7 @@ def _skip_reason(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, min_si
     if weight.dtype not in _PROBE_DTYPES:
         return f"dtype {onnx.TensorProto.DataType.Name(weight.dtype)} is not pruned to a budget"
     if store != "dense":
-        blocker = sparse_blocker(model, weight)
+        blocker = sparse_blocker(model, weight, ignore_opset)
         if blocker:
             return f"cannot be stored sparse ({blocker}); zeros would not shrink the file (store=dense prunes it anyway)"
     if not np.all(np.isfinite(weight.array())):

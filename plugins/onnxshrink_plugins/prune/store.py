@@ -12,13 +12,13 @@ SPARSE_DTYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onn
 SPARSE_OPSET = 11  # BitShift and CumSum decode the mask
 
 
-def sparse_blocker(model: onnx.ModelProto, weight: onnxshrink.WeightTensor) -> str | None:
+def sparse_blocker(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, ignore_opset: bool = False) -> str | None:
     """Why ``weight`` cannot be stored as a bitmask plus non-zeros, or None when it can."""
     if weight.source == "overridable":
         return "also a graph input: a caller may feed another value, so it stays a plain initializer"
     if weight.dtype not in SPARSE_DTYPES:
         return f"dtype {onnx.TensorProto.DataType.Name(weight.dtype)} has no sparse form here"
-    if onnxshrink.model_opset(model) < SPARSE_OPSET:
+    if not ignore_opset and onnxshrink.model_opset(model) < SPARSE_OPSET:
         return f"opset {onnxshrink.model_opset(model)} < {SPARSE_OPSET} (the decoder needs BitShift and CumSum)"
     return None
 
