@@ -146,7 +146,7 @@ def search_budget(candidates: list[Candidate], session: SwappableSession, judge,
     for _ in range(MAX_ROUNDS):
         steps = pruning_order(candidates, levels, set(frozen))
         if not steps:
-            stopped = f"every tensor reached the largest sparsity tried ({LEVELS[-1]})" + (" or broke the budget" if frozen else "") + " within the budget"
+            stopped = (f"every tensor either reached the largest sparsity tried ({LEVELS[-1]}) or was stopped by the budget" if frozen else f"every tensor reached the largest sparsity tried ({LEVELS[-1]}) within the budget")
             break
         base = sum(c.predicted_drop(s) for c, s in zip(candidates, levels) if s > 0)
         predicted = [base]
@@ -179,7 +179,7 @@ def search_budget(candidates: list[Candidate], session: SwappableSession, judge,
                         hi, hi_cos = k, value
         levels, cosine = levels_after(levels, steps, lo), (lo_cos if lo > 0 else cosine)
         if hi > len(steps):
-            stopped = f"every tensor reached the largest sparsity tried ({LEVELS[-1]})" + (" or broke the budget" if frozen else "") + " within the budget"
+            stopped = (f"every tensor either reached the largest sparsity tried ({LEVELS[-1]}) or was stopped by the budget" if frozen else f"every tensor reached the largest sparsity tried ({LEVELS[-1]}) within the budget")
             break
         if hi != lo + 1:
             stopped = f"bisection runs ({QUICK_RUNS}) used up: {lo} of {len(steps)} further steps kept; {hi} steps gave worst per-feed cosine {hi_cos:.4f} < {budget}"
