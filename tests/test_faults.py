@@ -178,8 +178,8 @@ FAULTS = {
     "stats not JSON": (["fault_bad_stats"], 3, ["plugin 'fault_bad_stats'", "JSON"]),
     "stats not a dict": (["fault_not_a_dict"], 3, ["plugin 'fault_not_a_dict'", "dict"]),
     # the second step breaks what the first step produced: the failure is the second step's
-    "second step breaks the model": (["weight_prune", "fault_unknown_op"], 3, ["plugin 'fault_unknown_op'", "onnxruntime cannot load"]),
-    "second step raises": (["weight_prune", "fault_raises"], 3, ["plugin 'fault_raises'"]),
+    "second step breaks the model": (["weight_prune:sparsity=0.5", "fault_unknown_op"], 3, ["plugin 'fault_unknown_op'", "onnxruntime cannot load"]),
+    "second step raises": (["weight_prune:sparsity=0.5", "fault_raises"], 3, ["plugin 'fault_raises'"]),
 }
 
 

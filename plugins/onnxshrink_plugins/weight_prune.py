@@ -13,15 +13,35 @@ import onnx
 import onnxshrink
 from onnxshrink import DEFAULT_WEIGHT_INPUTS, EMBEDDING_INPUTS, Method, Option
 
+from .prune.auto import prune_to_budget
+from .prune.store import STORE_CHOICES, store_pruned
+
+
+CHANNEL_SPARSITY = 0.5  # structured=channel without sparsity or threshold
+
 
 class WeightPrune(Method):
-    """Prune the smallest-magnitude weights: unstructured, N:M patterns, or whole channels.
+    """Prune the smallest-magnitude weights: to a fidelity budget, unstructured, N:M patterns, or whole channels.
 
-    Unstructured (default): zero the smallest weights of Conv, ConvTranspose, Gemm and MatMul (and
+    Default (no ``sparsity`` or ``threshold``): prune as far as the fidelity ``budget`` allows (the
+    worst per-feed cosine of the outputs, and of the logits before a final Softmax/Sigmoid; default
+    0.99), judged on calibration feeds held back from ranking. Each tensor's sensitivity is measured
+    (the model with that tensor alone pruned to 50% and 90%, on the first 2 calibration feeds);
+    tensors are cut in the order that removes the most weights per unit of predicted loss, and the
+    longest prefix of that order whose worst per-feed cosine on the next (up to 24) feeds stays >=
+    ``budget`` is kept (bisection; the tensor whose step broke the budget is frozen and the others go
+    on; a bounded number of runs). Each pruned tensor is stored in the smallest form onnxruntime
+    folds at load (``store=auto``: dense, or a bitmask plus the non-zeros), so the file shrinks;
+    models under opset 11 are converted to opset 11 for that. Only tensors that a bitmask makes
+    smaller are pruned (``store=dense`` prunes every weight and keeps the zeros dense). Without
+    ``--data`` the budget is judged on random inputs, with a warning.
+
+    Unstructured with ``sparsity`` or ``threshold``: zero the smallest weights of Conv, ConvTranspose, Gemm and MatMul (and
     Gather embedding tables with ``embeddings=true``) wherever they are stored: initializers, Constant
     nodes, shared tensors and subgraphs. Biases, normalization parameters, 1-D tensors and tensors under
     ``min_size`` elements are left alone. Zeros do not make onnxruntime faster or the .onnx file
-    smaller; they shrink the compressed size (the stats report it) and pair with sparse storage.
+    smaller; they shrink the compressed size (the stats report it) and pair with sparse storage
+    (``store=auto`` or ``sparse``, or the ``sparse_store`` method).
 
     ``pattern=N:M`` (e.g. 2:4, what TensorRT's sparse kernels use): in every M consecutive weights
     along the input dimension (Conv input channels, the K of Gemm/MatMul) exactly the N largest are
@@ -43,7 +63,9 @@ class WeightPrune(Method):
     name = "weight_prune"
     kind = "prune"
     options = (
-        Option("sparsity", float, 0.5, "Fraction of weights to set to zero (per tensor or global, see scope).", min=0.0, max=1.0),
+        Option("sparsity", float, None, "Fraction of weights to set to zero (per tensor or global, see scope); not set: prune to the budget (structured=channel: 0.5).", min=0.0, max=1.0),
+        Option("budget", float, 0.99, "Without sparsity or threshold: the lowest worst per-feed cosine of the outputs, on held-back calibration feeds, pruning may reach.", min=0.0, max=1.0),
+        Option("store", str, None, "auto: each pruned tensor dense or as a bitmask + non-zeros, whichever is smaller; sparse: bitmask wherever possible; dense: zeros stay in place. Not set: auto with the budget, dense with sparsity, threshold or pattern.", choices=STORE_CHOICES),
         Option("threshold", float, None, "Zero every weight with |w| < threshold instead of using sparsity.", min=0.0),
         Option("scope", str, "layer", "layer: each tensor reaches the sparsity; global: one magnitude ranking over all tensors.", choices=("layer", "global")),
         Option("embeddings", bool, False, "Also prune Gather embedding tables (input 0 of Gather)."),
@@ -68,6 +90,13 @@ class WeightPrune(Method):
         if "threshold" in given and "sparsity" in given:
             raise cls.option_error("give either sparsity or threshold, not both")
         channel = values["structured"] == "channel"
+        fixed = sorted(given & {"sparsity", "threshold", "pattern"}) + (["structured=channel"] if channel else [])
+        if "budget" in given and fixed:
+            raise cls.option_error(f"budget decides how far to prune; it cannot be combined with {', '.join(fixed)}")
+        if "store" in given and channel:
+            raise cls.option_error("store applies to zeroed weights, not structured=channel (channels are removed)")
+        if "scope" in given and not channel and not given & {"sparsity"}:
+            raise cls.option_error("scope needs sparsity= (without it, the budget sets each tensor's sparsity)")
         if values["pattern"] is not None:
             if _parse_pattern(values["pattern"]) is None:
                 raise cls.option_error(f"option 'pattern' must be N:M with 1 <= N < M, e.g. 2:4 (got {values['pattern']!r})")
@@ -83,58 +112,69 @@ class WeightPrune(Method):
     def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
         if options["structured"] == "channel":
             return _prune_channels(model, options, context)
-        if options["pattern"] is not None:
-            return _prune_pattern(model, options, context)
         op_inputs = dict(DEFAULT_WEIGHT_INPUTS)
         if options["embeddings"]:
             op_inputs.update(EMBEDDING_INPUTS)
-        chosen, skipped = [], []
-        for weight in onnxshrink.weight_tensors(model, op_inputs):
-            reason = _skip_reason(weight, options["min_size"])
-            if reason:
-                skipped.append({"name": weight.name, "reason": reason})
-            else:
-                chosen.append(weight)
-
-        # Tensor by tensor: a large model's weights are read, pruned and handed back one at a time.
-        work = _Workspace(max((w.size for w in chosen), default=0))
-        if options["threshold"] is not None:
-            threshold = options["threshold"]
-            mask_of = lambda mag: np.less(mag, threshold, out=work.mask[: mag.size])  # noqa: E731
-        elif options["scope"] == "global":
-            mask_of = _GlobalCut(chosen, options["sparsity"], work).mask
+        if options["pattern"] is not None:
+            stats = _prune_pattern(model, options, context)
+        elif options["sparsity"] is None and options["threshold"] is None:
+            return prune_to_budget(model, options, context, op_inputs)
         else:
-            mask_of = lambda mag: _smallest(mag, options["sparsity"], work)  # noqa: E731
+            stats = _prune_unstructured(model, options, context, op_inputs)
+        if options["store"] not in (None, "dense") and stats["tensors"]:
+            stats["storage"] = store_pruned(model, [t["name"] for t in stats["tensors"]], options["store"])
+        return stats
 
-        tensors, total, zeros = [], 0, 0
-        with context.progress(f"pruning {len(chosen)} tensors", total=sum(w.nbytes for w in chosen), unit="B") as task:
-            for weight in chosen:
-                array = weight.array()
-                if not array.flags.writeable or not array.flags.c_contiguous:
-                    array = np.array(array, order="C")  # a read-only view of the proto's bytes: edit a copy
-                nz_before, nz = work.prune(array, mask_of)
-                before = 1 - nz_before / array.size if array.size else 0.0
-                weight.set_array(array)
-                total += array.size
-                zeros += array.size - nz
-                tensors.append(
-                    {
-                        "name": weight.name,
-                        "op_types": weight.op_types,
-                        "shape": list(weight.shape),
-                        "source": weight.source,
-                        "in_subgraph": weight.in_subgraph,
-                        "shared_by": len(weight.uses),
-                        "sparsity_before": round(before, 6),
-                        "sparsity_after": round(1 - nz / array.size, 6) if array.size else 0.0,
-                    }
-                )
-                del array
-                task.advance(weight.nbytes)
-        if not chosen:
-            context.warn("no weight tensor matched; the model is unchanged")
-        mode = "threshold" if options["threshold"] is not None else options["scope"]
-        return _summary(tensors, skipped, total, zeros, mode=mode)
+
+def _prune_unstructured(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context, op_inputs) -> dict[str, Any]:
+    """Zero a fixed fraction (per tensor or global) or every weight under a threshold."""
+    chosen, skipped = [], []
+    for weight in onnxshrink.weight_tensors(model, op_inputs):
+        reason = _skip_reason(weight, options["min_size"])
+        if reason:
+            skipped.append({"name": weight.name, "reason": reason})
+        else:
+            chosen.append(weight)
+
+    # Tensor by tensor: a large model's weights are read, pruned and handed back one at a time.
+    work = _Workspace(max((w.size for w in chosen), default=0))
+    if options["threshold"] is not None:
+        threshold = options["threshold"]
+        mask_of = lambda mag: np.less(mag, threshold, out=work.mask[: mag.size])  # noqa: E731
+    elif options["scope"] == "global":
+        mask_of = _GlobalCut(chosen, options["sparsity"], work).mask
+    else:
+        mask_of = lambda mag: _smallest(mag, options["sparsity"], work)  # noqa: E731
+
+    tensors, total, zeros = [], 0, 0
+    with context.progress(f"pruning {len(chosen)} tensors", total=sum(w.nbytes for w in chosen), unit="B") as task:
+        for weight in chosen:
+            array = weight.array()
+            if not array.flags.writeable or not array.flags.c_contiguous:
+                array = np.array(array, order="C")  # a read-only view of the proto's bytes: edit a copy
+            nz_before, nz = work.prune(array, mask_of)
+            before = 1 - nz_before / array.size if array.size else 0.0
+            weight.set_array(array)
+            total += array.size
+            zeros += array.size - nz
+            tensors.append(
+                {
+                    "name": weight.name,
+                    "op_types": weight.op_types,
+                    "shape": list(weight.shape),
+                    "source": weight.source,
+                    "in_subgraph": weight.in_subgraph,
+                    "shared_by": len(weight.uses),
+                    "sparsity_before": round(before, 6),
+                    "sparsity_after": round(1 - nz / array.size, 6) if array.size else 0.0,
+                }
+            )
+            del array
+            task.advance(weight.nbytes)
+    if not chosen:
+        context.warn("no weight tensor matched; the model is unchanged")
+    mode = "threshold" if options["threshold"] is not None else options["scope"]
+    return _summary(tensors, skipped, total, zeros, mode=mode)
 
 
 def _summary(tensors: list[dict], skipped: list[dict], total: int, zeros: int, **head: Any) -> dict[str, Any]:
@@ -329,6 +369,8 @@ def _prune_pattern(model: onnx.ModelProto, options: dict[str, Any], context: onn
 
 
 def _prune_channels(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
+    if options["sparsity"] is None:
+        options = {**options, "sparsity": CHANNEL_SPARSITY}
     analysis = onnxshrink.analyze_channels(model)
     feeds = _reconstruction_feeds(context) if options["reconstruct"] else []
     original = onnx.ModelProto()
