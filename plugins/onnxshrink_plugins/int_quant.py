@@ -15,7 +15,7 @@ from .quant.forms import Scheme
 from .quant.measure import outputs, synthetic_feeds
 from .quant.sensitivity import mixed_precision, quantizable_layers
 from .quant.static import CALIBRATION_METHODS, Calibrated, StaticSettings, calibrate
-from .quant.targets import WEIGHTED_OPS
+from .quant.targets import QUANTIZABLE_OPS, WEIGHTED_OPS
 
 DEFAULT_SUBBYTE_BLOCK = 32
 MEASURABLE_BYTES = 2**31 - 2**26  # a serialized ModelProto must stay under 2 GB
@@ -73,9 +73,9 @@ class IntQuant(Method):
         Option("activation_type", str, "uint8", "Static activations: uint8 (asymmetric) or int8 (symmetric).", choices=("uint8", "int8")),
         Option("qdq_ops", str, "all", "Static: all (every op onnxruntime runs quantized, as quantize_static) or weighted (Conv/MatMul/Gemm layers only).", choices=("all", "weighted")),
         Option("reduce_range", bool, False, "Static: 7-bit weights, against int16 saturation on x86 CPUs without VNNI."),
-        Option("op_types", list, list(WEIGHTED_OPS), "Op types whose weights are quantized.", choices=WEIGHTED_OPS),
+        Option("op_types", list, list(QUANTIZABLE_OPS), "Op types whose weights are quantized (LSTM/GRU/RNN: W and R, storage form).", choices=QUANTIZABLE_OPS),
         Option("exclude", list, None, "Node names, op types or weight names to leave float, e.g. [fc,Conv]."),
-        Option("embeddings", bool, False, "Also quantize Gather embedding tables (storage form)."),
+        Option("embeddings", bool, True, "Quantize Gather tables (embeddings) too, in the storage form (false: leave them float)."),
         Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
         Option("sensitivity", bool, False, "Measure per-layer sensitivity and keep the most sensitive layers float until target_cosine is met."),
         Option("target_cosine", float, 0.995, "Fidelity target (lowest output cosine vs the float model) for sensitivity and mode=auto.", min=0.0, max=1.0),
@@ -115,7 +115,7 @@ class IntQuant(Method):
         if "target_cosine" in given and mode != "auto" and not values["sensitivity"]:
             raise cls.option_error("target_cosine needs sensitivity=true or mode=auto")
         if not values["op_types"]:
-            raise cls.option_error("op_types is empty; name at least one of " + ", ".join(WEIGHTED_OPS))
+            raise cls.option_error("op_types is empty; name at least one of " + ", ".join(QUANTIZABLE_OPS))
 
     def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
         markers = onnxshrink.quantization_markers(model)
@@ -131,14 +131,16 @@ class IntQuant(Method):
         if needs_data and model.ByteSize() > MEASURABLE_BYTES:
             raise self.option_error(f"mode={mode}{', sensitivity' if options['sensitivity'] else ''} runs the model in memory and supports models under 2 GB; use mode=storage or weights")
         feeds = _feeds(model, options, context) if needs_data else []
+        extra: dict[str, Any] = {}
+        # auto and sensitivity decide on feeds held back from calibrating and ranking
+        fit, check = _held_back(feeds, extra) if mode == "auto" or options["sensitivity"] else (feeds, feeds)
         calibrated, static_skip = None, None
         if mode in ("static", "auto"):
-            calibrated, static_skip = _calibrate(model, settings, feeds, options, context)
-        extra: dict[str, Any] = {}
+            calibrated, static_skip = _calibrate(model, settings, fit, options, context)
         if mode == "auto":
-            built, chosen = _auto(model, settings, feeds, calibrated, static_skip, options, context, extra)
+            built, chosen = _auto(model, settings, fit, check, calibrated, static_skip, options, context, extra)
         elif options["sensitivity"]:
-            built, chosen = _mixed(model, settings, feeds, calibrated, options, context, extra), mode
+            built, chosen = _mixed(model, settings, fit, check, calibrated, options, context, extra), mode
         else:
             progress = lambda total: context.progress("quantizing weights", total, unit="B")  # noqa: E731
             built, chosen = build(model, settings, calibrated=calibrated, in_place=True, progress=progress), mode
@@ -175,7 +177,7 @@ def _settings(options: dict[str, Any]) -> Settings:
         activation_type=options["activation_type"],
         reduce_range=options["reduce_range"],
         qdq_ops=options["qdq_ops"],
-        op_types=tuple(options["op_types"]),
+        op_types=tuple(op for op in options["op_types"] if op in WEIGHTED_OPS),
         opset_upgrade=options["opset_upgrade"],
     )
     return Settings(
@@ -206,6 +208,21 @@ def _feeds(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.
     return feeds
 
 
+def _held_back(feeds: list[dict], extra: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    """(feeds to calibrate and rank layers on, feeds to choose on): alternate feeds, so both see every
+    source of an interleaved data set. A single feed serves both, and the stats say so."""
+    if len(feeds) < 2:
+        extra["choice_feeds"] = {"calibrate": len(feeds), "choose": len(feeds), "note": "one feed: chosen on the feed it calibrated on"}
+        return feeds, feeds
+    fit, check = feeds[0::2], feeds[1::2]
+    extra["choice_feeds"] = {
+        "calibrate": len(fit),
+        "held_back": len(check),
+        "note": "static ranges and layer sensitivity from every other feed; static judged on the feeds held back from it, the uncalibrated forms on all of them",
+    }
+    return fit, check
+
+
 def _calibrate(model, settings: Settings, feeds, options, context) -> tuple[Calibrated | None, str | None]:
     """Calibrated ranges for mode=static (and for auto's static candidate), or why there are none."""
     if options["mode"] == "auto":
@@ -216,16 +233,26 @@ def _calibrate(model, settings: Settings, feeds, options, context) -> tuple[Cali
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnxshrink.iter_tensors(model.graph)):
         return None, "float16 model" if options["mode"] == "auto" else None
     with context.progress("calibrating activation ranges", total=None):
-        return calibrate(model, feeds, settings.static), None
+        if options["mode"] != "auto":
+            return calibrate(model, feeds, settings.static), None
+        try:
+            return calibrate(model, feeds, settings.static), None
+        except Exception as exc:  # noqa: BLE001 - auto records it and tries the other modes
+            return None, f"calibration failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
-def _auto(model, settings: Settings, feeds, calibrated, static_skip, options, context, extra) -> tuple[Built | None, str | None]:
+def _auto(model, settings: Settings, feeds, check, calibrated, static_skip, options, context, extra) -> tuple[Built | None, str | None]:
     modes = ["storage", "weights"] + (["dynamic", "static"] if options["bits"] == 8 else [])
     skipped = {"static": static_skip} if static_skip and "static" in modes else {}
     if options["bits"] < 8:
         skipped.update({m: f"int8 only (bits={options['bits']})" for m in ("dynamic", "static")})
     reference = outputs(model, feeds)
-    with context.progress("trying representations", total=len(modes)) as task:
+    check_reference = reference if check is feeds else outputs(model, check)
+    # when no mode meets the target: sensitive layers kept at int8 (under a sub-byte build), then float
+    fallback: list[Scheme | None] = [Scheme(bits=16), None]
+    if options["bits"] < 8:
+        fallback.insert(0, Scheme(bits=8, symmetric=settings.scheme.symmetric, per_channel=True))
+    with context.progress("trying representations", total=None) as task:
         choice = auto.choose(
             model,
             settings,
@@ -239,8 +266,13 @@ def _auto(model, settings: Settings, feeds, calibrated, static_skip, options, co
             sensitivity=options["sensitivity"],
             skipped=skipped,
             advance=task.advance,
+            check=(check, check_reference),
+            fallback=fallback,
         )
     extra["auto"] = choice.report
+    for row in choice.report["tried"]:
+        if row.get("verdict") == "failed":
+            context.warn(f"mode={row['mode']} failed and was skipped: {row['error']}")
     if choice.built is None:
         context.warn(choice.report["why"])
     else:
@@ -248,11 +280,14 @@ def _auto(model, settings: Settings, feeds, calibrated, static_skip, options, co
     return choice.built, choice.mode
 
 
-def _mixed(model, settings: Settings, feeds, calibrated, options, context, extra) -> Built:
+def _mixed(model, settings: Settings, feeds, check, calibrated, options, context, extra) -> Built:
     reference = outputs(model, feeds)
+    check_reference = reference if check is feeds else outputs(model, check)
     layers = quantizable_layers(model, settings, calibrated)
     with context.progress("measuring layer sensitivity", total=len(layers)) as task:
-        result = mixed_precision(model, settings, feeds, reference, options["target_cosine"], calibrated, task.advance)
+        result = mixed_precision(model, settings, feeds, reference, options["target_cosine"], calibrated, task.advance, check=(check, check_reference))
+    if not result.met_target:
+        context.warn(f"sensitivity: worst per-feed cosine {result.cosine:.6f} < target {options['target_cosine']} even with every layer kept float")
     extra["sensitivity"] = {
         "target_cosine": options["target_cosine"],
         "cosine": round(result.cosine, 8),
@@ -286,6 +321,7 @@ def _summary(built: Built | None, mode: str | None, options: dict[str, Any], set
         "notes": built.notes,
         "quantized": built.quantized,
         "left": built.left,
+        **({"shape_only": built.shape_only} if built.shape_only else {}),
     }
 
 
