@@ -18,6 +18,10 @@ import onnxshrink
 from onnxshrink import QuantizedTensor, Use, WeightTensor, node_label, weight_axes
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Weights no linear view reads (embedding tables, recurrent W and R): rounded to nearest in groups along
+# their reduction axis and stored packed, folded at load.
+TABLE_INPUTS = {"Gather": (0,), "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2)}
+WEIGHT_INPUTS = {**onnxshrink.DEFAULT_WEIGHT_INPUTS, **TABLE_INPUTS}
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -59,7 +63,7 @@ def find_layers(
 
     ``exclude`` entries match node names (or ``Op(output)`` labels), op types or weight names.
     """
-    op_inputs = {op: onnxshrink.DEFAULT_WEIGHT_INPUTS[op] for op in op_types}
+    op_inputs = {op: WEIGHT_INPUTS[op] for op in op_types}
     excluded = set(exclude)
     layers, left = [], []
     for weight in onnxshrink.weight_tensors(model, op_inputs):
