@@ -15,6 +15,7 @@ import onnx
 import onnxshrink
 from onnxshrink import QuantizedTensor
 
+from ..lowbit_layers import RESHAPED_OPS, matrix_view
 from .targets import Target, node_label
 
 # Bits onnxruntime's MatMulNBits CPU kernel (which DequantizeLinear → MatMul fuses into) accepts.
@@ -118,7 +119,11 @@ def write_storage(model: onnx.ModelProto, target: Target, scheme: Scheme, taken:
     original = weight.array()
     array = np.asarray(original, dtype=np.float32)
     shape = None
-    if scheme.block_size and weight.weight_uses[0].node.op_type == "Conv" and array.ndim > 2:
+    if weight.weight_uses[0].node.op_type in RESHAPED_OPS:
+        array = array.reshape(matrix_view(weight.shape, scheme.block_size or 32))
+        qt = scheme.quantize(array, 0, 1)
+        shape = original.shape
+    elif scheme.block_size and weight.weight_uses[0].node.op_type == "Conv" and array.ndim > 2:
         array = array.reshape(array.shape[0], -1)
         qt = scheme.quantize(array, 0, 1)
         shape = original.shape

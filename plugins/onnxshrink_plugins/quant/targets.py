@@ -15,10 +15,11 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Recurrent ops: input weights W (1) and recurrence weights R (2); their biases stay float. No integer
 # kernel runs them, so they always take the storage form (folded at load).
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
-# Einsum: any constant operand (scales along its first axis, blocks along its last); storage form only.
-QUANTIZABLE_OPS = (*WEIGHTED_OPS, *RECURRENT_OPS, "Einsum")
+# Einsum: any constant operand (scales along its first axis, blocks along its last); Reshape: a constant
+# reshaped before use (quantized on a matrix view). Storage form only.
+QUANTIZABLE_OPS = (*WEIGHTED_OPS, *RECURRENT_OPS, "Einsum", "Reshape")
 DEFAULT_DOMAINS = ("", "ai.onnx")
-_OP_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2), "Einsum": (0, 1, 2, 3)}
+_OP_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2), "Einsum": (0, 1, 2, 3), "Reshape": (0,)}
 
 
 
