@@ -225,3 +225,53 @@ def test_gptq_4_bits_covers_embeddings_and_recurrent_weights(registry):
     # the old behaviour stays one option away
     plain = recurrent_model("LSTM", hidden=32, inputs=32)
     assert shrink(registry, "gptq", plain, feeds, bits=4, op_types="[Conv,Gemm,MatMul]").stats["quantized_tensors"] == 0
+
+
+def reshaped_weight_model(seed: int = 0) -> onnx.ModelProto:
+    """A weight stored (1, 1, 64, 4, 8) and reshaped to (64, 32) before its MatMul (a tf2onnx pattern),
+    with a Shape-only leftover next to it."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Reshape", ["stored", "matrix_shape"], ["weight"], name="unfold"),
+        helper.make_node("MatMul", ["x", "weight"], ["y0"], name="fc"),
+        helper.make_node("Shape", ["carrier"], ["carrier_dims"], name="dims"),
+        helper.make_node("Reshape", ["y0", "carrier_dims"], ["y"], name="fold"),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 1, 64, 4, 8)).astype(np.float32), "stored"),
+        numpy_helper.from_array(np.array([64, 32], np.int64), "matrix_shape"),
+        numpy_helper.from_array(rng.standard_normal((2, 4, 32)).astype(np.float32), "carrier"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 32])], inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("plugin, options", [("int_quant", {"mode": "storage"}), ("int_quant", {"mode": "storage", "bits": 4}), ("gptq", {"bits": 4})])
+def test_a_weight_reshaped_before_use_is_quantized_on_a_matrix_view(registry, plugin, options):
+    model = reshaped_weight_model()
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((8, 64)).astype(np.float32)} for _ in range(4)]
+    reference = run(model, feeds)
+    stats = shrink(registry, plugin, model, feeds, **options).stats
+    rows = stats["quantized"] if plugin == "int_quant" else stats["layers"]
+    [row] = [r for r in rows if r["tensor"] == "stored"]
+    if plugin == "int_quant":  # rows of 32 (the smallest trailing block of >= 32): (64, 32) view
+        expected = "int8 symmetric per-channel(axis=0)" if options.get("bits", 8) == 8 else "int4 symmetric blockwise(axis=1, block=32)"
+        assert row["scheme"] == expected
+    [carrier] = stats["shape_only"]
+    assert carrier["tensor"] == "carrier"
+    assert worst_cosine(reference, run(model, feeds)) > (0.999 if options.get("bits", 8) == 8 else 0.98)
+    optimized = session_graph(model)  # the chain is folded: the session multiplies by a plain initializer
+    assert [n.op_type for n in optimized.graph.node if n.op_type not in ("Reshape",)] == ["MatMul"]
+
+
+def test_matrix_view_rows():
+    from onnxshrink_plugins.lowbit_layers import matrix_view
+
+    assert matrix_view((1, 1, 128, 8, 16)) == (128, 128)
+    assert matrix_view((4, 40)) == (4, 40)
+    assert matrix_view((2, 3)) == (1, 6)  # smaller than one row: the whole tensor
