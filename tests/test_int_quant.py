@@ -578,7 +578,7 @@ def test_auto_reports_what_it_tried_and_keeps_a_qualifying_winner(registry):
     stats = quantize_model(registry, model, feeds, min_size=0).stats
     report = stats["auto"]
     modes = ["storage", "weights", "dynamic", "static"]
-    assert [row["mode"] for row in report["tried"]] == modes
+    assert [row["mode"] for row in report["tried"]][:4] == modes  # (mixed-precision rows follow only when none is good)
     winner = next(row for row in report["tried"] if row["mode"] == report["winner"])
     assert winner["verdict"] == "meets the target" and winner["cosine"] >= 0.995
     assert winner["latency_ratio"] <= 1.05
@@ -624,7 +624,8 @@ def test_auto_low_bits_keeps_sensitive_layers_wider_rather_than_float(registry):
     float_bytes = model.ByteSize()
     feeds = feeds_for(model)
     reference = run(model, feeds)
-    stats = quantize_model(registry, model, feeds, bits=2, block_size=0, target_cosine=0.99, min_size=0).stats
+    # latency_tolerance=1: the choice here is about fidelity, not about a timing on a busy machine
+    stats = quantize_model(registry, model, feeds, bits=2, block_size=0, target_cosine=0.99, latency_tolerance=1.0, min_size=0).stats
     report = stats["auto"]
     winner = next(row for row in report["tried"] if row["mode"] == report["winner"])
     assert report["winner"] == "storage+sensitivity(int8)" and stats["mode"] == "storage"

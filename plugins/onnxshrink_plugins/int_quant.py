@@ -19,11 +19,11 @@ from .quant.targets import QUANTIZABLE_OPS, WEIGHTED_OPS
 
 DEFAULT_SUBBYTE_BLOCK = 32
 MEASURABLE_BYTES = 2**31 - 2**26  # a serialized ModelProto must stay under 2 GB
-STATIC_ONLY = ("calibration", "percentile", "activation_type", "reduce_range", "qdq_ops")
+STATIC_ONLY = ("calibration", "percentile", "activation_type", "qdq_ops")
 
 
 class IntQuant(Method):
-    """Quantize Conv, ConvTranspose, Gemm and MatMul weights to int8, int4 or int2.
+    """Quantize every float weight onnxruntime folds (Conv, Gemm, MatMul, LSTM/GRU, embeddings...) to int8, int4 or int2.
 
     Modes (``mode=``):
 
@@ -45,12 +45,20 @@ class IntQuant(Method):
       onnxruntime.quantization's calibrators and QDQ quantizer, with Constant-node weights, opset 11/12
       per-channel, subgraph weights and blown-up ranges handled); the CPU EP fuses it into QLinearConv,
       QLinearMatMul and QGemm. Needs calibration data. int8 only.
-    - ``auto`` (default): builds every mode that applies, measures output cosine and CPU latency
-      against the float model on the calibration data, and keeps the smallest one that meets
-      ``target_cosine`` and is not slower than float (within ``latency_tolerance``). The choice rests
-      on timings, so two runs can differ when two modes are equally fast; pin ``mode`` for
-      byte-identical builds.
+    - ``auto`` (default): builds every mode that applies and judges each against the float model on
+      calibration feeds held back from calibrating (static ranges and sensitivity come from every other
+      feed): the worst per-feed cosine of each output, CPU latency and size. It keeps the smallest one
+      that meets ``target_cosine`` and is not slower than float (within ``latency_tolerance``). A
+      candidate that fails is recorded with its error and skipped. When none is good, it tries
+      sensitivity-driven mixed precision in the storage form (the most sensitive layers kept at int8
+      under a sub-byte build, then at float16, then float) before leaving the model float; every
+      "kept" or "left float" message names the criterion, the value reached and the target. The
+      choice rests on timings, so two runs can differ when two modes are equally fast; pin ``mode``
+      for byte-identical builds.
 
+    Covered weights: Conv, ConvTranspose, Gemm, MatMul, LSTM/GRU/RNN W and R, Gather tables
+    (``embeddings``), Einsum operands and constants reshaped before use (the last five in the storage
+    form); float constants only Shape/Size read become ConstantOfShape.
     Weights in Constant nodes, shared by several nodes, and inside If/Loop branches are quantized;
     float16/bfloat16/double weights take the storage form; weights that are also graph inputs,
     1-D tensors, tensors under ``min_size`` and custom-domain ops are left float and listed with the
@@ -72,7 +80,7 @@ class IntQuant(Method):
         Option("calibration_samples", int, 64, "Most calibration feeds used (static ranges, sensitivity, auto).", min=1),
         Option("activation_type", str, "uint8", "Static activations: uint8 (asymmetric) or int8 (symmetric).", choices=("uint8", "int8")),
         Option("qdq_ops", str, "all", "Static: all (every op onnxruntime runs quantized, as quantize_static) or weighted (Conv/MatMul/Gemm layers only).", choices=("all", "weighted")),
-        Option("reduce_range", bool, False, "Static: 7-bit weights, against int16 saturation on x86 CPUs without VNNI."),
+        Option("reduce_range", bool, True, "Static and dynamic: 7-bit weights (within ±63), so uint8 x int8 products cannot saturate the int16 sums of x86 CPUs without VNNI; false: the full int8 range."),
         Option("op_types", list, list(QUANTIZABLE_OPS), "Op types whose weights are quantized (LSTM/GRU/RNN: W and R, storage form).", choices=QUANTIZABLE_OPS),
         Option("exclude", list, None, "Node names, op types or weight names to leave float, e.g. [fc,Conv]."),
         Option("embeddings", bool, True, "Quantize Gather tables (embeddings) too, in the storage form (false: leave them float)."),
@@ -104,6 +112,8 @@ class IntQuant(Method):
             raise cls.option_error("block_size=1 stores one scale per weight; use 0 (no blocks) or 2 and more")
         if "per_channel" in given and values["block_size"]:
             raise cls.option_error("give per_channel or block_size, not both (blocks replace per-channel scales)")
+        if "reduce_range" in given and mode not in ("static", "dynamic", "auto"):
+            raise cls.option_error(f"option 'reduce_range' only applies to mode=static, dynamic or auto (mode={mode})")
         for name in ("dq_conv", "weights_format"):
             if name in given and mode not in ("weights", "auto"):
                 raise cls.option_error(f"{name} only applies to mode=weights (mode={mode})")

@@ -178,7 +178,7 @@ def _build_weight_forms(work: onnx.ModelProto, settings: Settings, keep_float: t
             elif form == "dequantize_linear":
                 quantized.append(write_dequantize_linear(work, target, dq_scheme, taken))
             elif form == "dynamic":
-                quantized.append(write_dynamic(work, target, scheme, taken))
+                quantized.append(write_dynamic(work, target, scheme, taken, reduce_range=settings.static.reduce_range))
             elif storage_ok:
                 quantized.append(write_storage(work, target, scheme, taken, note=f"stored with the folded chain: {reason}" if reason else ""))
             else:
