@@ -275,3 +275,12 @@ def test_matrix_view_rows():
     assert matrix_view((1, 1, 128, 8, 16)) == (128, 128)
     assert matrix_view((4, 40)) == (4, 40)
     assert matrix_view((2, 3)) == (1, 6)  # smaller than one row: the whole tensor
+
+
+@pytest.mark.parametrize("plugin, options", [("int_quant", {"mode": "storage"}), ("int_quant", {"mode": "storage", "bits": 4}), ("gptq", {"bits": 4})])
+def test_same_options_same_bytes_with_tables_and_recurrent_weights(registry, plugin, options):
+    feeds = id_feeds()
+    a, b = recurrent_model("GRU"), recurrent_model("GRU")
+    shrink(registry, plugin, a, feeds, **options)
+    shrink(registry, plugin, b, feeds, **options)
+    assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
