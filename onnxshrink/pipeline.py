@@ -176,7 +176,10 @@ def check_saved(path: str, plugins: Sequence[str]) -> None:
 
 
 def interface_signature(model: onnx.ModelProto) -> dict[str, list[tuple[str, str, int | None]]]:
-    """(name, element type, rank) of every graph input and output: what a method must keep."""
+    """(name, element type, rank) of every graph input and output: what a method must keep.
+
+    Inputs that are also initializers (weights older exporters list as inputs) are not part of it: a
+    caller need not feed them, and a method may make them plain constants."""
 
     def describe(values: Sequence[onnx.ValueInfoProto]) -> list[tuple[str, str, int | None]]:
         out = []
@@ -186,7 +189,9 @@ def interface_signature(model: onnx.ModelProto) -> dict[str, list[tuple[str, str
             out.append((v.name, dtype, len(t.shape.dim) if t.HasField("shape") else None))
         return out
 
-    return {"input": describe(model.graph.input), "output": describe(model.graph.output)}
+    initializers = {t.name for t in model.graph.initializer}
+    required = [v for v in model.graph.input if v.name not in initializers]
+    return {"input": describe(required), "output": describe(model.graph.output)}
 
 
 def check_interface(before: dict[str, list[tuple[str, str, int | None]]], model: onnx.ModelProto, plugin: str) -> None:

@@ -284,3 +284,20 @@ def test_same_options_same_bytes_with_tables_and_recurrent_weights(registry, plu
     shrink(registry, plugin, a, feeds, **options)
     shrink(registry, plugin, b, feeds, **options)
     assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def test_input_weights_become_constants_only_when_every_initializer_is_an_input(registry):
+    """Older exporters (torch's keep_initializers_as_inputs, the zoo's centerface) list every weight as
+    a graph input; one weight among plain initializers that is an input may be fed on purpose."""
+    every = rg.initializer_as_input()
+    stats = shrink(registry, "int_quant", every, mode="storage", min_size=0).stats
+    assert stats["input_weights_made_constant"] == 1 and [i.name for i in every.graph.input] == ["input"]
+    mixed = rg.initializer_as_input()
+    mixed.graph.initializer.append(numpy_helper.from_array(np.ones((16, 16), np.float32), "unused_plain"))
+    stats = shrink(registry, "int_quant", mixed, mode="storage", min_size=0).stats
+    assert "input_weights_made_constant" not in stats and "W" in {i.name for i in mixed.graph.input}
+    forced = rg.initializer_as_input()
+    before = forced.SerializeToString()
+    # nothing quantized (target unreachable): the declared inputs come back as they were
+    result = shrink(registry, "int_quant", forced, [{"input": np.ones((2, 16), np.float32)}] * 2, min_size=0, input_weights="constant", target_cosine=1.0, bits=2, block_size=0)
+    assert result.stats["mode"] is None and forced.SerializeToString() == before

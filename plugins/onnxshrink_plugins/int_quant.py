@@ -85,6 +85,7 @@ class IntQuant(Method):
         Option("exclude", list, None, "Node names, op types or weight names to leave float, e.g. [fc,Conv]."),
         Option("embeddings", bool, True, "Quantize Gather tables (embeddings) too, in the storage form (false: leave them float)."),
         Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
+        Option("input_weights", str, "auto", "Initializers that are also graph inputs: auto (constants when every initializer is one, the layout older exporters write, e.g. torch's keep_initializers_as_inputs; else left float), constant (always: removed from the inputs and quantized) or float (left float).", choices=("auto", "constant", "float")),
         Option("sensitivity", bool, False, "Measure per-layer sensitivity and keep the most sensitive layers float until target_cosine is met."),
         Option("target_cosine", float, 0.995, "Fidelity target (lowest output cosine vs the float model) for sensitivity and mode=auto.", min=0.0, max=1.0),
         Option("prefer", str, "size", "mode=auto: size (the smallest good candidate; ties within 2% go to the fastest) or speed (the fastest good candidate smaller than float).", choices=("size", "speed")),
@@ -137,6 +138,10 @@ class IntQuant(Method):
             raise self.option_error(f"exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
         settings = _settings(options)
         mode = options["mode"]
+        declared = [onnx.ValueInfoProto.FromString(i.SerializeToString()) for i in model.graph.input]
+        freed = _free_input_weights(model, options["input_weights"])
+        if freed:
+            context.log(f"{freed} initializers were also graph inputs ({'every initializer, as older exporters write them' if options['input_weights'] == 'auto' else 'input_weights=constant'}); treated as constants and removed from the inputs")
         needs_data = mode in ("auto", "static") or options["sensitivity"]
         if needs_data and model.ByteSize() > MEASURABLE_BYTES:
             raise self.option_error(f"mode={mode}{', sensitivity' if options['sensitivity'] else ''} runs the model in memory and supports models under 2 GB; use mode=storage or weights")
@@ -156,6 +161,10 @@ class IntQuant(Method):
             built, chosen = build(model, settings, calibrated=calibrated, in_place=True, progress=progress), mode
         if built is not None and built.model is not model:
             model.CopyFrom(built.model)
+        if freed and (built is None or not built.quantized):  # left float: the inputs stay as declared
+            del model.graph.input[:]
+            model.graph.input.extend(declared)
+            freed = 0
         stats = _summary(built, chosen, options, settings)
         if calibrated is not None and chosen == "static":
             stats["static"] = {
@@ -168,6 +177,8 @@ class IntQuant(Method):
                 "kept_float_nodes": dict(calibrated.unsafe_nodes),
             }
         stats.update(extra)
+        if freed:
+            stats["input_weights_made_constant"] = freed
         if built is not None and not built.quantized:
             context.warn("no weight was quantized; the model is unchanged (see 'left' for why)")
         return stats
@@ -216,6 +227,24 @@ def _feeds(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.
         what = "static ranges calibrated" if options["mode"] == "static" else "sensitivity and mode=auto measured"
         context.warn(f"no calibration data: {what} on random inputs; pass --data with real inputs for faithful numbers")
     return feeds
+
+
+def _free_input_weights(model: onnx.ModelProto, policy: str) -> int:
+    """Remove initializer names from the main graph's inputs (they become plain constants) when the
+    policy says so; returns how many. ``auto``: only when every initializer is also an input."""
+    inits = {t.name for t in model.graph.initializer}
+    listed = [i for i in model.graph.input if i.name in inits]
+    if policy == "float" or not listed or (policy == "auto" and len(listed) < len(inits)):
+        return 0
+    kept = [i for i in model.graph.input if i.name not in inits]
+    copies = []
+    for value in kept:
+        copy = onnx.ValueInfoProto()
+        copy.CopyFrom(value)
+        copies.append(copy)
+    del model.graph.input[:]
+    model.graph.input.extend(copies)
+    return len(listed)
 
 
 def _held_back(feeds: list[dict], extra: dict[str, Any]) -> tuple[list[dict], list[dict]]:
