@@ -288,6 +288,10 @@ def weight_axes(use: Use, rank: int) -> tuple[int, int]:
         return (1, 0) if transposed else (0, 1)
     if node.op_type == "Gather":
         return 0, 1
+    if node.op_type in ("LSTM", "GRU", "RNN"):  # W, R: (directions, gates x hidden, inputs)
+        return 1, 2
+    if node.op_type in ("Einsum", "Reshape"):  # no channel meaning: first axis for scales, last for blocks
+        return 0, rank - 1
     # MatMul: B (..., K, N) has channels on the last axis; a constant A (..., M, K) on the one before.
     return (rank - 1, rank - 2) if index == 1 else (rank - 2, rank - 1)
 

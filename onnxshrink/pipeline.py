@@ -186,6 +186,8 @@ def interface_signature(model: onnx.ModelProto) -> Signature:
     The shape is a tuple with the fixed size of each dimension and None for a dynamic one (named or
     not), or None when no shape is declared. ``inferred`` holds what the outputs' producers make
     (:func:`inferred_outputs`), to catch a method that changes a tensor but not its declaration.
+    Inputs that are also initializers (weights older exporters list as inputs) are not part of it: a
+    caller need not feed them, and a method may make them plain constants.
     """
 
     def describe(values: Sequence[onnx.ValueInfoProto]) -> list[tuple[str, str, tuple[int | None, ...] | None]]:
@@ -197,7 +199,9 @@ def interface_signature(model: onnx.ModelProto) -> Signature:
             out.append((v.name, dtype, shape))
         return out
 
-    return {"input": describe(model.graph.input), "output": describe(model.graph.output), "inferred": inferred_outputs(model)}
+    initializers = {t.name for t in model.graph.initializer}
+    required = [v for v in model.graph.input if v.name not in initializers]  # weights listed as inputs may become constants
+    return {"input": describe(required), "output": describe(model.graph.output), "inferred": inferred_outputs(model)}
 
 
 def _fmt(shape: tuple[int | None, ...] | None) -> str:

@@ -462,9 +462,13 @@ def test_awkward_locations_are_reported(registry):
 
     model = rg.initializer_as_input()
     before = model.SerializeToString()
-    stats = quantize_model(registry, model, feeds_for(model), mode="storage", min_size=0).stats
+    stats = quantize_model(registry, model, feeds_for(model), mode="storage", min_size=0, input_weights="float").stats
     assert stats["quantized_tensors"] == 0 and "graph input" in stats["left"][0]["reason"]
     assert model.SerializeToString() == before
+    # by default, when every initializer is also an input (older exporters' layout), they are constants
+    stats = quantize_model(registry, model, feeds_for(model), mode="storage", min_size=0).stats
+    assert stats["quantized_tensors"] == 1 and stats["input_weights_made_constant"] == 1
+    assert [i.name for i in model.graph.input] == ["input"]
 
 
 def test_custom_domain_ops_are_left_and_said_so(registry):
@@ -551,10 +555,16 @@ def test_sensitivity_keeps_the_most_sensitive_layers_float(registry):
     kept = stats["sensitivity"]["kept_float"]
     assert kept == [row["layer"] for row in table[: len(kept)]]  # the most sensitive first
     assert 0 < len(kept) < 4  # 2-bit everywhere misses 0.97; some layers stay quantized
-    measured = cosine(reference, run(model, feeds))
-    assert measured >= 0.97 and stats["sensitivity"]["cosine"] == pytest.approx(measured, abs=1e-6)
+    # judged on the feeds held back from ranking (every other one), by the worst per-feed cosine
+    held_back = feeds[1::2]
+    after = run(model, held_back)
+    worst = min(cosine([r], [a]) for r, a in zip(reference[1::2], after))
+    assert worst >= 0.97 and stats["sensitivity"]["cosine"] == pytest.approx(worst, abs=1e-6)
     left = {item["tensor"]: item["reason"] for item in stats["left"]}
-    assert all(reason == "kept float by the sensitivity search" for reason in left.values()) and len(left) == len(kept)
+    assert len(left) == len(kept)
+    for reason in left.values():  # each names the criterion, the value reached and the target
+        assert reason.startswith("kept float by the sensitivity search: quantized alone it gives a worst per-feed cosine of ")
+        assert "to reach 0.97 (reached " in reason
 
 
 def test_sensitivity_in_static_mode(registry):
@@ -572,7 +582,7 @@ def test_auto_reports_what_it_tried_and_keeps_a_qualifying_winner(registry):
     stats = quantize_model(registry, model, feeds, min_size=0).stats
     report = stats["auto"]
     modes = ["storage", "weights", "dynamic", "static"]
-    assert [row["mode"] for row in report["tried"]] == modes
+    assert [row["mode"] for row in report["tried"]][:4] == modes  # (mixed-precision rows follow only when none is good)
     winner = next(row for row in report["tried"] if row["mode"] == report["winner"])
     assert winner["verdict"] == "meets the target" and winner["cosine"] >= 0.995
     assert winner["latency_ratio"] <= 1.05
@@ -601,10 +611,36 @@ def test_auto_without_data_skips_static_and_warns(registry):
 def test_auto_leaves_the_model_float_when_nothing_meets_the_target(registry):
     model = rg.mlp()
     before = model.SerializeToString(deterministic=True)
-    result = quantize_model(registry, model, feeds_for(model), bits=2, block_size=0, target_cosine=0.9999, min_size=0)
+    # only the float model itself reaches cosine 1: every form, then every mixed precision, misses
+    result = quantize_model(registry, model, feeds_for(model), bits=2, block_size=0, target_cosine=1.0, min_size=0)
     assert result.stats["auto"]["winner"] is None and result.stats["mode"] is None
     assert model.SerializeToString(deterministic=True) == before
-    assert any("left float" in w for w in result.warnings)
+    tried = [row["mode"] for row in result.stats["auto"]["tried"]]
+    assert tried[-3:] == ["storage+sensitivity(int8)", "storage+sensitivity(float16)", "storage+sensitivity(float)"]
+    [warning] = [w for w in result.warnings if "left float" in w]
+    assert "storage: worst per-feed cosine 0." in warning and "< target 1.0" in warning  # criterion, value, target
+    assert "not smaller" in warning  # every layer kept float: the float model
+
+
+def test_auto_low_bits_keeps_sensitive_layers_wider_rather_than_float(registry):
+    """bits=2 misses the target everywhere; auto keeps the most sensitive layers at int8 and says why."""
+    model = rg.conv_bn_residual(channels=16)
+    float_bytes = model.ByteSize()
+    feeds = feeds_for(model)
+    reference = run(model, feeds)
+    # latency_tolerance=1: the choice here is about fidelity, not about a timing on a busy machine
+    stats = quantize_model(registry, model, feeds, bits=2, block_size=0, target_cosine=0.99, latency_tolerance=1.0, min_size=0).stats
+    report = stats["auto"]
+    winner = next(row for row in report["tried"] if row["mode"] == report["winner"])
+    assert report["winner"] == "storage+sensitivity(int8)" and stats["mode"] == "storage"
+    assert 0 < len(winner["kept_wider"]) < 4 and "kept at int8" in report["why"]
+    assert model.ByteSize() == winner["bytes"] < float_bytes
+    schemes = {item["layers"][0]: item["scheme"] for item in stats["quantized"]}
+    assert {schemes[layer] for layer in winner["kept_wider"]} == {"int8 symmetric per-channel(axis=0)"}
+    assert any(s.startswith("int2") for s in schemes.values())
+    wider = [item for item in stats["quantized"] if item.get("kept_wider")]
+    assert all(item["note"].startswith("kept at int8 by the sensitivity search") for item in wider)
+    assert min(cosine([r], [a]) for r, a in zip(reference, run(model, feeds))) >= 0.99
 
 
 @pytest.mark.parametrize("mode", ["storage", "weights", "dynamic", "static"])
@@ -631,7 +667,7 @@ def test_cli_storage_run(cli, write_model, tmp_path):
     assert bad.exit_code == 2 and "int8 only" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_embedding_tables_only_when_asked(registry):
+def test_embedding_tables_by_default(registry):
     table = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Gather", ["emb", "ids"], ["out"], name="lookup")],
@@ -642,8 +678,10 @@ def test_embedding_tables_only_when_asked(registry):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    assert quantize_model(registry, model, mode="storage").stats["quantized_tensors"] == 0
-    stats = quantize_model(registry, model, mode="storage", embeddings="true").stats
+    left = onnx.ModelProto()
+    left.CopyFrom(model)
+    assert quantize_model(registry, left, mode="storage", embeddings="false").stats["quantized_tensors"] == 0
+    stats = quantize_model(registry, model, mode="storage").stats
     [item] = stats["quantized"]
     assert item["tensor"] == "emb" and item["scheme"] == "int8 symmetric per-channel(axis=0)"  # one scale per row
     ids = np.array([0, 7, 49], np.int64)

@@ -12,9 +12,12 @@ from onnxshrink import Method, Option, QuantizedTensor, SegmentRunner
 
 from .gptq_bias import add_bias
 from .gptq_core import Hessian, gptq, rtn
-from .lowbit_layers import Layer, LinearView, find_layers, linear_view, output_cosine
+from .lowbit_layers import RESHAPED_OPS, TABLE_INPUTS, WEIGHT_INPUTS, Layer, LinearView, find_layers, linear_view, matrix_view, output_cosine
+from .quant.shape_only import shape_only_constants
 
 GPTQ_OPS = ("Conv", "Gemm", "MatMul")
+TABLE_OPS = tuple(TABLE_INPUTS)  # Gather tables, LSTM/GRU/RNN W and R, Einsum operands: round to nearest in groups
+OP_TYPES = (*GPTQ_OPS, *TABLE_OPS)
 FORMS = ("packed", "smallest", "dequantize_linear", "auto")
 
 
@@ -41,7 +44,11 @@ class Gptq(Method):
     when ``opset_upgrade=true``), which onnxruntime fuses with MatMul into MatMulNBits but runs in
     front of Conv on every inference. Weights in If/Loop subgraphs (their inputs cannot be
     observed), grouped or 3-D Conv and Gemm/MatMul weights on the left input are rounded to nearest
-    on the same grid, or per output channel, and listed with the reason. Needs calibration data
+    on the same grid, or per output channel, and listed with the reason. Gather tables (embeddings)
+    LSTM/GRU/RNN W and R, Einsum operands and constants reshaped before use have no linear map to take a Hessian from: they are rounded to nearest
+    in groups of ``group_size`` along their reduction axis and stored packed (folded at load), so
+    a transformer's or a recurrent model's file shrinks as a whole. Float constants only Shape or
+    Size read (exporter leftovers) become ConstantOfShape (``stats.shape_only``). Needs calibration data
     (``--data``); without it random inputs are used and a warning says so.
     """
 
@@ -59,7 +66,7 @@ class Gptq(Method):
         Option("sequential", bool, True, "Take each layer's inputs from the model with the earlier layers already quantized (false: from the float model)."),
         Option("form", str, "packed", "packed (folded at load), smallest (packed or sparse per tensor), dequantize_linear (int4/int8 DequantizeLinear) or auto (DequantizeLinear for MatMul weights where the model's opset already allows it, packed elsewhere).", choices=FORMS),
         Option("opset_upgrade", bool, True, "form=dequantize_linear: raise the opset when needed (21 for int4/blocks); false: packed instead."),
-        Option("op_types", list, list(GPTQ_OPS), "Op types whose weights are quantized.", choices=GPTQ_OPS),
+        Option("op_types", list, list(OP_TYPES), "Op types whose weights are quantized (Gather tables, LSTM/GRU/RNN W and R, Einsum operands, Reshape data: rounded to nearest in groups, packed).", choices=OP_TYPES),
         Option("exclude", list, None, "Node names, op types or weight names to leave float."),
         Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
         Option("calibration_samples", int, 64, "Most calibration feeds used.", min=1),
@@ -84,7 +91,7 @@ class Gptq(Method):
         if "opset_upgrade" in given and values["form"] != "dequantize_linear":
             raise cls.option_error("opset_upgrade only applies to form=dequantize_linear")
         if not values["op_types"]:
-            raise cls.option_error("op_types is empty; name at least one of " + ", ".join(GPTQ_OPS))
+            raise cls.option_error("op_types is empty; name at least one of " + ", ".join(OP_TYPES))
 
     def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
         markers = onnxshrink.quantization_markers(model)
@@ -112,8 +119,11 @@ class Gptq(Method):
         reference = [list(o.values()) for o in floats.outputs()]
         after = [list(o.values()) for o in quantized.outputs()]
         stored = _store(work, done, options, context)
+        shape_only = shape_only_constants(work, options["min_size"])
         model.CopyFrom(work)
         stats = _summary(done, stored, left, options)
+        if shape_only:
+            stats["shape_only"] = shape_only
         stats["calibration_output_cosine"] = round(output_cosine(reference, after), 6)
         if not done:
             context.warn("no weight matched; the model is unchanged (see 'left' for why)")
@@ -165,6 +175,17 @@ def _quantize_layer(layer: Layer, work, floats: SegmentRunner, quantized: Segmen
     in_subgraph = layer.weight.in_subgraph or any(u.graph is not work.graph for u in layer.uses)
     observable_reason = "read inside an If/Loop/Scan subgraph: its inputs cannot be observed, so rounded to nearest" if in_subgraph else None
     observable = observable_reason is None
+    if layer.op_type in RESHAPED_OPS:
+        array = array.reshape(matrix_view(layer.weight.shape, max(group, 32)))
+    if layer.op_type in TABLE_OPS:
+        _, reduce_axis = onnxshrink.weight_axes(layer.uses[0], array.ndim)
+        if group and array.shape[reduce_axis] >= group:
+            qt = onnxshrink.quantize(array, bits, symmetric=symmetric, axis=reduce_axis, block_size=group)
+            row.update(algorithm="rtn", granularity=f"groups of {group}", reason=f"{layer.op_type} weight: no linear map to take a Hessian from, so rounded to nearest")
+        else:
+            qt = onnxshrink.quantize(array, bits, symmetric=symmetric, axis=0 if layer.op_type in RESHAPED_OPS else layer.axis)
+            row.update(algorithm="rtn", granularity="per-channel", reason=f"{layer.op_type} weight: no linear map to take a Hessian from, so rounded to nearest per output channel")
+        return qt, layer.weight.shape, row
     if not views:
         qt = onnxshrink.quantize(array, bits, symmetric=symmetric, axis=layer.axis)
         row.update(algorithm="rtn", granularity="per-channel", reason=f"{reason}: rounded to nearest per output channel")
@@ -236,11 +257,13 @@ def _store(work: onnx.ModelProto, done, options, context) -> list[onnxshrink.Sto
                     form = "packed"
     # found again (the opset upgrade copies the model); same order as find_layers, so equal names in
     # different subgraphs pair up in order
-    found = onnxshrink.weight_tensors(work, {op: onnxshrink.DEFAULT_WEIGHT_INPUTS[op] for op in GPTQ_OPS})
+    found = onnxshrink.weight_tensors(work, {op: WEIGHT_INPUTS[op] for op in OP_TYPES})
     stored = []
     for name, qt, shape, _ in done:
         weight = found.pop(next(i for i, w in enumerate(found) if w.name == name))
         chosen = _auto_form(work, weight, qt) if form == "auto" else form
+        if chosen == "dequantize_linear" and any(u.node.op_type in TABLE_OPS for u in weight.uses):
+            chosen = "packed"  # no kernel fuses DequantizeLinear into Gather or LSTM: it would run every inference
         stored.append(onnxshrink.store_weight(work, weight, qt, form=chosen, shape=shape))
     return stored
 

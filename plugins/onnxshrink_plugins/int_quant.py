@@ -15,15 +15,15 @@ from .quant.forms import Scheme
 from .quant.measure import outputs, synthetic_feeds
 from .quant.sensitivity import mixed_precision, quantizable_layers
 from .quant.static import CALIBRATION_METHODS, Calibrated, StaticSettings, calibrate
-from .quant.targets import WEIGHTED_OPS
+from .quant.targets import QUANTIZABLE_OPS, WEIGHTED_OPS
 
 DEFAULT_SUBBYTE_BLOCK = 32
 MEASURABLE_BYTES = 2**31 - 2**26  # a serialized ModelProto must stay under 2 GB
-STATIC_ONLY = ("calibration", "percentile", "activation_type", "reduce_range", "qdq_ops")
+STATIC_ONLY = ("calibration", "percentile", "activation_type", "qdq_ops")
 
 
 class IntQuant(Method):
-    """Quantize Conv, ConvTranspose, Gemm and MatMul weights to int8, int4 or int2.
+    """Quantize every float weight onnxruntime folds (Conv, Gemm, MatMul, LSTM/GRU, embeddings...) to int8, int4 or int2.
 
     Modes (``mode=``):
 
@@ -45,12 +45,20 @@ class IntQuant(Method):
       onnxruntime.quantization's calibrators and QDQ quantizer, with Constant-node weights, opset 11/12
       per-channel, subgraph weights and blown-up ranges handled); the CPU EP fuses it into QLinearConv,
       QLinearMatMul and QGemm. Needs calibration data. int8 only.
-    - ``auto`` (default): builds every mode that applies, measures output cosine and CPU latency
-      against the float model on the calibration data, and keeps the smallest one that meets
-      ``target_cosine`` and is not slower than float (within ``latency_tolerance``). The choice rests
-      on timings, so two runs can differ when two modes are equally fast; pin ``mode`` for
-      byte-identical builds.
+    - ``auto`` (default): builds every mode that applies and judges each against the float model on
+      calibration feeds held back from calibrating (static ranges and sensitivity come from every other
+      feed): the worst per-feed cosine of each output, CPU latency and size. It keeps the smallest one
+      that meets ``target_cosine`` and is not slower than float (within ``latency_tolerance``). A
+      candidate that fails is recorded with its error and skipped. When none is good, it tries
+      sensitivity-driven mixed precision in the storage form (the most sensitive layers kept at int8
+      under a sub-byte build, then at float16, then float) before leaving the model float; every
+      "kept" or "left float" message names the criterion, the value reached and the target. The
+      choice rests on timings, so two runs can differ when two modes are equally fast; pin ``mode``
+      for byte-identical builds.
 
+    Covered weights: Conv, ConvTranspose, Gemm, MatMul, LSTM/GRU/RNN W and R, Gather tables
+    (``embeddings``), Einsum operands and constants reshaped before use (the last five in the storage
+    form); float constants only Shape/Size read become ConstantOfShape.
     Weights in Constant nodes, shared by several nodes, and inside If/Loop branches are quantized;
     float16/bfloat16/double weights take the storage form; weights that are also graph inputs,
     1-D tensors, tensors under ``min_size`` and custom-domain ops are left float and listed with the
@@ -72,11 +80,12 @@ class IntQuant(Method):
         Option("calibration_samples", int, 64, "Most calibration feeds used (static ranges, sensitivity, auto).", min=1),
         Option("activation_type", str, "uint8", "Static activations: uint8 (asymmetric) or int8 (symmetric).", choices=("uint8", "int8")),
         Option("qdq_ops", str, "all", "Static: all (every op onnxruntime runs quantized, as quantize_static) or weighted (Conv/MatMul/Gemm layers only).", choices=("all", "weighted")),
-        Option("reduce_range", bool, False, "Static: 7-bit weights, against int16 saturation on x86 CPUs without VNNI."),
-        Option("op_types", list, list(WEIGHTED_OPS), "Op types whose weights are quantized.", choices=WEIGHTED_OPS),
+        Option("reduce_range", bool, True, "Static and dynamic: 7-bit weights (within ±63), so uint8 x int8 products cannot saturate the int16 sums of x86 CPUs without VNNI; false: the full int8 range."),
+        Option("op_types", list, list(QUANTIZABLE_OPS), "Op types whose weights are quantized (LSTM/GRU/RNN: W and R, storage form).", choices=QUANTIZABLE_OPS),
         Option("exclude", list, None, "Node names, op types or weight names to leave float, e.g. [fc,Conv]."),
-        Option("embeddings", bool, False, "Also quantize Gather embedding tables (storage form)."),
+        Option("embeddings", bool, True, "Quantize Gather tables (embeddings) too, in the storage form (false: leave them float)."),
         Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
+        Option("input_weights", str, "auto", "Initializers that are also graph inputs: auto (constants when every initializer is one, the layout older exporters write, e.g. torch's keep_initializers_as_inputs; else left float), constant (always: removed from the inputs and quantized) or float (left float).", choices=("auto", "constant", "float")),
         Option("sensitivity", bool, False, "Measure per-layer sensitivity and keep the most sensitive layers float until target_cosine is met."),
         Option("target_cosine", float, 0.995, "Fidelity target (lowest output cosine vs the float model) for sensitivity and mode=auto.", min=0.0, max=1.0),
         Option("prefer", str, "size", "mode=auto: size (the smallest good candidate; ties within 2% go to the fastest) or speed (the fastest good candidate smaller than float).", choices=("size", "speed")),
@@ -113,6 +122,8 @@ class IntQuant(Method):
             raise cls.option_error("block_size=1 stores one scale per weight; use 0 (no blocks) or 2 and more")
         if "per_channel" in given and values["block_size"]:
             raise cls.option_error("give per_channel or block_size, not both (blocks replace per-channel scales)")
+        if "reduce_range" in given and mode not in ("static", "dynamic", "auto"):
+            raise cls.option_error(f"option 'reduce_range' only applies to mode=static, dynamic or auto (mode={mode})")
         for name in ("dq_conv", "weights_format"):
             if name in given and mode not in ("weights", "auto"):
                 raise cls.option_error(f"{name} only applies to mode=weights (mode={mode})")
@@ -124,7 +135,7 @@ class IntQuant(Method):
         if "target_cosine" in given and mode != "auto" and not values["sensitivity"]:
             raise cls.option_error("target_cosine needs sensitivity=true or mode=auto")
         if not values["op_types"]:
-            raise cls.option_error("op_types is empty; name at least one of " + ", ".join(WEIGHTED_OPS))
+            raise cls.option_error("op_types is empty; name at least one of " + ", ".join(QUANTIZABLE_OPS))
 
     def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
         markers = onnxshrink.quantization_markers(model)
@@ -136,23 +147,33 @@ class IntQuant(Method):
             raise self.option_error(f"exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
         settings = _settings(options)
         mode = options["mode"]
+        declared = [onnx.ValueInfoProto.FromString(i.SerializeToString()) for i in model.graph.input]
+        freed = _free_input_weights(model, options["input_weights"])
+        if freed:
+            context.log(f"{freed} initializers were also graph inputs ({'every initializer, as older exporters write them' if options['input_weights'] == 'auto' else 'input_weights=constant'}); treated as constants and removed from the inputs")
         needs_data = mode in ("auto", "static") or options["sensitivity"]
         if needs_data and model.ByteSize() > MEASURABLE_BYTES:
             raise self.option_error(f"mode={mode}{', sensitivity' if options['sensitivity'] else ''} runs the model in memory and supports models under 2 GB; use mode=storage or weights")
         feeds = _feeds(model, options, context) if needs_data else []
+        extra: dict[str, Any] = {}
+        # auto and sensitivity decide on feeds held back from calibrating and ranking
+        fit, check = _held_back(feeds, extra) if mode == "auto" or options["sensitivity"] else (feeds, feeds)
         calibrated, static_skip = None, None
         if mode in ("static", "auto"):
-            calibrated, static_skip = _calibrate(model, settings, feeds, options, context)
-        extra: dict[str, Any] = {}
+            calibrated, static_skip = _calibrate(model, settings, fit, options, context)
         if mode == "auto":
-            built, chosen = _auto(model, settings, feeds, calibrated, static_skip, options, context, extra)
+            built, chosen = _auto(model, settings, fit, check, calibrated, static_skip, options, context, extra)
         elif options["sensitivity"]:
-            built, chosen = _mixed(model, settings, feeds, calibrated, options, context, extra), mode
+            built, chosen = _mixed(model, settings, fit, check, calibrated, options, context, extra), mode
         else:
             progress = lambda total: context.progress("quantizing weights", total, unit="B")  # noqa: E731
             built, chosen = build(model, settings, calibrated=calibrated, in_place=True, progress=progress), mode
         if built is not None and built.model is not model:
             model.CopyFrom(built.model)
+        if freed and (built is None or not built.quantized):  # left float: the inputs stay as declared
+            del model.graph.input[:]
+            model.graph.input.extend(declared)
+            freed = 0
         stats = _summary(built, chosen, options, settings)
         if calibrated is not None and chosen == "static":
             stats["static"] = {
@@ -165,6 +186,8 @@ class IntQuant(Method):
                 "kept_float_nodes": dict(calibrated.unsafe_nodes),
             }
         stats.update(extra)
+        if freed:
+            stats["input_weights_made_constant"] = freed
         if built is not None and not built.quantized:
             context.warn("no weight was quantized; the model is unchanged (see 'left' for why)")
         return stats
@@ -184,7 +207,7 @@ def _settings(options: dict[str, Any]) -> Settings:
         activation_type=options["activation_type"],
         reduce_range=options["reduce_range"],
         qdq_ops=options["qdq_ops"],
-        op_types=tuple(options["op_types"]),
+        op_types=tuple(op for op in options["op_types"] if op in WEIGHTED_OPS),
         opset_upgrade=options["opset_upgrade"],
     )
     return Settings(
@@ -215,6 +238,39 @@ def _feeds(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.
     return feeds
 
 
+def _free_input_weights(model: onnx.ModelProto, policy: str) -> int:
+    """Remove initializer names from the main graph's inputs (they become plain constants) when the
+    policy says so; returns how many. ``auto``: only when every initializer is also an input."""
+    inits = {t.name for t in model.graph.initializer}
+    listed = [i for i in model.graph.input if i.name in inits]
+    if policy == "float" or not listed or (policy == "auto" and len(listed) < len(inits)):
+        return 0
+    kept = [i for i in model.graph.input if i.name not in inits]
+    copies = []
+    for value in kept:
+        copy = onnx.ValueInfoProto()
+        copy.CopyFrom(value)
+        copies.append(copy)
+    del model.graph.input[:]
+    model.graph.input.extend(copies)
+    return len(listed)
+
+
+def _held_back(feeds: list[dict], extra: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    """(feeds to calibrate and rank layers on, feeds to choose on): alternate feeds, so both see every
+    source of an interleaved data set. A single feed serves both, and the stats say so."""
+    if len(feeds) < 2:
+        extra["choice_feeds"] = {"calibrate": len(feeds), "choose": len(feeds), "note": "one feed: chosen on the feed it calibrated on"}
+        return feeds, feeds
+    fit, check = feeds[0::2], feeds[1::2]
+    extra["choice_feeds"] = {
+        "calibrate": len(fit),
+        "held_back": len(check),
+        "note": "static ranges and layer sensitivity from every other feed; static judged on the feeds held back from it, the uncalibrated forms on all of them",
+    }
+    return fit, check
+
+
 def _calibrate(model, settings: Settings, feeds, options, context) -> tuple[Calibrated | None, str | None]:
     """Calibrated ranges for mode=static (and for auto's static candidate), or why there are none."""
     if options["mode"] == "auto":
@@ -225,16 +281,26 @@ def _calibrate(model, settings: Settings, feeds, options, context) -> tuple[Cali
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnxshrink.iter_tensors(model.graph)):
         return None, "float16 model" if options["mode"] == "auto" else None
     with context.progress("calibrating activation ranges", total=None):
-        return calibrate(model, feeds, settings.static), None
+        if options["mode"] != "auto":
+            return calibrate(model, feeds, settings.static), None
+        try:
+            return calibrate(model, feeds, settings.static), None
+        except Exception as exc:  # noqa: BLE001 - auto records it and tries the other modes
+            return None, f"calibration failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
-def _auto(model, settings: Settings, feeds, calibrated, static_skip, options, context, extra) -> tuple[Built | None, str | None]:
+def _auto(model, settings: Settings, feeds, check, calibrated, static_skip, options, context, extra) -> tuple[Built | None, str | None]:
     modes = ["storage", "weights"] + (["dynamic", "static"] if options["bits"] == 8 else [])
     skipped = {"static": static_skip} if static_skip and "static" in modes else {}
     if options["bits"] < 8:
         skipped.update({m: f"int8 only (bits={options['bits']})" for m in ("dynamic", "static")})
     reference = outputs(model, feeds)
-    with context.progress("trying representations", total=len(modes)) as task:
+    check_reference = reference if check is feeds else outputs(model, check)
+    # when no mode meets the target: sensitive layers kept at int8 (under a sub-byte build), then float
+    fallback: list[Scheme | None] = [Scheme(bits=16), None]
+    if options["bits"] < 8:
+        fallback.insert(0, Scheme(bits=8, symmetric=settings.scheme.symmetric, per_channel=True))
+    with context.progress("trying representations", total=None) as task:
         choice = auto.choose(
             model,
             settings,
@@ -248,8 +314,13 @@ def _auto(model, settings: Settings, feeds, calibrated, static_skip, options, co
             sensitivity=options["sensitivity"],
             skipped=skipped,
             advance=task.advance,
+            check=(check, check_reference),
+            fallback=fallback,
         )
     extra["auto"] = choice.report
+    for row in choice.report["tried"]:
+        if row.get("verdict") == "failed":
+            context.warn(f"mode={row['mode']} failed and was skipped: {row['error']}")
     if choice.built is None:
         context.warn(choice.report["why"])
     else:
@@ -257,11 +328,14 @@ def _auto(model, settings: Settings, feeds, calibrated, static_skip, options, co
     return choice.built, choice.mode
 
 
-def _mixed(model, settings: Settings, feeds, calibrated, options, context, extra) -> Built:
+def _mixed(model, settings: Settings, feeds, check, calibrated, options, context, extra) -> Built:
     reference = outputs(model, feeds)
+    check_reference = reference if check is feeds else outputs(model, check)
     layers = quantizable_layers(model, settings, calibrated)
     with context.progress("measuring layer sensitivity", total=len(layers)) as task:
-        result = mixed_precision(model, settings, feeds, reference, options["target_cosine"], calibrated, task.advance)
+        result = mixed_precision(model, settings, feeds, reference, options["target_cosine"], calibrated, task.advance, check=(check, check_reference))
+    if not result.met_target:
+        context.warn(f"sensitivity: worst per-feed cosine {result.cosine:.6f} < target {options['target_cosine']} even with every layer kept float")
     extra["sensitivity"] = {
         "target_cosine": options["target_cosine"],
         "cosine": round(result.cosine, 8),
@@ -295,6 +369,7 @@ def _summary(built: Built | None, mode: str | None, options: dict[str, Any], set
         "notes": built.notes,
         "quantized": built.quantized,
         "left": built.left,
+        **({"shape_only": built.shape_only} if built.shape_only else {}),
     }
 
 

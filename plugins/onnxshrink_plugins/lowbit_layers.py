@@ -18,6 +18,25 @@ import onnxshrink
 from onnxshrink import QuantizedTensor, Use, WeightTensor, node_label, weight_axes
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Weights no linear view reads (embedding tables, recurrent W and R, Einsum operands): rounded to
+# nearest in groups along their reduction axis and stored packed, folded at load.
+TABLE_INPUTS = {"Gather": (0,), "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2), "Einsum": (0, 1, 2, 3), "Reshape": (0,)}
+# Ops whose operand axes say nothing about channels: quantized on a matrix view (see matrix_view).
+RESHAPED_OPS = ("Reshape",)
+
+
+def matrix_view(shape: tuple[int, ...], row: int = 32) -> tuple[int, int]:
+    """(rows, k): a 2-D view of a tensor whose rows are its smallest trailing block of ≥ ``row``
+    elements (the whole tensor when none is), for weights whose reader gives no channel axis, such
+    as a constant reshaped before a MatMul: one scale per row, blocks along it."""
+    size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    k = 1
+    for dim in reversed(shape):
+        k *= dim
+        if k >= row:
+            break
+    return size // max(k, 1), k
+WEIGHT_INPUTS = {**onnxshrink.DEFAULT_WEIGHT_INPUTS, **TABLE_INPUTS}
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -59,7 +78,7 @@ def find_layers(
 
     ``exclude`` entries match node names (or ``Op(output)`` labels), op types or weight names.
     """
-    op_inputs = {op: onnxshrink.DEFAULT_WEIGHT_INPUTS[op] for op in op_types}
+    op_inputs = {op: WEIGHT_INPUTS[op] for op in op_types}
     excluded = set(exclude)
     layers, left = [], []
     for weight in onnxshrink.weight_tensors(model, op_inputs):
@@ -86,8 +105,9 @@ def _skip_reason(weight: WeightTensor, min_size: int) -> str | None:
         return "1-D tensor (bias-like)"
     if weight.size < min_size:
         return f"{weight.size} elements < min_size {min_size}"
-    if weight.other_uses:
-        use = weight.other_uses[0]
+    values_read = [u for u in weight.other_uses if u.node.op_type not in ("Shape", "Size")]  # those read dims only
+    if values_read:
+        use = values_read[0]
         return f"also read by {use.node.op_type} {node_label(use.node)!r} as a non-weight input"
     if any(u.node.domain not in _DEFAULT_DOMAINS for u in weight.uses):
         return "read by a custom-domain op"

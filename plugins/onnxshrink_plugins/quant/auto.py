@@ -1,12 +1,14 @@
 """mode=auto: build each representation that applies, measure it, keep the smallest that is good enough.
 
-Good enough: smaller than the float model, output cosine against it ≥ ``target_cosine`` on the
-calibration feeds, and CPU latency (1 thread, interleaved with the float model) at most
+Good enough: smaller than the float model, worst per-feed cosine of every output against it ≥
+``target_cosine`` on calibration feeds held back from calibrating (``check``), and CPU latency (1 thread, interleaved with the float model) at most
 ``1 + latency_tolerance`` times the float model's. Among those, with ``prefer=size`` the smallest
 file wins; files within 2% of each other count as the same size, and among them the simplest form
 (storage, weights, dynamic, static in that order) wins unless another is faster by more than
 ``latency_tolerance``, confirmed by timing the two against each other. With ``prefer=speed`` the fastest wins (the smallest of those within
-``latency_tolerance`` of it). When nothing is good enough the model stays float.
+``latency_tolerance`` of it). A candidate that fails to build or run is recorded with its error
+and skipped. When nothing is good enough, sensitivity-driven mixed precision is tried in the storage
+form (the most sensitive layers kept wider, then float) before the model is left float.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import numpy as np
 import onnx
 
 from .build import MODES, Built, Settings, build
-from .measure import cosine, latency_ratio, outputs, top1_agreement
-from .sensitivity import mixed_precision
+from .forms import Scheme
+from .measure import latency_ratio, outputs, top1_agreement, worst_feed_cosines
+from .sensitivity import layer_table, mixed_precision
 from .static import Calibrated
 
 SIZE_TIE = 0.02
@@ -47,12 +50,55 @@ def choose(
     sensitivity: bool,
     skipped: dict[str, str],
     advance: Callable[[], None] = lambda: None,
+    check: tuple[Sequence[dict[str, np.ndarray]], list[list[np.ndarray]]] | None = None,
+    fallback: Sequence[Scheme | None] = (None,),
 ) -> Choice:
-    """Try ``modes`` in order and pick the winner; ``skipped`` maps modes not tried to why."""
+    """Try ``modes`` in order and pick the winner; ``skipped`` maps modes not tried to why.
+
+    ``feeds``/``reference`` are the calibration feeds and the float outputs on them (static ranges,
+    sensitivity ranking); ``check`` holds feeds held back from both (and their float outputs). The
+    static candidate, calibrated on ``feeds``, is judged on ``check`` alone; the others calibrate on
+    nothing and are judged on every feed (``feeds`` and ``check``): more feeds, a sterner worst case.
+    ``fallback``: the mixed-precision searches tried in the storage form when no mode meets the
+    target, in order; each entry is the wider scheme the sensitive layers keep (None: float).
+    """
+    if check is None or check[0] is feeds:
+        every = check_only = (feeds, reference)
+    else:
+        check_only = check
+        every = (list(feeds) + list(check[0]), list(reference) + list(check[1]))
     float_bytes = model.ByteSize()
     rows: list[dict] = []
     builds: dict[str, Built] = {}
     digests: dict[str, dict] = {}
+    output_names = [o.name for o in model.graph.output]
+
+    def measure(key: str, built: Built, row: dict) -> None:
+        judge_feeds, judge_reference = check_only if key == "static" else every
+        row["judged_on_feeds"] = len(judge_feeds)
+        digest = hashlib.sha256(built.model.SerializeToString(deterministic=True)).hexdigest()
+        if digest in digests and digests[digest]["judged_on_feeds"] == len(judge_feeds):
+            twin = digests[digest]
+            row.update({k: twin[k] for k in ("bytes", "size_ratio", "cosine", "worst_cosine_per_output", "top1_agreement", "latency_ratio")})
+            row["note"] = f"same model as mode={twin['mode']}"
+        else:
+            candidate_outputs = outputs(built.model, judge_feeds)
+            per_output = worst_feed_cosines(judge_reference, candidate_outputs)
+            size = built.model.ByteSize()
+            row.update(
+                {
+                    "bytes": size,
+                    "size_ratio": round(size / float_bytes, 4) if float_bytes else 1.0,
+                    "cosine": round(min(per_output, default=1.0), 8),
+                    "worst_cosine_per_output": {name: round(v, 8) for name, v in zip(output_names, per_output)},
+                    "top1_agreement": top1_agreement(judge_reference, candidate_outputs),
+                    "latency_ratio": round(_latency(model, built.model, judge_feeds[0], tolerance), 4),
+                }
+            )
+            digests[digest] = row
+        row["verdict"] = _verdict(row, target, tolerance)
+        builds[key] = built
+
     for mode in MODES:
         if mode in skipped:
             rows.append({"mode": mode, "verdict": f"skipped: {skipped[mode]}"})
@@ -61,56 +107,62 @@ def choose(
             continue
         candidate = replace(settings, mode=mode)
         row: dict = {"mode": mode}
-        if sensitivity:
-            mixed = mixed_precision(model, candidate, feeds, reference, target, calibrated, advance)
-            built, score = mixed.built, mixed.cosine
-            row["kept_float"] = mixed.kept_float
-        else:
-            built = build(model, candidate, calibrated=calibrated)
-            score = None
-        digest = hashlib.sha256(built.model.SerializeToString(deterministic=True)).hexdigest()
-        if digest in digests:
-            twin = digests[digest]
-            row.update({k: twin[k] for k in ("bytes", "size_ratio", "cosine", "top1_agreement", "latency_ratio")})
-            row["note"] = f"same model as mode={twin['mode']}"
-        else:
-            candidate_outputs = outputs(built.model, feeds)
-            score = cosine(reference, candidate_outputs) if score is None else score
-            size = built.model.ByteSize()
-            row.update(
-                {
-                    "bytes": size,
-                    "size_ratio": round(size / float_bytes, 4) if float_bytes else 1.0,
-                    "cosine": round(score, 8),
-                    "top1_agreement": top1_agreement(reference, candidate_outputs),
-                    "latency_ratio": round(_latency(model, built.model, feeds[0], tolerance), 4),
-                }
-            )
-            digests[digest] = row
-        row["verdict"] = _verdict(row, target, tolerance)
+        try:
+            if sensitivity:
+                mixed = mixed_precision(model, candidate, feeds, reference, target, calibrated, advance, check=check_only if mode == "static" else every)
+                built = mixed.built
+                row["kept_float"] = mixed.kept_float
+            else:
+                built = build(model, candidate, calibrated=calibrated)
+            measure(mode, built, row)
+        except Exception as exc:  # noqa: BLE001 - one failing candidate is recorded, never ends the run
+            row["verdict"] = "failed"
+            row["error"] = f"{type(exc).__name__}: {_one_line(exc)}"
         rows.append(row)
-        builds[mode] = built
         advance()
+    if not any(r.get("verdict") == "meets the target" for r in rows) and "storage" in modes:
+        storage = replace(settings, mode="storage")
+        table = None
+        for wider in fallback:
+            kept_as = _kept_as(wider)
+            key = f"storage+sensitivity({kept_as})"
+            row = {"mode": key}
+            try:
+                if table is None:
+                    table = layer_table(model, storage, feeds, reference, calibrated, advance)
+                mixed = mixed_precision(model, storage, feeds, reference, target, calibrated, advance, check=every, wider=wider, table=table)
+                row["kept_" + ("wider" if wider else "float")] = mixed.kept_float
+                if wider:
+                    row["kept_as"] = kept_as
+                row["layers"] = len(mixed.table)
+                measure(key, mixed.built, row)
+            except Exception as exc:  # noqa: BLE001
+                row["verdict"] = "failed"
+                row["error"] = f"{type(exc).__name__}: {_one_line(exc)}"
+            rows.append(row)
+            if row["verdict"] == "meets the target":
+                break
     good = [r for r in rows if r.get("verdict") == "meets the target"]
     report: dict = {"target_cosine": target, "latency_tolerance": tolerance, "tried": rows}
     if not good:
         report["winner"] = None
-        report["why"] = f"no representation was smaller than the float model, reached cosine ≥ {target} and was not slower; the model is left float"
+        misses = "; ".join(f"{r['mode']}: {_miss(r, target, tolerance)}" for r in rows)
+        report["why"] = f"no representation met the target (smaller than float, worst per-feed cosine ≥ {target} on held-back feeds, latency ≤ {1 + tolerance:.2f}x float), the model is left float: {misses}"
         return Choice(None, None, report)
     if prefer == "speed":
         fastest = min(r["latency_ratio"] for r in good)
         close = [r for r in good if r["latency_ratio"] <= fastest + tolerance]  # within timing noise
-        winner = min(close, key=lambda r: (r["bytes"], MODES.index(r["mode"])))
+        winner = min(close, key=lambda r: (r["bytes"], _rank(r["mode"])))
         why = _describe(winner, target, tolerance) + f"; the smallest of the fastest candidates (within {tolerance:.2f}x of {fastest:.2f}x, prefer=speed)"
     else:
         smallest = min(r["bytes"] for r in good)
-        tied = sorted((r for r in good if r["bytes"] <= smallest * (1 + SIZE_TIE)), key=lambda r: MODES.index(r["mode"]))
+        tied = sorted((r for r in good if r["bytes"] <= smallest * (1 + SIZE_TIE)), key=lambda r: _rank(r["mode"]))
         simplest, fastest = tied[0], min(tied, key=lambda r: r["latency_ratio"])
         # a more complex form wins a size tie only when it is faster by more than the timing tolerance,
         # confirmed by timing the two against each other
         winner = simplest
         if fastest["latency_ratio"] < simplest["latency_ratio"] - tolerance:
-            head_to_head = latency_ratio(builds[simplest["mode"]].model, builds[fastest["mode"]].model, feeds[0], rounds=15)
+            head_to_head = latency_ratio(builds[simplest["mode"]].model, builds[fastest["mode"]].model, every[0][0], rounds=15)
             fastest["versus_" + simplest["mode"]] = round(head_to_head, 4)
             if head_to_head < 1 - tolerance:
                 winner = fastest
@@ -123,14 +175,49 @@ def choose(
             why += "; the smallest candidate that meets the target"
     report["winner"] = winner["mode"]
     report["why"] = why
-    return Choice(builds[winner["mode"]], winner["mode"], report)
+    return Choice(builds[winner["mode"]], winner["mode"].split("+")[0], report)
+
+
+def _kept_as(wider: Scheme | None) -> str:
+    return "float" if wider is None else "float16" if wider.bits == 16 else f"int{wider.bits}"
+
+
+def _rank(mode: str) -> int:
+    """Simplest first: the plain modes in MODES order, then the mixed-precision fallbacks."""
+    return MODES.index(mode) if mode in MODES else len(MODES)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("…" if len(text) > 300 else "")
+
+
+def _miss(row: dict, target: float, tolerance: float) -> str:
+    """What one candidate missed: the criterion, the value reached and the target."""
+    verdict = row.get("verdict", "")
+    if verdict == "failed":
+        return f"failed ({row['error']})"
+    if verdict.startswith("skipped"):
+        return verdict
+    if verdict.startswith("fidelity"):
+        return f"worst per-feed cosine {row['cosine']:.6f} < target {target}"
+    if verdict.startswith("slower"):
+        return f"latency {row['latency_ratio']:.2f}x float > {1 + tolerance:.2f}x"
+    if verdict.startswith("not smaller"):
+        return f"file {row['size_ratio']:.3f}x float, not smaller"
+    return verdict
 
 
 def _describe(row: dict, target: float, tolerance: float) -> str:
-    return (
-        f"mode={row['mode']}: {row['bytes']} bytes ({row['size_ratio']:.3f} of float), cosine {row['cosine']:.6f} ≥ {target}, "
+    text = (
+        f"mode={row['mode']}: {row['bytes']} bytes ({row['size_ratio']:.3f} of float), worst per-feed cosine {row['cosine']:.6f} ≥ {target}, "
         f"latency {row['latency_ratio']:.2f}x float ≤ {1 + tolerance:.2f}x"
     )
+    for key, how in (("kept_wider", f"kept at {row.get('kept_as')}"), ("kept_float", "kept float")):
+        if row.get(key):
+            names = ", ".join(row[key][:5]) + (f" and {len(row[key]) - 5} more" if len(row[key]) > 5 else "")
+            text += f"; {len(row[key])} most sensitive layers {how} ({names})"
+    return text
 
 
 def _latency(baseline: onnx.ModelProto, candidate: onnx.ModelProto, feed: dict[str, np.ndarray], tolerance: float) -> float:
@@ -145,7 +232,7 @@ def _verdict(row: dict, target: float, tolerance: float) -> str:
     if row["size_ratio"] >= 1:
         return "not smaller than the float model"
     if row["cosine"] < target:
-        return f"fidelity: cosine {row['cosine']:.6f} < {target}"
+        return f"fidelity: worst per-feed cosine {row['cosine']:.6f} < {target}"
     if row["latency_ratio"] > 1 + tolerance:
         return f"slower: {row['latency_ratio']:.2f}x the float model"
     return "meets the target"

@@ -13,9 +13,10 @@ import onnxshrink
 
 from . import static as static_qdq
 from .dynamic import dynamic_reason, write_dynamic
-from .forms import Scheme, dequantize_linear_reason, write_dequantize_linear, write_storage
+from .forms import Scheme, dequantize_linear_reason, float16_reason, write_dequantize_linear, write_storage
 from .matmulnbits import matmulnbits_reason, write_matmulnbits
 from .measure import session_graph
+from .shape_only import shape_only_constants
 from .targets import WEIGHTED_OPS, Plan, node_label, plan_targets
 
 MODES = ("storage", "weights", "dynamic", "static")
@@ -55,6 +56,7 @@ class Built:
     left: list[dict]
     notes: list[str]
     opset: dict
+    shape_only: list[dict] = field(default_factory=list)
 
 
 def build(
@@ -65,12 +67,15 @@ def build(
     *,
     in_place: bool = False,
     progress: Progress | None = None,
+    wider: Scheme | None = None,
 ) -> Built:
     """A quantized copy of ``model`` (``model`` itself is not modified). ``keep_float``: node labels left float.
 
     ``in_place=True`` edits ``model`` itself where it can (``Built.model`` may still be a new model,
     after an opset upgrade): no copy of a large model's new tensors. ``progress(total_bytes)`` opens a
     progress task advanced by each weight's bytes as it is written (storage, weights, dynamic).
+    ``wider``: the ``keep_float`` layers are stored in the storage form at this scheme instead of float
+    (mixed precision: int8 where int4 costs too much fidelity).
     """
     work = model
     if not in_place:
@@ -80,8 +85,11 @@ def build(
     before = onnxshrink.model_opset(work)
     if settings.mode == "static":
         built = _build_static(work, settings, keep_float, calibrated)
+    elif wider is not None and keep_float:
+        built = _build_wider(work, settings, keep_float, wider)
     else:
         built = _build_weight_forms(work, settings, keep_float, progress=progress)
+    built.shape_only = shape_only_constants(built.model, settings.min_size)
     onnxshrink.tidy_model(built.model)
     built.opset = {"before": before, "after": onnxshrink.model_opset(built.model)}
     return built
@@ -160,13 +168,17 @@ def _build_weight_forms(work: onnx.ModelProto, settings: Settings, keep_float: t
     sizes = [t.weight.nbytes for t in plan.targets]  # before writing: a written weight is replaced
     with (progress or _no_progress)(sum(sizes)) as task:
         for target, size in zip(plan.targets, sizes):
+            if scheme.bits == 16 and float16_reason(target):
+                left.append({"tensor": target.weight.name, "layers": target.layers, "shape": list(target.weight.shape), "reason": f"kept float: {float16_reason(target)}"})
+                task.advance(size)
+                continue
             form, reason = _form(target, settings, dq_scheme, special_ok, unfused)
             if form == "matmulnbits":
                 quantized.append(write_matmulnbits(work, target, scheme, taken, settings.accuracy_level))
             elif form == "dequantize_linear":
                 quantized.append(write_dequantize_linear(work, target, dq_scheme, taken))
             elif form == "dynamic":
-                quantized.append(write_dynamic(work, target, scheme, taken))
+                quantized.append(write_dynamic(work, target, scheme, taken, reduce_range=settings.static.reduce_range))
             elif storage_ok:
                 quantized.append(write_storage(work, target, scheme, taken, note=f"stored with the folded chain: {reason}" if reason else ""))
             else:
@@ -178,6 +190,18 @@ def _build_weight_forms(work: onnx.ModelProto, settings: Settings, keep_float: t
         if missed:
             return _build_weight_forms(original, settings, keep_float, frozenset(missed), progress)
     return Built(work, quantized, left, notes, {})
+
+
+def _build_wider(work: onnx.ModelProto, settings: Settings, kept: tuple[str, ...], wider: Scheme) -> Built:
+    """The ``kept`` layers stored at ``wider`` (storage form), then every other layer as ``settings`` say."""
+    layers = set(_plan(work, settings, ()).layers)
+    others = tuple(sorted(layers - set(kept)))
+    first = _build_weight_forms(work, replace(settings, mode="storage", scheme=wider), others)
+    for item in first.quantized:
+        item["kept_wider"] = True
+    second = _build_weight_forms(first.model, settings, ())
+    kept_float = [item for item in first.left if item.get("reason") != "kept float by the sensitivity search"]
+    return Built(second.model, first.quantized + second.quantized, kept_float + second.left, first.notes + second.notes, {})
 
 
 def _dq_format(settings: Settings) -> bool:

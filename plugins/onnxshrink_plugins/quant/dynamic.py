@@ -27,13 +27,16 @@ def dynamic_reason(target: Target) -> str | None:
     return reason
 
 
-def write_dynamic(model: onnx.ModelProto, target: Target, scheme: Scheme, taken: set[str]) -> dict:
-    """Store the weight as (K, N) int8 and rewrite every reader into the dynamic int8 pattern."""
+def write_dynamic(model: onnx.ModelProto, target: Target, scheme: Scheme, taken: set[str], *, reduce_range: bool = False) -> dict:
+    """Store the weight as (K, N) int8 and rewrite every reader into the dynamic int8 pattern.
+
+    ``reduce_range``: 7-bit values (±63), so that onnxruntime's uint8 x int8 kernels on x86 CPUs
+    without VNNI cannot saturate their int16 pair sums (255 * 127 * 2 > 32767)."""
     weight = target.weight
     transposed, _ = matmul_layout(target)
     original = weight.array()
     matrix = (original.T if transposed else original).astype(np.float32)
-    qt = onnxshrink.quantize(matrix, 8, symmetric=scheme.symmetric, axis=1 if scheme.per_channel else None)
+    qt = onnxshrink.quantize(matrix, 7 if reduce_range else 8, symmetric=scheme.symmetric, axis=1 if scheme.per_channel else None)
     base = weight.name
     names = {key: onnxshrink.unique_name(taken, f"{base}_{key}") for key in ("quantized", "scale", "zero_point")}
     zero_point = qt.zero_point if qt.zero_point is not None else np.zeros(qt.scale.shape, np.int8)

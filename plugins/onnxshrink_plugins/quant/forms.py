@@ -15,6 +15,7 @@ import onnx
 import onnxshrink
 from onnxshrink import QuantizedTensor
 
+from ..lowbit_layers import RESHAPED_OPS, matrix_view
 from .targets import Target, node_label
 
 # Bits onnxruntime's MatMulNBits CPU kernel (which DequantizeLinear → MatMul fuses into) accepts.
@@ -23,7 +24,11 @@ MATMULNBITS_BITS = (2, 4, 8)
 
 @dataclass(frozen=True)
 class Scheme:
-    """How weights become integers. ``block_size`` None means per-channel or per-tensor."""
+    """How weights become integers. ``block_size`` None means per-channel or per-tensor.
+
+    ``bits=16`` is float16 storage (a Cast back at load), used only as the wider form the
+    sensitivity search keeps sensitive layers in.
+    """
 
     bits: int = 8
     symmetric: bool = True
@@ -76,17 +81,49 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     return tensor.ByteSize()
 
 
+FLOAT16_LIMIT = float(np.finfo(np.float16).max)
+
+
+def float16_reason(target: Target) -> str | None:
+    """Why ``target`` cannot be stored as float16, or None."""
+    if target.weight.dtype != onnx.TensorProto.FLOAT:
+        return "not float32"
+    if float(np.max(np.abs(target.weight.array()))) > FLOAT16_LIMIT:
+        return "values beyond float16's range"
+    return None
+
+
+def write_float16(model: onnx.ModelProto, target: Target, taken: set[str], note: str = "") -> dict:
+    """A float16 copy + Cast to float32 in front of the readers (folded at load, half the bytes)."""
+    weight = target.weight
+    original = weight.array()
+    half = onnx.numpy_helper.from_array(original.astype(np.float16), onnxshrink.unique_name(taken, f"{weight.name}_float16"))
+    cast = onnx.helper.make_node("Cast", [half.name], [weight.name], name=onnxshrink.unique_name(taken, f"{weight.name}_cast"), to=onnx.TensorProto.FLOAT)
+    onnxshrink.replace_weight(model, weight, [cast], [half], uses=target.uses if target.kept_uses else None)
+    out = record(target, "storage", None, original, [half], note)
+    out["scheme"] = "float16"
+    out["max_abs_error"] = float(np.max(np.abs(original - original.astype(np.float16).astype(np.float32)))) if original.size else 0.0
+    return out
+
+
 def write_storage(model: onnx.ModelProto, target: Target, scheme: Scheme, taken: set[str], note: str = "") -> dict:
     """Integers + Cast → (Sub) → Mul in front of the readers; onnxruntime folds it at session creation.
 
     Block-wise Conv weights are quantized on their (out channels, in channels × kernel) matrix view,
-    so one block spans the whole reduction and not one kernel position.
+    so one block spans the whole reduction and not one kernel position. ``scheme.bits == 16``:
+    float16 + Cast (check :func:`float16_reason` first).
     """
     weight = target.weight
+    if scheme.bits == 16:
+        return write_float16(model, target, taken, note)
     original = weight.array()
     array = np.asarray(original, dtype=np.float32)
     shape = None
-    if scheme.block_size and weight.weight_uses[0].node.op_type == "Conv" and array.ndim > 2:
+    if weight.weight_uses[0].node.op_type in RESHAPED_OPS:
+        array = array.reshape(matrix_view(weight.shape, scheme.block_size or 32))
+        qt = scheme.quantize(array, 0, 1)
+        shape = original.shape
+    elif scheme.block_size and weight.weight_uses[0].node.op_type == "Conv" and array.ndim > 2:
         array = array.reshape(array.shape[0], -1)
         qt = scheme.quantize(array, 0, 1)
         shape = original.shape

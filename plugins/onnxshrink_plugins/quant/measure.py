@@ -90,6 +90,32 @@ def cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]])
     return min(scores) if scores else 1.0
 
 
+def _pair_cosine(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Cosine of one output on one feed (fraction of equal elements for integer outputs)."""
+    ref, cand = np.asarray(ref), np.asarray(cand)
+    if ref.dtype.type not in FLOAT_OUTPUTS:
+        return float(np.mean(ref == cand)) if ref.size else 1.0
+    ref, cand = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
+    if not np.all(np.isfinite(cand)):
+        return 0.0
+    norms = np.linalg.norm(ref) * np.linalg.norm(cand)
+    if norms == 0:
+        return 1.0 if np.array_equal(ref, cand) else 0.0
+    return float(np.dot(ref, cand) / norms)
+
+
+def worst_feed_cosines(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> list[float]:
+    """Per output: the lowest cosine over the feeds (each feed compared on its own, not pooled)."""
+    count = len(reference[0]) if reference else 0
+    return [min(_pair_cosine(r[i], c[i]) for r, c in zip(reference, candidate)) for i in range(count)]
+
+
+def worst_feed_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
+    """The lowest per-feed cosine over every output: the number int_quant's choices are judged by."""
+    scores = worst_feed_cosines(reference, candidate)
+    return min(scores) if scores else 1.0
+
+
 def top1_agreement(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float | None:
     """Share of rows whose arg-max agrees, for the first output when it looks like class scores (N, C)."""
     if not reference or np.asarray(reference[0][0]).ndim != 2 or np.asarray(reference[0][0]).shape[-1] < 2:

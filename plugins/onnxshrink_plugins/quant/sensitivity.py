@@ -1,9 +1,11 @@
-"""Per-layer sensitivity and mixed precision: keep the most sensitive layers float until a fidelity target.
+"""Per-layer sensitivity and mixed precision: keep the most sensitive layers float (or wider) until a fidelity target.
 
-A layer's sensitivity is how far the model's outputs move (1 - cosine against the float model, on
-the calibration feeds) when that layer alone is quantized, in the representation being built.
-Mixed precision ranks the layers by it and finds, by bisection, the fewest most-sensitive layers to
-keep float so that the whole model meets ``target_cosine``.
+A layer's sensitivity is how far the model's outputs move (1 - the worst per-feed cosine of any
+output against the float model) when that layer alone is quantized, in the representation being
+built. Mixed precision ranks the layers by it and finds, by bisection, the fewest most-sensitive
+layers to keep float (or, with ``wider``, stored at a wider scheme such as int8 under an int4 build)
+so that the whole model meets ``target_cosine``. The ranking runs on ``feeds``; the search can be
+judged on other feeds (``check``), held back from everything that shaped the build.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import onnx
 from onnxshrink import node_label
 
 from .build import Built, Settings, build
-from .measure import cosine, outputs
+from .forms import Scheme
+from .measure import outputs, worst_feed_cosine
 from .static import Calibrated
 from .targets import plan_targets
 
@@ -30,6 +33,7 @@ class MixedPrecision:
     kept_float: list[str]
     searched: list[dict]
     met_target: bool
+    wider: Scheme | None = None
 
 
 def quantizable_layers(model: onnx.ModelProto, settings: Settings, calibrated: Calibrated | None) -> dict[str, str]:
@@ -57,7 +61,7 @@ def layer_table(
     for label in sorted(layers):
         others = [other for other in layers if other != label]
         built = build(model, settings, keep_float=others, calibrated=calibrated)
-        score = cosine(reference, outputs(built.model, feeds))
+        score = worst_feed_cosine(reference, outputs(built.model, feeds))
         rows.append({"layer": label, "op_type": layers[label], "cosine": round(score, 8), "sensitivity": round(1.0 - score, 8)})
         advance()
     rows.sort(key=lambda row: (-row["sensitivity"], row["layer"]))
@@ -72,25 +76,37 @@ def mixed_precision(
     target: float,
     calibrated: Calibrated | None = None,
     advance: Callable[[], None] = lambda: None,
+    *,
+    check: tuple[Sequence[dict[str, np.ndarray]], list[list[np.ndarray]]] | None = None,
+    wider: Scheme | None = None,
+    table: list[dict] | None = None,
 ) -> MixedPrecision:
-    """Quantize everything except the fewest most-sensitive layers that lets the model reach ``target``."""
-    table = layer_table(model, settings, feeds, reference, calibrated, advance)
+    """Quantize everything except the fewest most-sensitive layers that lets the model reach ``target``.
+
+    Layers are ranked on ``feeds``; each trial is judged on ``check`` (feeds, float outputs) when
+    given, else on ``feeds``. With ``wider`` the kept layers are stored at that scheme, not float.
+    ``table``: a :func:`layer_table` already measured for these settings (reused, copied).
+    """
+    table = [dict(row) for row in table] if table is not None else layer_table(model, settings, feeds, reference, calibrated, advance)
+    judge_feeds, judge_reference = check if check is not None else (feeds, reference)
     order = [row["layer"] for row in table]
     searched: list[dict] = []
     cache: dict[int, tuple[Built, float]] = {}
 
     def attempt(k: int) -> tuple[Built, float]:
         if k not in cache:
-            built = build(model, settings, keep_float=order[:k], calibrated=calibrated)
-            score = cosine(reference, outputs(built.model, feeds))
+            built = build(model, settings, keep_float=order[:k], calibrated=calibrated, wider=wider)
+            score = worst_feed_cosine(judge_reference, outputs(built.model, judge_feeds))
             cache[k] = (built, score)
-            searched.append({"kept_float": k, "cosine": round(score, 8), "meets_target": score >= target})
+            searched.append({"kept_" + ("wider" if wider else "float"): k, "cosine": round(score, 8), "meets_target": score >= target})
         return cache[k]
 
     if attempt(0)[1] >= target or not order:
         k = 0
+    elif attempt(len(order))[1] < target:
+        k = len(order)  # not even every layer kept back reaches the target: the caller decides
     else:
-        low, high = 0, len(order)  # low fails; high (everything float) meets the target by construction
+        low, high = 0, len(order)  # low fails; high meets the target
         while high - low > 1:
             middle = (low + high) // 2
             if attempt(middle)[1] >= target:
@@ -99,6 +115,24 @@ def mixed_precision(
                 low = middle
         k = high
     built, score = attempt(k)
+    rows = {row["layer"]: row for row in table}
+    how = ("kept at float16" if wider.bits == 16 else f"kept at int{wider.bits}") if wider else "kept float"
     for row in table:
-        row["kept_float"] = row["layer"] in order[:k]
-    return MixedPrecision(built, score, table, order[:k], searched, score >= target)
+        row["kept_" + ("wider" if wider else "float")] = row["layer"] in order[:k]
+    for item in built.left:
+        if item.get("reason") == "kept float by the sensitivity search":
+            scores = [rows[label]["cosine"] for label in item.get("layers", []) if label in rows]
+            if scores:
+                item["reason"] = (
+                    f"{how} by the sensitivity search: quantized alone it gives a worst per-feed cosine of {min(scores):.6f}, "
+                    f"among the {k} most sensitive layers kept back to reach {target} (reached {score:.6f})"
+                )
+    for item in built.quantized:
+        if item.get("kept_wider"):
+            scores = [rows[label]["cosine"] for label in item.get("layers", []) if label in rows]
+            if scores:
+                item["note"] = (
+                    f"{how} by the sensitivity search: at {settings.scheme.bits} bits alone it gives a worst per-feed cosine of "
+                    f"{min(scores):.6f}, among the {k} most sensitive layers kept back to reach {target} (reached {score:.6f})"
+                )
+    return MixedPrecision(built, score, table, order[:k], searched, score >= target, wider)

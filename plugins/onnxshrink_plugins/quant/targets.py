@@ -12,8 +12,14 @@ import onnxshrink
 from onnxshrink import Use, WeightTensor, node_label, weight_axes
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Recurrent ops: input weights W (1) and recurrence weights R (2); their biases stay float. No integer
+# kernel runs them, so they always take the storage form (folded at load).
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+# Einsum: any constant operand (scales along its first axis, blocks along its last); Reshape: a constant
+# reshaped before use (quantized on a matrix view). Storage form only.
+QUANTIZABLE_OPS = (*WEIGHTED_OPS, *RECURRENT_OPS, "Einsum", "Reshape")
 DEFAULT_DOMAINS = ("", "ai.onnx")
-_OP_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1)}
+_OP_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2), "Einsum": (0, 1, 2, 3), "Reshape": (0,)}
 
 
 
