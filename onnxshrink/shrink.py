@@ -136,7 +136,7 @@ def shrink(
             progress=log,
         )
     if checks:
-        report["gate"] = evaluate_gates(checks, report, allow_unavailable=job.allow_unavailable)
+        report["gate"] = evaluate_gates(checks, report, allow_unavailable=job.allow_unavailable, strict_latency=job.strict_latency)
     write_reports(report, json_path=job.report_json, junit_path=job.junit, markdown_path=job.markdown)
     return report
 

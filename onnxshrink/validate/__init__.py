@@ -64,7 +64,7 @@ from collections.abc import Callable, Sequence
 from onnxshrink.errors import UsageError, one_line
 from onnxshrink.validate import latency as _latency
 from onnxshrink.validate.data import DataSet, load_feeds, parse_input_shape, split_calibration
-from onnxshrink.validate.fidelity import accuracy, compare_outputs, run_model
+from onnxshrink.validate.fidelity import accuracy, compare_outputs, output_producers, run_model
 from onnxshrink.validate.providers import PROVIDERS, make_session, parse_providers, provider_status
 from onnxshrink.validate.size import compare_size, measure_size
 
@@ -112,6 +112,8 @@ def validate(
     trt_cache_dir: str | os.PathLike | None = None,
     measure_latency: bool = True,
     progress: Progress = None,
+    ci_width: float | None = _latency.DEFAULT_CI_WIDTH,
+    time_budget_s: float = _latency.DEFAULT_TIME_BUDGET_S,
 ) -> dict:
     """The validation section (see the key table above) for a candidate against its baseline.
 
@@ -129,7 +131,8 @@ def validate(
     if measure_latency:
         lat = _latency.measure_latency(
             baseline_path, candidate_path, dataset.feeds, eps, threads=threads, warmup=warmup, repeats=repeats,
-            min_time_s=min_time_s, trt_cache_dir=trt_cache_dir, progress=progress,
+            min_time_s=min_time_s, trt_cache_dir=trt_cache_dir, progress=progress, ci_width=ci_width,
+            time_budget_s=time_budget_s,
         )
     else:
         lat = _skipped(eps)
@@ -148,23 +151,28 @@ def _fidelity(baseline_path, candidate_path, dataset: DataSet, threads: int) -> 
         base_out = run_model(baseline_path, dataset.feeds, threads=threads)
     except Exception as e:
         raise UsageError(f"baseline model {str(baseline_path)!r} cannot run on the data {dataset.source or '(synthetic)'}: {one_line(e)}") from None
-    failed = {"status": "failed", "outputs": {}, "cosine": None, "max_abs_error": None, "rel_error": None,
-              "top1_agreement": None, "exact_match": None, "warnings": []}
+    has_labels = dataset.labels is not None
+    failed = {"status": "failed", "outputs": {}, "cosine": None, "cosine_mean": None, "max_abs_error": None, "rel_error": None,
+              "snr_db": None, "top1_agreement": None, "exact_match": None, "labels": has_labels, "warnings": []}
     try:
         cand_out = run_model(candidate_path, dataset.feeds, threads=threads)
     except Exception as e:
         return {**failed, "error": f"candidate model {str(candidate_path)!r} failed to run: {one_line(e)}"}
     try:
-        fid = compare_outputs(base_out, cand_out)
+        producers = output_producers(baseline_path)
+    except Exception:  # noqa: BLE001 - the producer is a hint for the class-score rule, not a requirement
+        producers = {}
+    try:
+        fid = compare_outputs(base_out, cand_out, producers=producers)
     except UsageError as e:
         return {**failed, "error": str(e)}
-    if dataset.labels is not None:
-        acc, warning = accuracy(base_out, cand_out, dataset.labels)
+    if has_labels:
+        acc, warning = accuracy(base_out, cand_out, dataset.labels, producers=producers)
         if acc is not None:
             fid["accuracy"] = acc
         if warning:
             fid["warnings"].append(warning)
-    return {"status": "ok", **fid}
+    return {"status": "ok", "labels": has_labels, **fid}
 
 
 def bench_single(
