@@ -25,29 +25,44 @@ size.compressed_ratio                      float | None    candidate/baseline zl
 latency[ep].status                         str             "ok" | "unavailable" | "failed" | "skipped"
 latency[ep].reason                         str             why unavailable / skipped
 latency[ep].error                          str             one-line error when failed
-latency[ep].ratio                          float | None    candidate median / baseline median
-latency[ep].baseline / .candidate          dict            median_ms, p90_ms, min_ms, spread, runs,
+latency[ep].ratio                          float | None    median of the paired ratios candidate/baseline
+latency[ep].ratio_ci                       [float, float]  its 95% interval (bootstrap over session pairs, then
+                                                           rounds, fixed seed); the gate judges this
+latency[ep].rounds / .sessions             int             timed rounds; fresh session pairs they ran on
+latency[ep].stopped                        str             "converged" | "time budget" | "max rounds" |
+                                                           "fixed rounds"
+latency[ep].clock                          str             "thread CPU time" (cpu, 1 thread) | "wall time"
+latency[ep].confidence / .ci_target        float           0.95; the half-width asked for (0.02 = ±2%)
+latency[ep].time_budget_s / .order         float / str     wall-time budget; "alternating (A B, B A, ...)"
+latency[ep].baseline / .candidate          dict            median_ms, median_ci_ms, p90_ms, min_ms, spread, runs,
+                                                           times_ms (every run, paired by index),
                                                            providers_used, session_create_s, first_run_s,
                                                            nodes_by_provider, fallback_nodes (non-CPU eps),
                                                            engine_build_s (tensorrt: create + first run)
 latency[ep].candidate.median_ms            float           candidate median latency, milliseconds
 latency[ep].providers_used                 list[str]       providers of the candidate session
 latency[ep].threads / .warmup              int             intra-op threads; warm-up rounds
-latency[ep].warning                        str | None      set when spread > 0.25 (timings not trustworthy)
+latency[ep].warning                        str | None      spread > 0.25, or the interval wider than ci_target
 latency[ep].cache_dir                      str | None      tensorrt only: engine cache folder (None: temporary)
 fidelity.status                            str             "ok" | "failed" (candidate could not run/compare)
 fidelity.error                             str             one-line error when failed
-fidelity.outputs[name]                     dict            dtype, shape, cosine, max_abs_error, rel_error,
-                                                           top1_agreement, exact_match (+ nonfinite_mismatch)
-fidelity.cosine                            float | None    min cosine similarity over float outputs
+fidelity.labels                            bool            the data had labels
+fidelity.outputs[name]                     dict            dtype, shape, cosine (= cosine_worst), cosine_worst,
+                                                           cosine_mean, cosine_per_feed, worst_feed,
+                                                           max_abs_error, rel_error, snr_db, top1_agreement,
+                                                           class_scores, class_scores_rule, exact_match
+                                                           (+ nonfinite_mismatch); metrics per feed, worst kept
+fidelity.cosine                            float | None    worst feed of the worst float output
+fidelity.cosine_mean                       float | None    lowest per-output mean cosine over feeds
 fidelity.max_abs_error                     float | None    max absolute error over outputs (inf: NaN/inf mismatch)
-fidelity.rel_error                         float | None    max relative L2 error over float outputs
-fidelity.top1_agreement                    float | None    min argmax agreement over class-like outputs
+fidelity.rel_error                         float | None    worst relative L2 error (floor 1e-6·√n) over feeds/outputs
+fidelity.snr_db                            float | None    worst SNR in dB (300: equal outputs)
+fidelity.top1_agreement                    float | None    min argmax agreement over class-score outputs
 fidelity.exact_match                       float | None    min fraction of exactly equal elements
-fidelity.accuracy.baseline / .candidate    float           label accuracy (fraction), first class-like output
+fidelity.accuracy.baseline / .candidate    float           label accuracy (fraction), first class-score output
 fidelity.accuracy.drop                     float           baseline - candidate (fraction, e.g. 0.012)
 fidelity.accuracy.output                   str             the output the accuracy was computed on
-fidelity.warnings                          list[str]       e.g. labels given but no class-like output
+fidelity.warnings                          list[str]       e.g. labels given but no class-score output (why)
 =========================================  ==============  =====================================================
 
 ``fidelity.accuracy`` is present only when the data has labels and an output holds class scores.
