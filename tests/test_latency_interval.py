@@ -221,3 +221,16 @@ def test_gate_command_end_to_end_on_a_digits_model(tmp_path):
     assert latency_check["passed"] is (hi <= 1.0)
     assert cosine_check["output"] == "logits" and cosine_check["status"] == "pass" and cosine_check["value"] == pytest.approx(1.0)
     assert result.exit_code == (0 if gate["passed"] else 1)
+
+
+def test_strict_latency_from_a_recipe_and_the_command_line(tmp_path):
+    from onnxshrink.recipe import load_recipe, merge_cli
+
+    path = tmp_path / "r.toml"
+    path.write_text('[gate]\nchecks = ["latency_ratio<=1.0"]\nstrict_latency = true\n')
+    assert load_recipe(path).strict_latency is True
+    path.write_text('[gate]\nchecks = ["latency_ratio<=1.0"]\n')
+    recipe = load_recipe(path)
+    assert recipe.strict_latency is False
+    assert merge_cli(recipe, {"strict_latency": True}).strict_latency is True
+    assert merge_cli(recipe, {"strict_latency": None}).strict_latency is False
