@@ -106,6 +106,9 @@ def heavier_copy(model: onnx.ModelProto, prefix: int) -> onnx.ModelProto:
         for i, name in enumerate(node.output):
             if name == target.name:
                 node.output[i] = f"{target.name}__before_dup"
+        for i, name in enumerate(node.input):  # nodes that also read the output read the value before the tie
+            if name == target.name:
+                node.input[i] = f"{target.name}__before_dup"
     extra.append(helper.make_node("Add", [f"{target.name}__before_dup", "__dup_nothing"], [target.name], name="__dup_tie"))
     g.node.extend(extra)
     return out
@@ -184,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=list(DEFAULT_MODELS))
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--skip-self", action="store_true", help="only the heavier copy (the self runs take as long again)")
     args = parser.parse_args(argv)
     if not (zoo_dir() / "models").is_dir():
         print(f"no zoo at {zoo_dir()} (set ONNXSHRINK_ZOO)", file=sys.stderr)
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             base, heavy, work, k, total = build_heavier(name, Path(tmp))
             print(f"{name}: duplicated the first {k} of {total} nodes; copy/original = {work[0]:.3f} [{work[1]:.3f}, {work[2]:.3f}]", file=sys.stderr, flush=True)
             data = zoo_dir() / "data" / f"{name}.npz"
-            same = gate_runs(base, base, data, args.runs)
+            same = gate_runs(base, base, data, 0 if args.skip_self else args.runs)
             more = gate_runs(base, heavy, data, args.runs)
             rows.append((name, work, same, more))
     print(f"\ngate '{GATE}', {args.runs} runs each (onnxshrink gate A B --data ZOO.npz; 95% interval, fail only when it lies above 1.0)")
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, work, same, more in rows:
         def seen(r):
             ratios = [x[0] for x in r[3]]
-            return f"{min(ratios):.3f}-{max(ratios):.3f}"
+            return f"{min(ratios):.3f}-{max(ratios):.3f}" if ratios else "-"
         print(
             f"{name:26s} {work[0]:6.3f} [{work[1]:.3f},{work[2]:.3f}] | {same[0]:>8d}/{same[1]}/{same[2]:<11d} {seen(same):>16s} | "
             f"{more[0]:>10d}/{more[1]:<6d} {seen(more):>16s} | {(same[4] + more[4]) / 2:.1f}"
