@@ -150,6 +150,7 @@ def _gate_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--gate", "gates", multiple=True, metavar="'METRIC[EP] OP NUMBER'", help="A release check, e.g. 'size_ratio<=0.5' or 'latency_ratio[cpu]<=1.0' (repeatable). See docs/gate.md."),
         click.option("--allow-unavailable", is_flag=True, default=None, help="A check on an execution provider that is not available passes (and the report says so)."),
+        click.option("--strict-latency", is_flag=True, default=None, help="A latency check passes only when its whole 95% interval meets the threshold (default: an interval straddling it is 'inconclusive' and passes)."),
         click.option("--junit", type=click.Path(path_type=Path), help="Write the gate checks as JUnit XML."),
         click.option("--report", "report_json", type=click.Path(path_type=Path), help="Write the JSON report here."),
         click.option("--markdown", type=click.Path(path_type=Path), help="Write a Markdown summary (for a pull-request comment)."),
@@ -230,6 +231,7 @@ def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | 
         "validate": False if flags["no_validate"] else None,
         "gates": list(flags["gates"]) or None,
         "allow_unavailable": flags["allow_unavailable"],
+        "strict_latency": flags["strict_latency"],
         "report_json": flags["report_json"],
         "junit": flags["junit"],
         "markdown": flags["markdown"],
@@ -300,7 +302,7 @@ def bench_command(models: tuple[Path, ...], as_json: bool, html: Path | None, da
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @traceback_option
 @handle_errors
-def gate_command(baseline: Path, candidate: Path, quiet: bool, gates: tuple[str, ...], allow_unavailable: bool | None, junit: Path | None, report_json: Path | None, markdown: Path | None, html: Path | None, data: Path | None, input_shapes: tuple[str, ...], providers: str | None, threads: int | None, repeats: int | None) -> int:
+def gate_command(baseline: Path, candidate: Path, quiet: bool, gates: tuple[str, ...], allow_unavailable: bool | None, strict_latency: bool | None, junit: Path | None, report_json: Path | None, markdown: Path | None, html: Path | None, data: Path | None, input_shapes: tuple[str, ...], providers: str | None, threads: int | None, repeats: int | None) -> int:
     """Validate CANDIDATE against BASELINE and apply the --gate checks (exit 1 when one fails)."""
     from .console import print_validation, gate_table
     from .measure import gate_models
@@ -316,6 +318,7 @@ def gate_command(baseline: Path, candidate: Path, quiet: bool, gates: tuple[str,
         candidate,
         gates=list(gates),
         allow_unavailable=bool(allow_unavailable),
+        strict_latency=bool(strict_latency),
         data=data,
         input_shapes=_parse_shapes(input_shapes),
         providers=_providers(providers) or ["cpu"],

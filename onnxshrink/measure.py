@@ -48,6 +48,7 @@ def gate_models(
     *,
     gates: list[str],
     allow_unavailable: bool = False,
+    strict_latency: bool = False,
     data: Path | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     providers: Sequence[str] = ("cpu",),
@@ -82,6 +83,6 @@ def gate_models(
         "steps": [],
         "validation": validation,
     }
-    report["gate"] = evaluate_gates(checks, report, allow_unavailable=allow_unavailable)
+    report["gate"] = evaluate_gates(checks, report, allow_unavailable=allow_unavailable, strict_latency=strict_latency)
     write_reports(report, json_path=report_json, junit_path=junit, markdown_path=markdown)
     return report

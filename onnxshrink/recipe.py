@@ -34,6 +34,7 @@ Example (docs/gate.md has the full reference)::
     [gate]
     checks = ["size_ratio <= 0.5", "latency_ratio[cpu] <= 1.0", "top1_agreement >= 0.99"]
     allow_unavailable = false
+    strict_latency = false
 
     [report]
     json = "out/report.json"
@@ -80,6 +81,7 @@ class Recipe:
     repeats: int = 20
     gates: list[str] = field(default_factory=list)  # expressions, already checked by parse_gate
     allow_unavailable: bool = False
+    strict_latency: bool = False
     report_json: Path | None = None
     junit: Path | None = None
     markdown: Path | None = None
@@ -97,7 +99,7 @@ RECIPE_KEYS: dict[str, dict[str, str]] = {
     "steps[]": {"plugin": "string", "options": "table"},
     "data": {"path": "string", "input_shapes": "table"},
     "validate": {"enabled": "boolean", "providers": "array", "threads": "integer", "repeats": "integer"},
-    "gate": {"checks": "array", "allow_unavailable": "boolean"},
+    "gate": {"checks": "array", "allow_unavailable": "boolean", "strict_latency": "boolean"},
     "report": {"json": "string", "junit": "string", "markdown": "string", "html": "string"},
 }
 
@@ -247,6 +249,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
                 raise c.error(key, exc.message) from None
             recipe.gates.append(expr.strip())
         recipe.allow_unavailable = table.get("allow_unavailable", False)
+        recipe.strict_latency = table.get("strict_latency", False)
 
     if "report" in data:
         table = c.table(data["report"], "report", "report")
@@ -274,6 +277,7 @@ OVERRIDE_KEYS: dict[str, str] = {
     "validate": "validate",
     "gates": "gates",
     "allow_unavailable": "allow_unavailable",
+    "strict_latency": "strict_latency",
     "report_json": "report_json",
     "junit": "junit",
     "markdown": "markdown",

@@ -194,7 +194,7 @@ def _run(
                 )
             report["validation"] = _unstage(validation, stage, output.parent)
         if checks:
-            report["gate"] = evaluate_gates(checks, report, allow_unavailable=job.allow_unavailable)
+            report["gate"] = evaluate_gates(checks, report, allow_unavailable=job.allow_unavailable, strict_latency=job.strict_latency)
         write_reports(report, json_path=job.report_json, junit_path=job.junit, markdown_path=job.markdown)
         if job.html:
             write_html(report, job.html)

@@ -68,8 +68,10 @@ def sample_report() -> dict:
             "fidelity": {
                 "outputs": {"logits": {"cosine": 0.9995, "max_abs_error": 0.02, "rel_error": 0.01, "top1_agreement": 0.98}},
                 "cosine": 0.9995,
+                "cosine_mean": 0.9998,
                 "max_abs_error": 0.02,
                 "rel_error": 0.01,
+                "snr_db": 40.0,
                 "top1_agreement": 0.98,
                 "accuracy": {"baseline": 0.9, "candidate": 0.88, "drop": 0.02},
             },
@@ -94,8 +96,10 @@ METRIC_VALUES = {
     "latency_ratio[cpu]": 0.75,
     "latency_ms[cpu]": 1.5,
     "cosine": 0.9995,
+    "cosine_mean": 0.9998,
     "max_abs_error": 0.02,
     "rel_error": 0.01,
+    "snr_db": 40.0,
     "top1_agreement": 0.98,
     "accuracy": 0.88,
     "accuracy_drop": 0.02,
@@ -334,11 +338,11 @@ def test_report_is_not_modified():
 def test_gate_section_shape_and_verdict():
     checks = [parse_gate("size_ratio <= 0.5"), parse_gate("top1_agreement >= 0.99"), parse_gate("cosine>=0.999")]
     section = evaluate_gates(checks, sample_report())
-    assert set(section) == {"passed", "allow_unavailable", "checks"}
+    assert set(section) == {"passed", "allow_unavailable", "strict_latency", "checks"}
     assert section["passed"] is False
     assert [c["passed"] for c in section["checks"]] == [True, False, True]
     for c in section["checks"]:
-        assert set(c) == {"expr", "metric", "provider", "op", "threshold", "value", "passed", "status", "reason"}
+        assert set(c) == {"expr", "metric", "provider", "output", "op", "threshold", "value", "passed", "status", "reason"}
         assert c["reason"]
     assert section["checks"][1]["reason"] == "0.98 < 0.99 (needs >= 0.99)"
     assert verdict_exit_code(section) == 1
@@ -379,8 +383,8 @@ def test_unknown_provider_lists_known_providers():
 
 
 def test_provider_on_a_metric_without_one():
-    message = usage_error("cosine[cpu] >= 0.9")
-    assert "takes no [provider]" in message and "latency_ratio" in message and "latency_ms" in message
+    message = usage_error("size_ratio[cpu] >= 0.9")
+    assert "takes no [selector]" in message and "latency_ratio" in message and "latency_ms" in message and "cosine" in message
 
 
 @pytest.mark.parametrize("expr,bad", [("size_ratio = 0.5", "'='"), ("size_ratio != 0.5", "'!='"), ("size_ratio => 0.5", "'=>'"), ("size_ratio <<= 0.5", "'<<='")])

@@ -78,14 +78,17 @@ def test_measure_latency_cpu_pair_and_single(tmp_path):
     b = save(classifier(perturb=0.1), tmp_path / "b.onnx")
     feeds = [{"x": np.ones((2, 4), np.float32)}, {"x": np.zeros((3, 4), np.float32)}]
     msgs: list[str] = []
-    r = measure_latency(a, b, feeds, "cpu", threads=1, warmup=2, repeats=5, min_time_s=0, progress=msgs.append)["cpu"]
+    r = measure_latency(a, b, feeds, "cpu", threads=1, warmup=2, repeats=5, min_time_s=0, progress=msgs.append, ci_width=None)["cpu"]
     assert r["status"] == "ok" and r["threads"] == 1 and msgs
+    assert r["rounds"] == 5 and r["sessions"] == 1 and r["stopped"] == "fixed rounds"
+    lo, hi = r["ratio_ci"]
+    assert 0 < lo <= r["ratio"] <= hi
     for role in ("baseline", "candidate"):
         m = r[role]
         assert m["runs"] == 5 and 0 < m["min_ms"] <= m["median_ms"] <= m["p90_ms"]
+        assert len(m["times_ms"]) == 5 and m["median_ci_ms"][0] <= m["median_ms"] <= m["median_ci_ms"][1]
         assert m["providers_used"] == ["CPUExecutionProvider"] and m["nodes_by_provider"]["CPUExecutionProvider"] >= 1
         assert "engine_build_s" not in m and "fallback_nodes" not in m
-    assert r["ratio"] == pytest.approx(r["candidate"]["median_ms"] / r["baseline"]["median_ms"])
     assert r["warning"] is None or "noisy" in r["warning"]
     s = measure_latency_single(a, feeds, ["cpu"], repeats=3, min_time_s=0)["cpu"]
     assert s["status"] == "ok" and s["runs"] == 3 and s["median_ms"] > 0 and "ratio" not in s

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..external import is_external, read_external
 from ..graph import all_names, unique_name
 from ..tidy import node_reads
 
@@ -73,7 +74,7 @@ class Constants:
 
 def _value(initializer: onnx.TensorProto | None, constant: onnx.NodeProto | None) -> np.ndarray | None:
     if initializer is not None:
-        return numpy_helper.to_array(initializer)
+        return read_external(initializer) if is_external(initializer) else numpy_helper.to_array(initializer)
     if constant is None:
         return None
     for attr in constant.attribute:

@@ -10,9 +10,10 @@ from .conformance import (
     shipped_models,
     synthetic_feeds,
 )
-from .reference_graphs import REFERENCE_GRAPHS
+from .reference_graphs import HARD_GRAPHS, REFERENCE_GRAPHS
 
 __all__ = [
+    "HARD_GRAPHS",
     "REFERENCE_GRAPHS",
     "ConformanceError",
     "ConformanceReport",

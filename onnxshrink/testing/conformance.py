@@ -15,16 +15,27 @@ shipped in ``models/``, and checks:
   gives outputs of the original's names, dtypes and shapes;
 - ``input not mutated``: the model handed to the kit and the calibration feeds are unchanged;
 - ``deterministic``: two runs with the same seed give byte-identical models, and the second run does
-  not touch the first run's model.
+  not touch the first run's model;
+- ``changes something``: the method changed at least one graph (``require_change``);
+- ``changes a hard graph``: the method changed at least one of ``HARD_GRAPHS`` (If/Loop subgraphs,
+  Constant-node weights, shared weights, external data), the graphs where real exports break
+  optimizers; a method that is right to leave all of them alone says why with
+  ``hard_graphs_intended_unchanged="reason"``.
+
+The ``external_data`` graph is saved with its weights in an external-data file and handed to the
+method unread, as onnxshrink does with models over ``ONNXSHRINK_LAZY_BYTES``.
 
 A failed check raises :class:`ConformanceError` (an ``AssertionError``) whose one-line message names
 the method, the graph and the check. Graphs the method leaves unchanged (nothing it applies to) or
-refuses with a ``UsageError`` are not failures; the returned :class:`ConformanceReport` lists them.
+refuses with a ``UsageError`` are not failures; the returned :class:`ConformanceReport` says, per
+graph, whether it was changed, or skipped and why (``print(report)``).
 """
 
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +45,14 @@ import numpy as np
 import onnx
 
 from ..errors import InvalidModelError, OnnxShrinkError, PluginError, UsageError
+from ..external import external_data_dir, inline_all
 from ..method import Method, check_method_class
 from ..model_io import load_model
 from ..pipeline import PreparedStep, StepResult, check_interface, interface_signature, passes_full_check, run_steps
 from ..plugins import MethodInfo, Registry, load_registry
 from ..runtime import cpu_session
 from ..tidy import tidy_model
-from .reference_graphs import REFERENCE_GRAPHS
+from .reference_graphs import EXTERNAL_DATA_GRAPHS, HARD_GRAPHS, REFERENCE_GRAPHS
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root when onnxshrink runs from a checkout
 CALIBRATION_FEEDS = 2  # feeds handed to the method (enough for calibrating methods to run)
@@ -55,6 +67,7 @@ CHECKS = (
     "input not mutated",
     "deterministic",
     "changes something",
+    "changes a hard graph",
 )
 
 
@@ -70,12 +83,15 @@ class ConformanceError(AssertionError):
 
 @dataclass
 class GraphResult:
-    """What one graph came to: ``changed``, ``unchanged`` (nothing applied) or ``refused`` (UsageError)."""
+    """What one graph came to: ``changed``, ``unchanged`` (nothing applied) or ``refused`` (UsageError).
+
+    ``hard`` says why the graph is one of ``HARD_GRAPHS`` (empty for the others)."""
 
     graph: str
     outcome: str
     reason: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    hard: str = ""
 
 
 @dataclass
@@ -85,6 +101,7 @@ class ConformanceReport:
     method: str
     options: dict[str, Any]
     results: list[GraphResult]
+    hard_graphs_intended_unchanged: str | None = None
 
     @property
     def outcomes(self) -> dict[str, str]:
@@ -99,9 +116,19 @@ class ConformanceReport:
         """Graph → reason, for every graph the method left unchanged or refused."""
         return {r.graph: f"{r.outcome}: {r.reason}" for r in self.results if r.outcome != "changed"}
 
+    @property
+    def hard_changed(self) -> list[str]:
+        """The hard graphs (``HARD_GRAPHS``) the method changed."""
+        return [r.graph for r in self.results if r.hard and r.outcome == "changed"]
+
     def __str__(self) -> str:
-        lines = [f"{self.method}: {len(self.changed)} of {len(self.results)} graphs changed, all checks passed"]
-        lines += [f"  {graph}: {reason}" for graph, reason in self.skipped.items()]
+        hard = [r for r in self.results if r.hard]
+        lines = [f"{self.method}: {len(self.changed)} of {len(self.results)} graphs changed ({len(self.hard_changed)} of {len(hard)} hard ones), all checks passed"]
+        if hard and not self.hard_changed and self.hard_graphs_intended_unchanged:
+            lines.append(f"  no hard graph changed, as intended: {self.hard_graphs_intended_unchanged}")
+        for r in self.results:
+            tag = f" [hard: {r.hard}]" if r.hard else ""
+            lines.append(f"  {r.graph}{tag}: {'changed' if r.outcome == 'changed' else f'{r.outcome}: {r.reason}'}")
         return "\n".join(lines)
 
 
@@ -111,6 +138,8 @@ class _Case:
     build: Callable[[], onnx.ModelProto]
     calibration: Callable[[onnx.ModelProto], list[dict[str, np.ndarray]]]
     synthetic: bool
+    hard: str = ""
+    folder: Path | None = None  # external data lives here; the method runs inside external_data_dir(folder)
 
 
 def check_method(
@@ -121,6 +150,7 @@ def check_method(
     models: Iterable[str | Path] | str | Path | None = None,
     seed: int = 0,
     require_change: bool = True,
+    hard_graphs_intended_unchanged: str | None = None,
     registry: Registry | None = None,
 ) -> ConformanceReport:
     """Run every conformance check for ``method`` (a Method subclass, or the name of an installed one).
@@ -130,6 +160,9 @@ def check_method(
     ``REFERENCE_GRAPHS``. ``models``: .onnx paths or a folder; default: the models shipped in
     ``models/`` when that folder exists (``<name>_calib.npz`` beside a model is its calibration data).
     ``require_change``: fail when the method changes none of the graphs (a no-op).
+    ``hard_graphs_intended_unchanged``: why it is right that the method changes none of the hard graphs
+    (``HARD_GRAPHS``) it was given; without it, changing none of them fails the check "changes a hard
+    graph". Options that make a method act on them are the better answer (docs/plugin-authors.md).
     """
     info = _method_info(method, registry)
     cls = info.cls
@@ -138,11 +171,24 @@ def check_method(
         values = cls.validate_options(dict(options or {}))
     except UsageError as exc:
         raise ConformanceError(cls.name, "(options)", "documented options", f"the options given do not validate: {exc}") from None
+    if hard_graphs_intended_unchanged is not None and not str(hard_graphs_intended_unchanged).strip():
+        raise ValueError("hard_graphs_intended_unchanged needs the reason, in words")
     step = PreparedStep(info, values)
-    results = [_check_case(step, case, seed) for case in _cases(graphs, models, seed)]
-    report = ConformanceReport(cls.name, values, results)
+    folder = Path(tempfile.mkdtemp(prefix="onnxshrink_kit_"))
+    try:
+        results = [_check_case(step, case, seed) for case in _cases(graphs, models, seed, folder)]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    report = ConformanceReport(cls.name, values, results, hard_graphs_intended_unchanged)
     if require_change and results and not report.changed:
         raise ConformanceError(cls.name, "every graph", "changes something", f"the method changed none of {len(results)} graphs: {report.skipped}")
+    hard = {r.graph: f"{r.outcome}: {r.reason}" for r in results if r.hard}
+    if hard and not report.hard_changed and hard_graphs_intended_unchanged is None:
+        raise ConformanceError(
+            cls.name, "the hard graphs", "changes a hard graph",
+            f"the method changed none of the hard graphs {hard} (with options {values}); pass options that make it act "
+            "on them, or hard_graphs_intended_unchanged='why' when leaving them alone is right",
+        )
     return report
 
 
@@ -226,6 +272,18 @@ def synthetic_feeds(model: onnx.ModelProto, count: int = CALIBRATION_FEEDS, *, d
 
 
 def _check_case(step: PreparedStep, case: _Case, seed: int) -> GraphResult:
+    if case.folder is None:
+        return _check_case_here(step, case, seed)
+    with external_data_dir(case.folder):
+        return _check_case_here(step, case, seed)
+
+
+def _inlined(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with every external tensor read in (for onnx.checker and onnxruntime sessions from bytes)."""
+    return inline_all(_clone(model))
+
+
+def _check_case_here(step: PreparedStep, case: _Case, seed: int) -> GraphResult:
     name, label = step.name, case.label
 
     def fail(check: str, detail: str) -> ConformanceError:
@@ -241,7 +299,7 @@ def _check_case(step: PreparedStep, case: _Case, seed: int) -> GraphResult:
         [result] = run_steps(first, [step], seed=seed, calibration=lambda: feeds, calibration_is_synthetic=case.synthetic)
     except (UsageError, InvalidModelError) as exc:  # exit 2: the method refuses this model, with a reason
         _check_untouched(original, original_bytes, feeds, feeds_copy, fail)
-        return GraphResult(label, "refused", exc.message)
+        return GraphResult(label, "refused", exc.message, hard=case.hard)
     except PluginError as exc:
         produced = exc.message.partition(": ")[2]  # the pipeline's own wording for a rejected output
         if produced.startswith("changed the model's interface"):
@@ -254,9 +312,9 @@ def _check_case(step: PreparedStep, case: _Case, seed: int) -> GraphResult:
     _check_untouched(original, original_bytes, feeds, feeds_copy, fail)
     first_bytes = _bytes(first)
 
-    _check_valid(first, strict=passes_full_check(original), fail=fail)
+    _check_valid(_inlined(first), strict=passes_full_check(_inlined(original)), fail=fail)
     _check_interface(original, first, fail)
-    _check_runs(original, first, case, seed, fail)
+    _check_runs(_inlined(original), _inlined(first), case, seed, fail)
 
     second = _clone(original)
     try:
@@ -272,8 +330,8 @@ def _check_case(step: PreparedStep, case: _Case, seed: int) -> GraphResult:
     tidy_model(tidied)
     if first_bytes == _bytes(tidied):
         reason = "; ".join(result.warnings) or "(the method gave no warning)"
-        return GraphResult(label, "unchanged", reason, result.stats)
-    return GraphResult(label, "changed", "", result.stats)
+        return GraphResult(label, "unchanged", reason, result.stats, case.hard)
+    return GraphResult(label, "changed", "", result.stats, case.hard)
 
 
 def _check_untouched(original, original_bytes, feeds, feeds_copy, fail) -> None:
@@ -335,7 +393,7 @@ def _check_runs(original: onnx.ModelProto, out: onnx.ModelProto, case: _Case, se
 # Cases
 
 
-def _cases(graphs, models, seed: int) -> list[_Case]:
+def _cases(graphs, models, seed: int, folder: Path) -> list[_Case]:
     cases = []
     if graphs is None:
         graphs = REFERENCE_GRAPHS
@@ -345,9 +403,15 @@ def _cases(graphs, models, seed: int) -> list[_Case]:
         if unknown:
             raise ValueError(f"unknown reference graphs {unknown}; known: {sorted(REFERENCE_GRAPHS)}")
         graphs = {n: REFERENCE_GRAPHS[n] for n in names}
+    by_name = isinstance(graphs, Mapping) and all(REFERENCE_GRAPHS.get(k) is v for k, v in graphs.items())
     for label, source in graphs.items():
         build = _builder(source)
-        cases.append(_Case(f"graph {label!r}", build, lambda m: synthetic_feeds(m, seed=seed), True))
+        reference = by_name or REFERENCE_GRAPHS.get(label) is source
+        external = folder / label if reference and label in EXTERNAL_DATA_GRAPHS else None
+        if external is not None:
+            build = _external_builder(build, external)
+        hard = HARD_GRAPHS.get(label, "") if reference else ""
+        cases.append(_Case(f"graph {label!r}", build, lambda m: synthetic_feeds(m, seed=seed), True, hard, external))
     if models is None:
         paths = shipped_models()
     elif isinstance(models, (str, Path)):
@@ -357,6 +421,19 @@ def _cases(graphs, models, seed: int) -> list[_Case]:
     for path in paths:
         cases.append(_model_case(path, seed))
     return cases
+
+
+def _external_builder(build: Callable[[], onnx.ModelProto], folder: Path) -> Callable[[], onnx.ModelProto]:
+    """Save the built model once with every tensor in ``folder/model.data``; each call loads it unread."""
+
+    def load() -> onnx.ModelProto:
+        path = folder / "model.onnx"
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            onnx.save_model(build(), path, save_as_external_data=True, all_tensors_to_one_file=True, location="model.data", size_threshold=0)
+        return load_model(path, load_external=False).model
+
+    return load
 
 
 def _builder(source: Callable[[], onnx.ModelProto] | onnx.ModelProto) -> Callable[[], onnx.ModelProto]:

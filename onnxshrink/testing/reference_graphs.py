@@ -471,3 +471,43 @@ def tiny_transformer(seed: int = 0, d: int = 32, heads: int = 4, ff: int = 64, b
 
 
 REFERENCE_GRAPHS["tiny_transformer"] = tiny_transformer
+
+
+def external_data(seed: int = 0) -> onnx.ModelProto:
+    """Gemm → Relu → MatMul + Add (16 → 48 → 10) whose weights the conformance kit saves in an
+    external-data file and hands to the method unread, the way onnxshrink edits models whose external
+    data exceeds ``ONNXSHRINK_LAZY_BYTES`` (each tensor read from disk when asked for). In memory here."""
+    rng = _rng(seed)
+    inits = [
+        numpy_helper.from_array(_w(rng, 48, 16), "ext.fc1.weight"),
+        numpy_helper.from_array(_w(rng, 48), "ext.fc1.bias"),
+        numpy_helper.from_array(_w(rng, 48, 10), "ext.fc2.weight"),
+        numpy_helper.from_array(_w(rng, 10), "ext.fc2.bias"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["input", "ext.fc1.weight", "ext.fc1.bias"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["a"], name="relu1"),
+        helper.make_node("MatMul", ["a", "ext.fc2.weight"], ["m"], name="fc2"),
+        helper.make_node("Add", ["m", "ext.fc2.bias"], ["logits"], name="fc2_bias"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+
+
+REFERENCE_GRAPHS["external_data"] = external_data
+
+EXTERNAL_DATA_GRAPHS = frozenset({"external_data"})
+"""Reference graphs the conformance kit stores with external data before handing them to a method."""
+
+HARD_GRAPHS: dict[str, str] = {
+    "if_subgraph": "weights inside If branches",
+    "loop_subgraph": "weights inside a Loop body",
+    "constant_node_weights": "weights held in Constant nodes",
+    "shared_weight": "one weight read by two nodes",
+    "external_data": "weights in an external-data file, read lazily",
+}
+"""The reference graphs where real exports break optimizers; the kit fails a method that changes none of them."""

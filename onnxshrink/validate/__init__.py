@@ -25,29 +25,44 @@ size.compressed_ratio                      float | None    candidate/baseline zl
 latency[ep].status                         str             "ok" | "unavailable" | "failed" | "skipped"
 latency[ep].reason                         str             why unavailable / skipped
 latency[ep].error                          str             one-line error when failed
-latency[ep].ratio                          float | None    candidate median / baseline median
-latency[ep].baseline / .candidate          dict            median_ms, p90_ms, min_ms, spread, runs,
+latency[ep].ratio                          float | None    median of the paired ratios candidate/baseline
+latency[ep].ratio_ci                       [float, float]  its 95% interval (bootstrap over session pairs, then
+                                                           rounds, fixed seed); the gate judges this
+latency[ep].rounds / .sessions             int             timed rounds; fresh session pairs they ran on
+latency[ep].stopped                        str             "converged" | "time budget" | "max rounds" |
+                                                           "fixed rounds"
+latency[ep].clock                          str             "thread CPU time" (cpu, 1 thread) | "wall time"
+latency[ep].confidence / .ci_target        float           0.95; the half-width asked for (0.02 = ±2%)
+latency[ep].time_budget_s / .order         float / str     wall-time budget; "alternating (A B, B A, ...)"
+latency[ep].baseline / .candidate          dict            median_ms, median_ci_ms, p90_ms, min_ms, spread, runs,
+                                                           times_ms (every run, paired by index),
                                                            providers_used, session_create_s, first_run_s,
                                                            nodes_by_provider, fallback_nodes (non-CPU eps),
                                                            engine_build_s (tensorrt: create + first run)
 latency[ep].candidate.median_ms            float           candidate median latency, milliseconds
 latency[ep].providers_used                 list[str]       providers of the candidate session
 latency[ep].threads / .warmup              int             intra-op threads; warm-up rounds
-latency[ep].warning                        str | None      set when spread > 0.25 (timings not trustworthy)
+latency[ep].warning                        str | None      spread > 0.25, or the interval wider than ci_target
 latency[ep].cache_dir                      str | None      tensorrt only: engine cache folder (None: temporary)
 fidelity.status                            str             "ok" | "failed" (candidate could not run/compare)
 fidelity.error                             str             one-line error when failed
-fidelity.outputs[name]                     dict            dtype, shape, cosine, max_abs_error, rel_error,
-                                                           top1_agreement, exact_match (+ nonfinite_mismatch)
-fidelity.cosine                            float | None    min cosine similarity over float outputs
+fidelity.labels                            bool            the data had labels
+fidelity.outputs[name]                     dict            dtype, shape, cosine (= cosine_worst), cosine_worst,
+                                                           cosine_mean, cosine_per_feed, worst_feed,
+                                                           max_abs_error, rel_error, snr_db, top1_agreement,
+                                                           class_scores, class_scores_rule, exact_match
+                                                           (+ nonfinite_mismatch); metrics per feed, worst kept
+fidelity.cosine                            float | None    worst feed of the worst float output
+fidelity.cosine_mean                       float | None    lowest per-output mean cosine over feeds
 fidelity.max_abs_error                     float | None    max absolute error over outputs (inf: NaN/inf mismatch)
-fidelity.rel_error                         float | None    max relative L2 error over float outputs
-fidelity.top1_agreement                    float | None    min argmax agreement over class-like outputs
+fidelity.rel_error                         float | None    worst relative L2 error (floor 1e-6·√n) over feeds/outputs
+fidelity.snr_db                            float | None    worst SNR in dB (300: equal outputs)
+fidelity.top1_agreement                    float | None    min argmax agreement over class-score outputs
 fidelity.exact_match                       float | None    min fraction of exactly equal elements
-fidelity.accuracy.baseline / .candidate    float           label accuracy (fraction), first class-like output
+fidelity.accuracy.baseline / .candidate    float           label accuracy (fraction), first class-score output
 fidelity.accuracy.drop                     float           baseline - candidate (fraction, e.g. 0.012)
 fidelity.accuracy.output                   str             the output the accuracy was computed on
-fidelity.warnings                          list[str]       e.g. labels given but no class-like output
+fidelity.warnings                          list[str]       e.g. labels given but no class-score output (why)
 =========================================  ==============  =====================================================
 
 ``fidelity.accuracy`` is present only when the data has labels and an output holds class scores.
@@ -64,7 +79,7 @@ from collections.abc import Callable, Sequence
 from onnxshrink.errors import UsageError, one_line
 from onnxshrink.validate import latency as _latency
 from onnxshrink.validate.data import DataSet, load_feeds, parse_input_shape, split_calibration
-from onnxshrink.validate.fidelity import accuracy, compare_outputs, run_model
+from onnxshrink.validate.fidelity import accuracy, compare_outputs, output_producers, run_model
 from onnxshrink.validate.providers import PROVIDERS, make_session, parse_providers, provider_status
 from onnxshrink.validate.size import compare_size, measure_size
 
@@ -112,6 +127,8 @@ def validate(
     trt_cache_dir: str | os.PathLike | None = None,
     measure_latency: bool = True,
     progress: Progress = None,
+    ci_width: float | None = _latency.DEFAULT_CI_WIDTH,
+    time_budget_s: float = _latency.DEFAULT_TIME_BUDGET_S,
 ) -> dict:
     """The validation section (see the key table above) for a candidate against its baseline.
 
@@ -129,7 +146,8 @@ def validate(
     if measure_latency:
         lat = _latency.measure_latency(
             baseline_path, candidate_path, dataset.feeds, eps, threads=threads, warmup=warmup, repeats=repeats,
-            min_time_s=min_time_s, trt_cache_dir=trt_cache_dir, progress=progress,
+            min_time_s=min_time_s, trt_cache_dir=trt_cache_dir, progress=progress, ci_width=ci_width,
+            time_budget_s=time_budget_s,
         )
     else:
         lat = _skipped(eps)
@@ -148,23 +166,28 @@ def _fidelity(baseline_path, candidate_path, dataset: DataSet, threads: int) -> 
         base_out = run_model(baseline_path, dataset.feeds, threads=threads)
     except Exception as e:
         raise UsageError(f"baseline model {str(baseline_path)!r} cannot run on the data {dataset.source or '(synthetic)'}: {one_line(e)}") from None
-    failed = {"status": "failed", "outputs": {}, "cosine": None, "max_abs_error": None, "rel_error": None,
-              "top1_agreement": None, "exact_match": None, "warnings": []}
+    has_labels = dataset.labels is not None
+    failed = {"status": "failed", "outputs": {}, "cosine": None, "cosine_mean": None, "max_abs_error": None, "rel_error": None,
+              "snr_db": None, "top1_agreement": None, "exact_match": None, "labels": has_labels, "warnings": []}
     try:
         cand_out = run_model(candidate_path, dataset.feeds, threads=threads)
     except Exception as e:
         return {**failed, "error": f"candidate model {str(candidate_path)!r} failed to run: {one_line(e)}"}
     try:
-        fid = compare_outputs(base_out, cand_out)
+        producers = output_producers(baseline_path)
+    except Exception:  # noqa: BLE001 - the producer is a hint for the class-score rule, not a requirement
+        producers = {}
+    try:
+        fid = compare_outputs(base_out, cand_out, producers=producers)
     except UsageError as e:
         return {**failed, "error": str(e)}
-    if dataset.labels is not None:
-        acc, warning = accuracy(base_out, cand_out, dataset.labels)
+    if has_labels:
+        acc, warning = accuracy(base_out, cand_out, dataset.labels, producers=producers)
         if acc is not None:
             fid["accuracy"] = acc
         if warning:
             fid["warnings"].append(warning)
-    return {"status": "ok", **fid}
+    return {"status": "ok", "labels": has_labels, **fid}
 
 
 def bench_single(
