@@ -321,16 +321,17 @@ def judge(model: ZooModel, output: str | os.PathLike | None, *, latency: bool = 
 
 
 def step_notes(report: dict | None) -> str:
-    """A short note from the steps' stats: what each step says it did or why it left the model alone."""
+    """A short note per step: the mode it chose or the sparsity it reached, and its first warning."""
     if not report:
         return ""
     notes = []
     for step in report.get("steps", []):
         stats = step.get("stats") or {}
-        bits = [f"{k}={stats[k]}" for k in ("mode", "chosen", "sparsity", "reason", "left_float") if k in stats and stats[k] not in (None, "", [])]
+        bits = [f"{k}={stats[k]}" for k in ("mode", "sparsity") if isinstance(stats.get(k), (str, int, float))]
+        bits += (step.get("warnings") or [])[:1]
         if bits:
             notes.append(f"{step.get('plugin')}: " + ", ".join(str(b) for b in bits))
-    return "; ".join(notes)[:160]
+    return "; ".join(notes)[:200]
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -420,7 +421,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="shrink runs at once (default 1)")
     parser.add_argument("--json", type=Path, help="write every row, with per-output cosines and step stats, here")
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown here (for docs/benchmarks.md)")
+    parser.add_argument("--from-json", type=Path, help="run nothing: print (and --markdown) the rows of an earlier --json")
     args = parser.parse_args([] if argv is None else argv)
+    if args.from_json:
+        rows = json.loads(args.from_json.read_text())
+        for row in rows:
+            row["note"] = step_notes({"steps": row.get("steps") or []})
+        if args.markdown:
+            args.markdown.write_text(markdown_table(rows))
+        print(header())
+        for row in rows:
+            print(format_row(row))
+        return 0
 
     zoo = zoo_dir()
     available = zoo_model_names(zoo)

@@ -130,4 +130,7 @@ def test_main_writes_json_and_markdown(tiny_zoo, tmp_path, capsys):
     rows = json.loads(out_json.read_text())
     assert [(r["model"], r["chain"]) for r in rows] == [("mlp", "int_quant:bits=4")]
     assert out_md.read_text().count("\n") == 3
+    again = tmp_path / "again.md"
+    assert bench_zoo.main(["--from-json", str(out_json), "--markdown", str(again)]) == 0
+    assert again.read_text() == out_md.read_text()
     assert bench_zoo.main(["--models", "nope"]) == 2
