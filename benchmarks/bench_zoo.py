@@ -24,8 +24,10 @@ The output is then judged here, against the original, on the evaluation half onl
     python benchmarks/bench_zoo.py --models open_nsfw,swift_f0 --methods int_quant,weight_prune
     python benchmarks/bench_zoo.py --json zoo.json --markdown zoo.md --timeout 600 --jobs 2
 
-``--methods`` selects rows by label: a method name selects its default row and every chain that
-uses it. Latency is taken one run at a time even with ``--jobs`` (only the shrink runs overlap).
+``--methods`` selects rows by method: a method name selects its default row and every chain that
+uses it; ``--chains`` selects rows by exact label (``--chains 'int_quant,weight_prune > sparse_store'``).
+``--from-json F`` reprints (and with ``--markdown`` rewrites) the table of an earlier ``--json``.
+Latency is taken one run at a time even with ``--jobs`` (only the shrink runs overlap).
 """
 
 from __future__ import annotations
@@ -417,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_zoo.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", help="comma-separated zoo model names (default: all)")
     parser.add_argument("--methods", help="comma-separated methods or row labels (default: every built-in method and recipe)")
+    parser.add_argument("--chains", help="comma-separated exact row labels, e.g. 'int_quant,weight_prune > sparse_store'")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per shrink run (default %(default)s)")
     parser.add_argument("--jobs", type=int, default=1, help="shrink runs at once (default 1)")
     parser.add_argument("--json", type=Path, help="write every row, with per-output cosines and step stats, here")
@@ -448,8 +451,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     chains = default_chains(methods)
+    if args.chains:
+        labels = [c.strip() for c in args.chains.split(",") if c.strip()]
+        chains = [c for c in chains if c.label in labels]
     if not chains:
-        print(f"--methods {args.methods!r} matches no row; methods: {builtin_methods()}", file=sys.stderr)
+        print(f"--methods/--chains match no row; rows: {[c.label for c in default_chains()]}", file=sys.stderr)
         return 2
 
     started = time.perf_counter()
