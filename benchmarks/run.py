@@ -1,7 +1,8 @@
 """`make bench`: run every benchmarks/bench_*.py module's main(), one after the other.
 
 Each benchmark prints its own table; ratios inside a table are measured side by side in one run.
-Select some with `python benchmarks/run.py quant prune`.
+Select some with `python benchmarks/run.py quant prune`. `bench_zoo` needs the real-model zoo
+(`make zoo`, or `ONNXSHRINK_ZOO`) and says "zoo: skipped" without it; it is the slowest by far.
 """
 
 from __future__ import annotations
