@@ -69,6 +69,7 @@ class SegmentRunner:
             if self.feeds and all(inp.name in f for f in self.feeds):
                 self._values[inp.name] = [f[inp.name] for f in self.feeds]
                 self._done.add(inp.name)
+        self._fed = set(self._values)
 
     def values(self, names: Iterable[str]) -> dict[str, list[np.ndarray]]:
         names = list(dict.fromkeys(names))
@@ -143,7 +144,7 @@ class SegmentRunner:
         return needed
 
     def _forget_dead(self) -> None:
-        needed = self._needed_later()
+        needed = self._needed_later() | self._fed  # the feeds stay: a value recomputed later may need them
         for name in [n for n in self._values if n not in needed]:
             del self._values[name]
 
