@@ -12,6 +12,8 @@ from onnxshrink import Method, Option, QuantizedTensor
 
 from .lowbit_layers import WEIGHTED_OPS, Layer, find_layers, first_and_last, output_cosine
 
+PACKED_OPSET = 11  # the packed-bit decoder uses BitShift
+
 HONEST_NOTE = (
     "binarizing or ternarizing a trained network without retraining usually destroys its accuracy; "
     "the fidelity numbers here are measured on the calibration data, not promised"
@@ -88,6 +90,24 @@ class Binarize(Method):
         unknown = onnxshrink.unknown_exclusions(model, options["exclude"] or [])
         if unknown:
             raise onnxshrink.UsageError(f"plugin 'binarize': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
+        opset = onnxshrink.model_opset(model)
+        if opset >= PACKED_OPSET:
+            return self._apply(model, options, context)
+        # the packed decoder needs BitShift: convert first, and give the model back untouched if nothing is stored
+        original = onnx.ModelProto()
+        original.CopyFrom(model)
+        try:
+            model.CopyFrom(onnxshrink.upgrade_opset(model, PACKED_OPSET))
+        except ValueError as exc:
+            raise onnxshrink.UsageError(f"plugin 'binarize': the packed form needs opset {PACKED_OPSET} and {exc}") from None
+        stats = self._apply(model, options, context)
+        if stats["binarized_tensors"]:
+            stats["opset_upgraded"] = f"{opset} -> {PACKED_OPSET}"
+        else:
+            model.CopyFrom(original)
+        return stats
+
+    def _apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
         layers, left = find_layers(model, op_types=options["op_types"], exclude=options["exclude"] or (), min_size=options["min_size"])
         if options["keep_first_last"]:
             ends = first_and_last(model, layers)
