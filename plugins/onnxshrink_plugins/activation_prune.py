@@ -47,12 +47,9 @@ class ActivationPrune(Method):
         Option("reconstruct", bool, False, "Refit the consumers by least squares on the calibration data (replaces fold)."),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
-    from onnxshrink import Tunable
-
     search_space = (
-        Tunable("ratio", low=0.05, high=0.5, step=0.05),
+        onnxshrink.Tunable("ratio", low=0.05, high=0.5, step=0.05),
     )
-    del Tunable
 
     @classmethod
     def check_options(cls, values: dict[str, Any], given: set[str]) -> None:

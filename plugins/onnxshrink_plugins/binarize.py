@@ -71,13 +71,10 @@ class Binarize(Method):
         Option("calibration_samples", int, 64, "Most calibration feeds used.", min=1),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
-    from onnxshrink import Tunable
-
     search_space = (
-        Tunable("variant", choices=("binary", "ternary")),
-        Tunable("budget", low=0.005, high=0.1, log=True),
+        onnxshrink.Tunable("variant", choices=("binary", "ternary")),
+        onnxshrink.Tunable("budget", low=0.005, high=0.1, log=True),
     )
-    del Tunable
 
     @classmethod
     def check_options(cls, values: dict[str, Any], given: set[str]) -> None:

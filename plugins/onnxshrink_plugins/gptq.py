@@ -72,13 +72,10 @@ class Gptq(Method):
         Option("calibration_samples", int, 64, "Most calibration feeds used.", min=1),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
-    from onnxshrink import Tunable
-
     search_space = (
-        Tunable("bits", low=2, high=8),
-        Tunable("group_size", choices=(32, 0, 128)),
+        onnxshrink.Tunable("bits", low=2, high=8),
+        onnxshrink.Tunable("group_size", choices=(32, 0, 128)),
     )
-    del Tunable
 
     @classmethod
     def check_options(cls, values: dict[str, Any], given: set[str]) -> None:

@@ -96,14 +96,11 @@ class IntQuant(Method):
         Option("dq_conv", bool, False, "mode=weights: DequantizeLinear in front of Conv weights too (for EPs that fuse it; the CPU EP does not)."),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
-    from onnxshrink import Tunable
-
     search_space = (
-        Tunable("mode", choices=("storage", "weights")),
-        Tunable("bits", choices=(8, 4, 2)),
-        Tunable("block_size", choices=(0, 32, 128)),
+        onnxshrink.Tunable("mode", choices=("storage", "weights")),
+        onnxshrink.Tunable("bits", choices=(8, 4, 2)),
+        onnxshrink.Tunable("block_size", choices=(0, 32, 128)),
     )
-    del Tunable
 
     @classmethod
     def check_options(cls, values: dict[str, Any], given: set[str]) -> None:

@@ -51,12 +51,9 @@ class LayerPrune(Method):
         Option("noop", bool, True, "Also remove Identity, Dropout, and Cast/Reshape/Transpose that change nothing."),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
-    from onnxshrink import Tunable
-
     search_space = (
-        Tunable("n", low=0, high=4),
+        onnxshrink.Tunable("n", low=0, high=4),
     )
-    del Tunable
 
     @classmethod
     def check_options(cls, values: dict[str, Any], given: set[str]) -> None:

@@ -36,12 +36,9 @@ class SparseStore(Method):
         Option("min_size", int, 128, "Leave weights with fewer elements as they are.", min=0),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
-    from onnxshrink import Tunable
-
     search_space = (
-        Tunable("bits", choices=(0, 8, 4)),
+        onnxshrink.Tunable("bits", choices=(0, 8, 4)),
     )
-    del Tunable
 
     @classmethod
     def check_options(cls, values: dict[str, Any], given: set[str]) -> None:

@@ -76,14 +76,11 @@ class WeightPrune(Method):
         Option("reconstruct", bool, False, "structured=channel: refit the consumers of removed channels by least squares on calibration data."),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
-    from onnxshrink import Tunable
-
     search_space = (
-        Tunable("sparsity", low=0.2, high=0.9, step=0.05),
-        Tunable("structured", choices=("none", "channel")),
-        Tunable("scope", choices=("layer", "global")),
+        onnxshrink.Tunable("sparsity", low=0.2, high=0.9, step=0.05),
+        onnxshrink.Tunable("structured", choices=("none", "channel")),
+        onnxshrink.Tunable("scope", choices=("layer", "global")),
     )
-    del Tunable
 
     @classmethod
     def check_options(cls, values: dict[str, Any], given: set[str]) -> None:
