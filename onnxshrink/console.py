@@ -88,17 +88,19 @@ def steps_table(steps: list[dict[str, Any]]) -> Table:
 def latency_table(latency: dict[str, Any]) -> tuple[Table, list[str]]:
     """The latency table and the notes to print under it (reasons, errors, noise warnings)."""
     table = Table(title="Latency (ms, median of interleaved runs)", title_justify="left")
-    for col in ("provider", "status", "baseline", "candidate", "ratio", "baseline p90", "candidate p90"):
+    for col in ("provider", "status", "baseline", "candidate", "ratio", "95% interval", "baseline p90", "candidate p90"):
         table.add_column(col, justify="left" if col in ("provider", "status") else "right")
     notes = []
     for ep, entry in latency.items():
         status = entry.get("status", "?")
         if status != "ok":
-            table.add_row(ep, status, "", "", "", "", "")
+            table.add_row(ep, status, "", "", "", "", "", "")
             notes.append(f"{ep}: {entry.get('reason') or entry.get('error') or status}")
             continue
         b, c = entry["baseline"], entry["candidate"]
-        table.add_row(ep, status, _num(b["median_ms"]), _num(c["median_ms"]), f"{entry['ratio']:.3f}x", _num(b["p90_ms"]), _num(c["p90_ms"]))
+        interval = entry.get("ratio_ci")
+        shown = f"{interval[0]:.3f}-{interval[1]:.3f}x" if interval and None not in interval else ""
+        table.add_row(ep, status, _num(b["median_ms"]), _num(c["median_ms"]), f"{entry['ratio']:.3f}x", shown, _num(b["p90_ms"]), _num(c["p90_ms"]))
         if entry.get("warning"):
             notes.append(f"{ep}: {entry['warning']}")
     return table, notes
@@ -106,10 +108,11 @@ def latency_table(latency: dict[str, Any]) -> tuple[Table, list[str]]:
 
 def fidelity_table(fidelity: dict[str, Any]) -> Table:
     table = Table(title="Fidelity (candidate vs baseline)", title_justify="left")
-    for col in ("output", "cosine", "max abs error", "rel error", "top-1 agreement"):
+    for col in ("output", "worst cosine", "mean cosine", "max abs error", "rel error", "SNR dB", "top-1 agreement"):
         table.add_column(col, justify="left" if col == "output" else "right")
     for name, m in fidelity.get("outputs", {}).items():
-        table.add_row(name, _num(m.get("cosine"), 6), _num(m.get("max_abs_error")), _num(m.get("rel_error")), _num(m.get("top1_agreement")))
+        table.add_row(name, _num(m.get("cosine"), 6), _num(m.get("cosine_mean"), 6), _num(m.get("max_abs_error")), _num(m.get("rel_error")),
+                      _num(m.get("snr_db")), _num(m.get("top1_agreement")))
     acc = fidelity.get("accuracy")
     if acc:
         table.caption = f"accuracy on labels: {acc['baseline']:.4f} -> {acc['candidate']:.4f} (drop {acc['drop']:+.4f})"
