@@ -23,10 +23,6 @@ KNOWN_VIOLATIONS = {
             "mode=auto (the default) picks a representation by measured latency, so two runs can differ "
             "(its docstring says so); pinned modes pass"
         ),
-        ("runs in the pipeline", "graph 'external_data'"): (
-            "mode=auto builds onnxruntime sessions from the serialized proto (quant/measure.py session()), which "
-            "cannot find weights kept in an external-data file: a model over ONNXSHRINK_LAZY_BYTES fails the same way"
-        ),
     },
 }
 

@@ -149,6 +149,15 @@ class IntQuant(Method):
         if freed:
             context.log(f"{freed} initializers were also graph inputs ({'every initializer, as older exporters write them' if options['input_weights'] == 'auto' else 'input_weights=constant'}); treated as constants and removed from the inputs")
         needs_data = mode in ("auto", "static") or options["sensitivity"]
+        on_disk = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+        if needs_data and on_disk and mode == "auto" and not options["sensitivity"]:
+            # choosing runs every candidate in memory; a model whose weights stay on disk gets the form that
+            # is never slower and shrinks the file the most without measuring (storage)
+            context.warn("the model keeps its weights in external data, which mode=auto cannot run candidates on; mode=storage used without a measured choice")
+            mode, needs_data = "storage", False
+            options = {**options, "mode": "storage"}
+        elif needs_data and on_disk:
+            raise self.option_error(f"mode={mode}{', sensitivity' if options['sensitivity'] else ''} runs the model in memory, and this model keeps its weights in external data; use mode=storage or weights")
         if needs_data and model.ByteSize() > MEASURABLE_BYTES:
             raise self.option_error(f"mode={mode}{', sensitivity' if options['sensitivity'] else ''} runs the model in memory and supports models under 2 GB; use mode=storage or weights")
         feeds = _feeds(model, options, context) if needs_data else []
