@@ -237,8 +237,16 @@ def _correct_bias(layer: Layer, views: list[LinearView], w, qt_oi, means_q, work
     return out
 
 
+PACKED_OPSET = 11  # the packed-bit decoder uses BitShift
+
+
 def _store(work: onnx.ModelProto, done, options, context) -> list[onnxshrink.StoredWeight]:
     form = options["form"]
+    if done and onnxshrink.model_opset(work) < PACKED_OPSET:
+        try:
+            work.CopyFrom(onnxshrink.upgrade_opset(work, PACKED_OPSET))
+        except ValueError as exc:
+            raise onnxshrink.UsageError(f"plugin 'gptq': the packed form needs opset {PACKED_OPSET} and {exc}") from None
     if form == "dequantize_linear" and done:
         needed = max(onnxshrink.required_opset(qt) for _, qt, _, _ in done)
         have = onnxshrink.model_opset(work)
