@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -77,3 +78,17 @@ def cli_subprocess():
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     return _run
+
+
+def opset10_matmul(folder: Path) -> tuple[Path, Path]:
+    """An opset-10 model with one 64x32 MatMul weight and 64 feeds of data for it: (model, data)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)]), folder / "m10.onnx")
+    np.savez(folder / "x.npz", x=rng.standard_normal((64, 64)).astype(np.float32))
+    return folder / "m10.onnx", folder / "x.npz"

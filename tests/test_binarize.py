@@ -17,6 +17,8 @@ from onnxshrink.plugins import load_registry
 from onnxshrink.testing import reference_graphs as rg
 from onnxshrink_plugins.binarize import binarize, ternarize
 
+from .conftest import opset10_matmul
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -125,19 +127,11 @@ def test_options_and_missing_data(registry):
 @pytest.mark.parametrize("budget, binarized", [("1.0", True), ("0.0", False)])
 def test_opset_10_model_is_upgraded_only_when_something_is_stored(cli, tmp_path, budget, binarized):
     """rivagan_encoder (opset 10) ended with exit 3: the packed decoder needs BitShift (opset 11)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "W")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])], [w])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)]), tmp_path / "mlp10.onnx")
-    np.savez(tmp_path / "x.npz", x=rng.standard_normal((64, 64)).astype(np.float32))
-    result = cli(tmp_path / "mlp10.onnx", "--plugin", f"binarize:budget={budget},keep_first_last=false", "--data", tmp_path / "x.npz",
+    model, data = opset10_matmul(tmp_path)
+    result = cli(model, "--plugin", f"binarize:budget={budget},keep_first_last=false", "--data", data,
                  "--no-validate", "-o", tmp_path / "out.onnx", "--report", tmp_path / "r.json", "-q")
     assert result.exit_code == 0, result
     out = onnx.load(tmp_path / "out.onnx")
     opset = next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx"))
     assert opset == (11 if binarized else 10)
-    assert ((tmp_path / "out.onnx").stat().st_size < (tmp_path / "mlp10.onnx").stat().st_size) == binarized
+    assert ((tmp_path / "out.onnx").stat().st_size < (model).stat().st_size) == binarized

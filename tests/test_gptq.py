@@ -18,6 +18,8 @@ from onnxshrink.testing import reference_graphs as rg
 from onnxshrink_plugins.gptq_core import gptq, rtn
 from onnxshrink_plugins.lowbit_layers import im2col
 
+from .conftest import opset10_matmul
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -279,17 +281,9 @@ def test_vanishing_damping_on_a_rank_deficient_hessian_still_works(percdamp):
 
 def test_opset_10_model_is_upgraded_for_the_packed_form(cli, tmp_path):
     """rivagan_decoder (opset 10) ended with exit 3 under gptq:bits=4: the packed decoder needs opset 11."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "W")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])], [w])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)]), tmp_path / "m10.onnx")
-    np.savez(tmp_path / "x.npz", x=rng.standard_normal((64, 64)).astype(np.float32))
-    result = cli(tmp_path / "m10.onnx", "--plugin", "gptq:bits=4", "--data", tmp_path / "x.npz", "--no-validate", "-o", tmp_path / "out.onnx", "-q")
+    model, data = opset10_matmul(tmp_path)
+    result = cli(model, "--plugin", "gptq:bits=4", "--data", data, "--no-validate", "-o", tmp_path / "out.onnx", "-q")
     assert result.exit_code == 0, result
     out = onnx.load(tmp_path / "out.onnx")
     assert next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) >= 11
-    assert (tmp_path / "out.onnx").stat().st_size < (tmp_path / "m10.onnx").stat().st_size
+    assert (tmp_path / "out.onnx").stat().st_size < (model).stat().st_size

@@ -10,7 +10,8 @@ import onnx
 import onnxshrink
 
 from .budget import LEVELS, MAX_ROUNDS, PROBES, QUICK_RUNS, Candidate, measure_sensitivity, search_budget
-from .probe import SwappableSession, synthetic_feeds
+from ..quant.measure import synthetic_feeds
+from .probe import SwappableSession
 from .store import SPARSE_OPSET, sparse_blocker, sparse_bytes, store_pruned
 
 RANK_FEEDS = 2  # feeds each sensitivity probe runs (2 runs per tensor)

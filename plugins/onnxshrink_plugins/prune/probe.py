@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto
 
 import onnxshrink
 
@@ -116,26 +115,3 @@ class SwappableSession:
         if key not in self._references:
             self._references[key] = self.run(feeds)
         return worst_cosine(self._references[key], self.run(feeds, overrides))
-
-
-def synthetic_feeds(model: onnx.ModelProto, rng: np.random.Generator, count: int) -> list[dict[str, np.ndarray]]:
-    """Random feeds from the declared input types and shapes (symbolic dimensions become 1): floats
-    standard normal, integers in [0, 2), booleans true."""
-    initializers = {t.name for t in model.graph.initializer}
-    feeds = []
-    for _ in range(count):
-        feed = {}
-        for value in model.graph.input:
-            if value.name in initializers:
-                continue
-            tensor = value.type.tensor_type
-            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tensor.shape.dim]
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
-            if tensor.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
-                feed[value.name] = rng.standard_normal(shape).astype(dtype)
-            elif tensor.elem_type == TensorProto.BOOL:
-                feed[value.name] = np.ones(shape, dtype=bool)
-            else:
-                feed[value.name] = rng.integers(0, 2, size=shape).astype(dtype)
-        feeds.append(feed)
-    return feeds
