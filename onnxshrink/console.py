@@ -100,7 +100,9 @@ def latency_table(latency: dict[str, Any]) -> tuple[Table, list[str]]:
         b, c = entry["baseline"], entry["candidate"]
         interval = entry.get("ratio_ci")
         shown = f"{interval[0]:.3f}-{interval[1]:.3f}x" if interval and None not in interval else ""
-        table.add_row(ep, status, _num(b["median_ms"]), _num(c["median_ms"]), f"{entry['ratio']:.3f}x", shown, _num(b["p90_ms"]), _num(c["p90_ms"]))
+        table.add_row(ep, status, _num(b["median_ms"]), _num(c["median_ms"]), f"{entry['ratio']:.3f}x" if entry.get("ratio") is not None else "-", shown, _num(b["p90_ms"]), _num(c["p90_ms"]))
+        if entry.get("ratio") is None:
+            notes.append(f"{ep}: no ratio: a timed run read 0 ns on the clock ({entry.get('clock', 'unknown')})")
         if entry.get("warning"):
             notes.append(f"{ep}: {entry['warning']}")
     return table, notes

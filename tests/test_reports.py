@@ -260,3 +260,14 @@ def test_markdown_per_output_fidelity_when_several_outputs():
     text = render_markdown(report)
     assert "<details><summary>Per output</summary>" in text
     assert "| `boxes` | 0.97 | 1.5 | 0.2 | — |" in text
+
+
+def test_console_latency_table_without_a_ratio():
+    """A timed run that reads 0 ns on the thread clock leaves the ratio None: the table says so, it
+    does not crash the run (exit 3 'unsupported format string passed to NoneType')."""
+    from onnxshrink.console import latency_table
+
+    model = {"median_ms": 0.01, "p90_ms": 0.02}
+    table, notes = latency_table({"cpu": {"status": "ok", "baseline": model, "candidate": model, "ratio": None, "ratio_ci": None, "clock": "thread"}})
+    assert table.row_count == 1
+    assert any("no ratio" in note for note in notes)
