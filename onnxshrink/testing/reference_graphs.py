@@ -31,20 +31,20 @@ def _model(nodes, inputs, outputs, initializers=(), opset: int = OPSET, name: st
     return model
 
 
-def mlp(batch: int | str = "batch", seed: int = 0) -> onnx.ModelProto:
-    """Gemm → Relu → MatMul + Add → logits (16 → 32 → 10)."""
+def mlp(batch: int | str = "batch", seed: int = 0, hidden: int = 32, prefix: str = "") -> onnx.ModelProto:
+    """Gemm → Relu → MatMul + Add → logits (16 → ``hidden`` → 10); weight names start with ``prefix``."""
     rng = _rng(seed)
     inits = [
-        numpy_helper.from_array(_w(rng, 32, 16), "fc1.weight"),
-        numpy_helper.from_array(_w(rng, 32), "fc1.bias"),
-        numpy_helper.from_array(_w(rng, 32, 10), "fc2.weight"),
-        numpy_helper.from_array(_w(rng, 10), "fc2.bias"),
+        numpy_helper.from_array(_w(rng, hidden, 16), f"{prefix}fc1.weight"),
+        numpy_helper.from_array(_w(rng, hidden), f"{prefix}fc1.bias"),
+        numpy_helper.from_array(_w(rng, hidden, 10), f"{prefix}fc2.weight"),
+        numpy_helper.from_array(_w(rng, 10), f"{prefix}fc2.bias"),
     ]
     nodes = [
-        helper.make_node("Gemm", ["input", "fc1.weight", "fc1.bias"], ["h"], name="fc1", transB=1),
+        helper.make_node("Gemm", ["input", f"{prefix}fc1.weight", f"{prefix}fc1.bias"], ["h"], name="fc1", transB=1),
         helper.make_node("Relu", ["h"], ["a"], name="relu1"),
-        helper.make_node("MatMul", ["a", "fc2.weight"], ["m"], name="fc2"),
-        helper.make_node("Add", ["m", "fc2.bias"], ["logits"], name="fc2_bias"),
+        helper.make_node("MatMul", ["a", f"{prefix}fc2.weight"], ["m"], name="fc2"),
+        helper.make_node("Add", ["m", f"{prefix}fc2.bias"], ["logits"], name="fc2_bias"),
     ]
     return _model(
         nodes,
@@ -477,25 +477,7 @@ def external_data(seed: int = 0) -> onnx.ModelProto:
     """Gemm → Relu → MatMul + Add (16 → 48 → 10) whose weights the conformance kit saves in an
     external-data file and hands to the method unread, the way onnxshrink edits models whose external
     data exceeds ``ONNXSHRINK_LAZY_BYTES`` (each tensor read from disk when asked for). In memory here."""
-    rng = _rng(seed)
-    inits = [
-        numpy_helper.from_array(_w(rng, 48, 16), "ext.fc1.weight"),
-        numpy_helper.from_array(_w(rng, 48), "ext.fc1.bias"),
-        numpy_helper.from_array(_w(rng, 48, 10), "ext.fc2.weight"),
-        numpy_helper.from_array(_w(rng, 10), "ext.fc2.bias"),
-    ]
-    nodes = [
-        helper.make_node("Gemm", ["input", "ext.fc1.weight", "ext.fc1.bias"], ["h"], name="fc1", transB=1),
-        helper.make_node("Relu", ["h"], ["a"], name="relu1"),
-        helper.make_node("MatMul", ["a", "ext.fc2.weight"], ["m"], name="fc2"),
-        helper.make_node("Add", ["m", "ext.fc2.bias"], ["logits"], name="fc2_bias"),
-    ]
-    return _model(
-        nodes,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        inits,
-    )
+    return mlp(seed=seed, hidden=48, prefix="ext.")
 
 
 REFERENCE_GRAPHS["external_data"] = external_data

@@ -128,6 +128,30 @@ class Search:
     stopped: str
 
 
+def _all_reached(frozen: dict) -> str:
+    if frozen:
+        return f"every tensor either reached the largest sparsity tried ({LEVELS[-1]}) or was stopped by the budget"
+    return f"every tensor reached the largest sparsity tried ({LEVELS[-1]}) within the budget"
+
+
+def _bisect(measure_at: Callable[[int], float], budget: float, lo: int, lo_cos: float, hi: int, hi_cos: float | None,
+            k: int, tried: int, jump_to: int | None = None) -> tuple[int, float, int, float | None, int]:
+    """Narrow ``lo`` (meets the budget) and ``hi`` (does not) by measuring prefix ``k`` first, then midpoints,
+    within QUICK_RUNS measurements in all; ``jump_to``: the second probe when the first one passed
+    (try the whole order before halving). Returns ``(lo, lo_cos, hi, hi_cos, tried)``."""
+    first = True
+    while hi - lo > 1 and tried < QUICK_RUNS:
+        value = measure_at(k)
+        tried += 1
+        if value >= budget:
+            lo, lo_cos = k, value
+        else:
+            hi, hi_cos = k, value
+        k = jump_to if (jump_to is not None and first and hi == jump_to + 1) else (lo + hi) // 2
+        first = False
+    return lo, lo_cos, hi, hi_cos, tried
+
+
 def search_budget(candidates: list[Candidate], session: SwappableSession, judge, budget: float, advance: Callable[[], None]) -> Search:
     """Rounds of: order the remaining steps, bisect the longest prefix that keeps the worst cosine >=
     ``budget`` on the first QUICK_FEEDS judging feeds, confirm it on all of them (halving the prefix
@@ -146,40 +170,25 @@ def search_budget(candidates: list[Candidate], session: SwappableSession, judge,
     for _ in range(MAX_ROUNDS):
         steps = pruning_order(candidates, levels, set(frozen))
         if not steps:
-            stopped = (f"every tensor either reached the largest sparsity tried ({LEVELS[-1]}) or was stopped by the budget" if frozen else f"every tensor reached the largest sparsity tried ({LEVELS[-1]}) within the budget")
+            stopped = _all_reached(frozen)
             break
         base = sum(c.predicted_drop(s) for c, s in zip(candidates, levels) if s > 0)
         predicted = [base]
         for k in range(1, len(steps) + 1):
             predicted.append(sum(c.predicted_drop(s) for c, s in zip(candidates, levels_after(levels, steps, k)) if s > 0))
         k = max(1, max(j for j, p in enumerate(predicted) if p <= max(1.0 - budget, base)))
-        lo, lo_cos, hi, hi_cos, first = 0, cosine, len(steps) + 1, None, True
-        while hi - lo > 1 and tried < QUICK_RUNS:
-            value = measure(levels_after(levels, steps, k), quick)
-            tried += 1
-            if value >= budget:
-                lo, lo_cos = k, value
-            else:
-                hi, hi_cos = k, value
-            k = len(steps) if (hi == len(steps) + 1 and first) else (lo + hi) // 2
-            first = False
+        lo, lo_cos, hi, hi_cos, tried = _bisect(lambda j: measure(levels_after(levels, steps, j), quick), budget,
+                                                0, cosine, len(steps) + 1, None, k, tried, jump_to=len(steps))
         if lo > 0 and len(judge) > len(quick):  # confirm on every judging feed; bisect on all of them if it fails
             value = measure(levels_after(levels, steps, lo), judge)
             if value >= budget:
                 lo_cos = value
             else:
-                lo, hi, hi_cos = 0, lo, value
-                while hi - lo > 1 and tried < QUICK_RUNS:
-                    k = (lo + hi) // 2
-                    value = measure(levels_after(levels, steps, k), judge)
-                    tried += 1
-                    if value >= budget:
-                        lo, lo_cos = k, value
-                    else:
-                        hi, hi_cos = k, value
+                lo, lo_cos, hi, hi_cos, tried = _bisect(lambda j: measure(levels_after(levels, steps, j), judge), budget,
+                                                        0, lo_cos, lo, value, lo // 2, tried)
         levels, cosine = levels_after(levels, steps, lo), (lo_cos if lo > 0 else cosine)
         if hi > len(steps):
-            stopped = (f"every tensor either reached the largest sparsity tried ({LEVELS[-1]}) or was stopped by the budget" if frozen else f"every tensor reached the largest sparsity tried ({LEVELS[-1]}) within the budget")
+            stopped = _all_reached(frozen)
             break
         if hi != lo + 1:
             stopped = f"bisection runs ({QUICK_RUNS}) used up: {lo} of {len(steps)} further steps kept; {hi} steps gave worst per-feed cosine {hi_cos:.4f} < {budget}"
