@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ZOO_GET ?= ../shared/zoo/get.sh
 export ONNXSHRINK_ZOO ?= $(CURDIR)/.zoo
 
-.PHONY: install demo test test-slow test-zoo test-zoo-all zoo bench wheel fuzz clean
+.PHONY: install demo lint test test-slow test-zoo test-zoo-all zoo bench wheel fuzz clean
 
 EXAMPLE := examples/onnxshrink-fp16-example
 
@@ -25,7 +25,14 @@ demo: $(STAMP)
 		--data models/cnn_eval.npz --gate 'accuracy_drop<=0.02' \
 		-o out/cnn.pruned.onnx --report out/cnn.report.json --markdown out/cnn.summary.md
 
-test: $(STAMP)
+# ruff (style, imports, line length) and import-linter (the layers, no cycles, plugins use the public
+# API only); both are configured in pyproject.toml. make test runs it first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check onnxshrink plugins tests benchmarks examples models
+	$(VENV)/bin/ruff format --check onnxshrink plugins tests benchmarks examples models
+	PYTHONPATH=plugins $(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

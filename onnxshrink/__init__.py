@@ -5,7 +5,30 @@ The public API for plugin authors and Python users. Plugins import only what is 
 
 from __future__ import annotations
 
-from .channels import (
+from onnxshrink.errors import (
+    InvalidModelError,
+    OnnxShrinkError,
+    PluginError,
+    UsageError,
+)
+from onnxshrink.ir.io import LoadedModel, load_model, save_model
+from onnxshrink.ir.opset import model_opset, upgrade_opset
+from onnxshrink.ir.tensors import FLOAT_TYPES, iter_tensors, tensor_bytes
+from onnxshrink.ir.walk import (
+    all_names,
+    constant_value,
+    is_graph_output,
+    iter_graphs,
+    node_label,
+    op_histogram,
+    unique_name,
+)
+from onnxshrink.plugin.context import Context
+from onnxshrink.plugin.hookspecs import hookimpl
+from onnxshrink.plugin.method import KINDS, Method, Option, PluginSpec, Tunable
+from onnxshrink.run.recipe import Recipe, load_recipe, merge_cli
+from onnxshrink.run.shrink import shrink
+from onnxshrink.toolkit.channels import (
     ChannelAnalysis,
     ChannelGroup,
     ChannelRemoval,
@@ -15,51 +38,45 @@ from .channels import (
     remove_channels,
     select_channels,
 )
-from .context import Context
-from .errors import InvalidModelError, OnnxShrinkError, PluginError, UsageError
-from .graph import (
-    DEFAULT_WEIGHT_INPUTS,
-    EMBEDDING_INPUTS,
-    FLOAT_TYPES,
-    Use,
-    WeightTensor,
-    all_names,
-    consumers,
-    is_graph_output,
-    iter_graphs,
-    iter_tensors,
-    node_label,
-    op_histogram,
-    producer,
-    replace_weight,
-    unique_name,
-    unknown_exclusions,
-    weight_axes,
-    weight_tensors,
+from onnxshrink.toolkit.encoding.bits import (
+    pack_bits,
+    pack_codes,
+    unpack_bits,
+    unpack_codes,
 )
-from .hookspecs import hookimpl
-from .method import KINDS, Method, Option, Tunable
-from .model_io import LoadedModel, load_model, save_model
-from .quantization import (
+from onnxshrink.toolkit.encoding.forms import (
+    StoredWeight,
+    packed_chain,
+    sparse_chain,
+    store_weight,
+    weight_chain,
+)
+from onnxshrink.toolkit.encoding.integer import (
     QuantizedTensor,
     dequantize_linear,
     matmul_nbits,
     matmul_nbits_reason,
-    model_opset,
-    pack_bits,
     quant_range,
     quantization_markers,
     quantize,
     required_opset,
     storage_chain,
-    unpack_bits,
-    upgrade_opset,
 )
-from .segments import SegmentRunner
-from .lowbit import StoredWeight, pack_codes, packed_chain, sparse_chain, store_weight, tensor_bytes, unpack_codes, weight_chain
-from .tidy import from_graph, tidy_model, to_graph
-
-__version__ = "0.1.0"
+from onnxshrink.toolkit.index import GraphIndex, producer
+from onnxshrink.toolkit.segments import SegmentRunner
+from onnxshrink.toolkit.tidy import from_graph, tidy_model, to_graph
+from onnxshrink.toolkit.weights import (
+    DEFAULT_WEIGHT_INPUTS,
+    EMBEDDING_INPUTS,
+    Use,
+    WeightTensor,
+    consumers,
+    replace_weight,
+    unknown_exclusions,
+    weight_axes,
+    weight_tensors,
+)
+from onnxshrink.version import __version__
 
 __all__ = [
     "ChannelAnalysis",
@@ -74,6 +91,7 @@ __all__ = [
     "DEFAULT_WEIGHT_INPUTS",
     "EMBEDDING_INPUTS",
     "FLOAT_TYPES",
+    "GraphIndex",
     "InvalidModelError",
     "KINDS",
     "LoadedModel",
@@ -81,6 +99,8 @@ __all__ = [
     "OnnxShrinkError",
     "Option",
     "PluginError",
+    "PluginSpec",
+    "Recipe",
     "QuantizedTensor",
     "SegmentRunner",
     "StoredWeight",
@@ -90,6 +110,7 @@ __all__ = [
     "__version__",
     "all_names",
     "consumers",
+    "constant_value",
     "dequantize_linear",
     "from_graph",
     "hookimpl",
@@ -97,6 +118,8 @@ __all__ = [
     "iter_graphs",
     "iter_tensors",
     "load_model",
+    "load_recipe",
+    "merge_cli",
     "node_label",
     "matmul_nbits",
     "matmul_nbits_reason",
@@ -112,6 +135,7 @@ __all__ = [
     "replace_weight",
     "required_opset",
     "save_model",
+    "shrink",
     "sparse_chain",
     "storage_chain",
     "store_weight",

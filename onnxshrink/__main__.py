@@ -1,5 +1,5 @@
 """``python -m onnxshrink``."""
 
-from .cli import main
+from onnxshrink.cli import main
 
 main(prog_name="onnxshrink")

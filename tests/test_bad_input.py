@@ -36,11 +36,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxshrink import model_io
-from onnxshrink.model_io import load_model
-from onnxshrink.pipeline import passes_full_check
-from onnxshrink.plugins import load_registry
-from onnxshrink.runtime import cpu_session
+from onnxshrink.ir import io as model_io
+from onnxshrink.ir.io import load_model
+from onnxshrink.run.pipeline import passes_full_check
+from onnxshrink.plugin.registry import load_registry
+from onnxshrink.toolkit.runtime import cpu_session
 from onnxshrink.testing import reference_graphs as rg
 from onnxshrink.testing import synthetic_feeds
 
@@ -472,7 +472,7 @@ def scan_outer_scope() -> onnx.ModelProto:
 
 def outer_reference_kept(before: onnx.ModelProto, after: onnx.ModelProto, report: dict) -> None:
     """Subgraphs still read the outer weights (nothing copied into them, nothing left dangling)."""
-    from onnxshrink.tidy import outer_references, subgraphs
+    from onnxshrink.ir.walk import outer_references, subgraphs
 
     for node_before, node_after in zip(before.graph.node, after.graph.node):
         for sub_before, sub_after in zip(subgraphs(node_before), subgraphs(node_after)):
@@ -681,7 +681,7 @@ def test_output_folder_refusing_writes_at_save_time(cli, tmp_path, monkeypatch):
 
 
 class FailingWrites:
-    """Replace ``open`` in onnxshrink.model_io: files opened for writing write half, then raise ``error``."""
+    """Replace ``open`` in onnxshrink.ir.io: files opened for writing write half, then raise ``error``."""
 
     def __init__(self, error: BaseException):
         self.error, self.calls = error, 0
@@ -732,7 +732,7 @@ def test_failure_while_writing_leaves_no_partial_file_and_keeps_the_previous_out
 
 
 def test_disk_full_while_writing_external_data(cli, tmp_path, monkeypatch):
-    import onnxshrink.external as external
+    import onnxshrink.ir.external as external
 
     model = save_external(rg.mlp(), tmp_path / "model.onnx")
     written = []
@@ -847,7 +847,7 @@ def well_formed_tensor(data_type: int, raw: bool) -> onnx.TensorProto:
 def test_size_check_accepts_every_well_formed_tensor_and_refuses_one_value_more(tmp_path, data_type, raw):
     """The declared-size check (run before anything is allocated) agrees with onnx on every tensor type,
     packed int4/int2/float4/float6 included, whether the values sit in raw_data or in a typed field."""
-    from onnxshrink.model_io import _check_inline_data  # the check itself, on a lone tensor
+    from onnxshrink.ir.io import _check_inline_data  # the check itself, on a lone tensor
 
     if data_type == TensorProto.STRING and raw:
         pytest.skip("strings have no raw_data form")

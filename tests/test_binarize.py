@@ -11,9 +11,9 @@ import pytest
 
 import onnxshrink
 from onnxshrink import UsageError
-from onnxshrink.method import PluginSpec
-from onnxshrink.pipeline import prepare_steps, run_steps
-from onnxshrink.plugins import load_registry
+from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.run.pipeline import prepare_steps, run_steps
+from onnxshrink.plugin.registry import load_registry
 from onnxshrink.testing import reference_graphs as rg
 from onnxshrink_plugins.binarize import binarize, ternarize
 

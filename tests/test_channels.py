@@ -15,9 +15,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxshrink
-from onnxshrink.channels.constants import Constants
-from onnxshrink.channels.layout import SliceEdit
-from onnxshrink.runtime import run_model
+from onnxshrink.toolkit.channels.constants import Constants
+from onnxshrink.toolkit.channels.layout import SliceEdit
+from onnxshrink.toolkit.runtime import run_model
 from onnxshrink.testing import reference_graphs as rg
 
 MODELS = Path(__file__).resolve().parent.parent / "models"

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxshrink
 from onnxshrink import Method, Option
-from onnxshrink.plugins import load_registry
+from onnxshrink.plugin.registry import load_registry
 from onnxshrink.testing import HARD_GRAPHS, REFERENCE_GRAPHS, ConformanceError, check_method, check_options_documented, run_method, shipped_models
 
 REGISTRY = load_registry()

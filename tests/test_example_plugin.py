@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from onnxshrink.plugins import load_registry
+from onnxshrink.plugin.registry import load_registry
 
 from .conftest import MODELS, ROOT, sha256
 

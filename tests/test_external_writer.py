@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxshrink.external import external_data_dir, write_with_external_data
+from onnxshrink.ir.external import external_data_dir, write_with_external_data
 
 
 @pytest.mark.parametrize("changed", [[], [1], [0, 3], [2, 4], [0, 1, 2, 3, 4]])

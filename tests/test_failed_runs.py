@@ -19,8 +19,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxshrink
-import onnxshrink.shrink as shrink_module
-from onnxshrink.plugins import MethodInfo, load_registry
+import onnxshrink.run.shrink as shrink_module
+from onnxshrink.plugin.registry import MethodInfo, load_registry
 
 from .test_bad_input import assert_one_line_error, save, snapshot
 

@@ -216,7 +216,7 @@ def test_fault_is_caught_named_and_nothing_is_written(fault_runs, case):
 
 def test_broken_plugin_in_process_gives_the_same_answer(cli, tmp_path, monkeypatch):
     """The in-process runner agrees with the subprocess (the registry is built afresh for it)."""
-    from onnxshrink.plugins import default_registry
+    from onnxshrink.plugin.registry import default_registry
 
     site = tmp_path / "site"
     site.mkdir()

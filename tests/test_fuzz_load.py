@@ -29,7 +29,8 @@ from hypothesis.errors import InvalidArgument
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxshrink.errors import InvalidModelError
-from onnxshrink.model_io import load_model, stored_tensors
+from onnxshrink.ir.io import load_model
+from onnxshrink.ir.tensors import stored_tensors
 from onnxshrink.testing import reference_graphs as rg
 
 SECRET = b"FUZZ-SECRET-OUTSIDE-THE-FOLDER!!" * 8  # 256 bytes, also the size of two 32-float tensors

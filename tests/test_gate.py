@@ -10,17 +10,7 @@ from pathlib import Path
 import pytest
 
 from onnxshrink.errors import UsageError
-from onnxshrink.gate import (
-    DEFAULT_PROVIDER,
-    METRICS,
-    OPERATORS,
-    PROVIDERS,
-    GateCheck,
-    evaluate_gates,
-    format_number,
-    parse_gate,
-    verdict_exit_code,
-)
+from onnxshrink.validate.gate import DEFAULT_PROVIDER, METRICS, OPERATORS, PROVIDERS, GateCheck, evaluate_gates, format_number, parse_gate, verdict_exit_code
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

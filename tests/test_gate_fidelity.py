@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from onnxshrink.errors import UsageError
-from onnxshrink.gate import evaluate_gates, parse_gate
+from onnxshrink.validate.gate import evaluate_gates, parse_gate
 from onnxshrink.validate import load_feeds, validate
 from tests.conftest_validate_helpers import classifier, save
 

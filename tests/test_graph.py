@@ -8,9 +8,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 from onnxshrink import consumers, op_histogram, replace_weight, weight_tensors
-from onnxshrink.runtime import run_model
+from onnxshrink.toolkit.runtime import run_model
 from onnxshrink.testing import reference_graphs as rg
-from onnxshrink.tidy import tidy_model
+from onnxshrink.toolkit.tidy import tidy_model
 
 
 def feeds(model: onnx.ModelProto, n: int = 3) -> list[dict[str, np.ndarray]]:

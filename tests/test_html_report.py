@@ -20,8 +20,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxshrink.model_io import stored_tensors
-from onnxshrink.recipe import load_recipe
+from onnxshrink.ir.tensors import stored_tensors
+from onnxshrink.run.recipe import load_recipe
 from onnxshrink.reports.html import render_html, report_kind
 from onnxshrink.validate.tensors import stored_bytes, tensor_breakdown
 

@@ -16,9 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxshrink
 from onnxshrink.errors import UsageError
-from onnxshrink.method import PluginSpec
-from onnxshrink.pipeline import prepare_steps, run_steps
-from onnxshrink.plugins import load_registry
+from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.run.pipeline import prepare_steps, run_steps
+from onnxshrink.plugin.registry import load_registry
 from onnxshrink.testing import reference_graphs as rg
 
 RNG = np.random.default_rng(1234)

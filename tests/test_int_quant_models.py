@@ -10,9 +10,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from onnxshrink.method import PluginSpec
-from onnxshrink.pipeline import prepare_steps, run_steps
-from onnxshrink.plugins import load_registry
+from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.run.pipeline import prepare_steps, run_steps
+from onnxshrink.plugin.registry import load_registry
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 NAMES = ("cnn", "mlp", "transformer")

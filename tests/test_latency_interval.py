@@ -10,16 +10,8 @@ import numpy as np
 import pytest
 
 from onnxshrink.errors import UsageError
-from onnxshrink.gate import evaluate_gates, interval_verdict, parse_gate
-from onnxshrink.validate.latency import (
-    block_length,
-    bootstrap_medians,
-    median_interval,
-    ratio_interval,
-    relative_half_width,
-    session_blocks,
-    timing_clock,
-)
+from onnxshrink.validate.gate import evaluate_gates, interval_verdict, parse_gate
+from onnxshrink.validate.latency import block_length, bootstrap_medians, median_interval, ratio_interval, relative_half_width, session_blocks, timing_clock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -224,7 +216,7 @@ def test_gate_command_end_to_end_on_a_digits_model(tmp_path):
 
 
 def test_strict_latency_from_a_recipe_and_the_command_line(tmp_path):
-    from onnxshrink.recipe import load_recipe, merge_cli
+    from onnxshrink.run.recipe import load_recipe, merge_cli
 
     path = tmp_path / "r.toml"
     path.write_text('[gate]\nchecks = ["latency_ratio<=1.0"]\nstrict_latency = true\n')

@@ -12,9 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxshrink
 from onnxshrink import QuantizedTensor, pack_codes, quantize, unpack_codes, weight_chain
-from onnxshrink.method import PluginSpec
-from onnxshrink.pipeline import prepare_steps, run_steps
-from onnxshrink.plugins import load_registry
+from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.run.pipeline import prepare_steps, run_steps
+from onnxshrink.plugin.registry import load_registry
 from onnxshrink.testing import reference_graphs as rg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,7 @@ options, every public name is in the plugin-author guide, and the guide quotes t
 The rules (after datasette's tests/test_plugins.py::test_plugin_hooks_have_tests and
 tests/test_docs.py):
 
-- a hook is a function of onnxshrink/hookspecs.py marked with ``@hookspec``;
+- a hook is a function of onnxshrink/plugin/hookspecs.py marked with ``@hookspec``;
 - it is *tested* when a test function named ``test_hook_<hook>`` (or ``test_hook_<hook>_<more>``)
   exists in tests/*.py, this file excluded;
 - it is *documented* when a Markdown heading of docs/plugin-authors.md names it as ``<hook>(...)``.
@@ -22,8 +22,8 @@ import pluggy
 import pytest
 
 import onnxshrink
-from onnxshrink import hookspecs
-from onnxshrink.method import check_method_class
+from onnxshrink.plugin import hookspecs
+from onnxshrink.plugin.method import check_method_class
 from onnxshrink.testing import REFERENCE_GRAPHS, run_method
 from onnxshrink.testing.conformance import CHECKS
 
@@ -146,7 +146,7 @@ def test_every_conformance_check_is_in_the_guide():
 
 
 def test_every_plugin_environment_variable_is_in_the_guide():
-    variables = set(re.findall(r"ONNXSHRINK_[A-Z_]+", (ROOT / "onnxshrink" / "plugins.py").read_text()))
+    variables = set(re.findall(r"ONNXSHRINK_[A-Z_]+", (ROOT / "onnxshrink" / "plugin" / "registry.py").read_text()))
     assert variables >= {"ONNXSHRINK_LOAD_PLUGINS", "ONNXSHRINK_BLOCK_PLUGINS", "ONNXSHRINK_TRACE_PLUGINS"}
     for variable in variables:
         assert f"`{variable}" in GUIDE, variable

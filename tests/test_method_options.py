@@ -6,7 +6,7 @@ import pytest
 
 from onnxshrink import Method, Option
 from onnxshrink.errors import UsageError
-from onnxshrink.method import check_method_class, parse_plugin_spec
+from onnxshrink.plugin.method import check_method_class, parse_plugin_spec
 
 
 class Demo(Method):

@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from onnxshrink.errors import InvalidModelError, UsageError
-from onnxshrink.model_io import check_output_path, load_model, save_model
+from onnxshrink.ir.io import check_output_path, load_model, save_model
 from onnxshrink.testing.reference_graphs import mlp
 
 from .conftest import folder_digest

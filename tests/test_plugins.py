@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from onnxshrink.errors import PluginError, UsageError
-from onnxshrink.plugins import load_registry
+from onnxshrink.plugin.registry import load_registry
 
 GOOD_PLUGIN = '''
 import onnxshrink

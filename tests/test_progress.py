@@ -7,9 +7,9 @@ import io
 import pytest
 from rich.console import Console
 
-import onnxshrink.console as console_module
+import onnxshrink.cli.console as console_module
 from onnxshrink import Context
-from onnxshrink.console import rich_progress
+from onnxshrink.cli.console import rich_progress
 
 
 def test_bytes_progress_leaves_a_throughput_summary(monkeypatch):

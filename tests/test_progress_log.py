@@ -9,8 +9,8 @@ import threading
 
 from rich.console import Console
 
-import onnxshrink.console as console_module
-from onnxshrink.console import Heartbeat, _Counted, rich_progress
+import onnxshrink.cli.console as console_module
+from onnxshrink.cli.console import Heartbeat, _Counted, rich_progress
 
 
 def test_heartbeat_schedule():

@@ -35,14 +35,14 @@ from onnx.reference.ops.op_batch_normalization import _batchnorm_test_mode
 from onnx.reference.ops.op_dequantize_linear import _CommonDequantizeLinear
 
 from onnxshrink.errors import UsageError
-from onnxshrink.graph import op_histogram
-from onnxshrink.method import Method, Option
-from onnxshrink.model_io import load_model, save_model
-from onnxshrink.pipeline import PreparedStep, run_steps
-from onnxshrink.plugins import load_registry
-from onnxshrink.runtime import cpu_session
+from onnxshrink.ir.walk import op_histogram
+from onnxshrink.plugin.method import Method, Option
+from onnxshrink.ir.io import load_model, save_model
+from onnxshrink.run.pipeline import PreparedStep, run_steps
+from onnxshrink.plugin.registry import load_registry
+from onnxshrink.toolkit.runtime import cpu_session
 from onnxshrink.testing import ConformanceError, check_method, run_method, synthetic_feeds
-from onnxshrink.tidy import tidy_model
+from onnxshrink.toolkit.tidy import tidy_model
 
 REGISTRY = load_registry()
 BUILTINS = sorted(name for name, info in REGISTRY.methods.items() if info.builtin)

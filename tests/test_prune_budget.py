@@ -14,9 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxshrink import weight_tensors
 from onnxshrink.errors import UsageError
-from onnxshrink.method import PluginSpec
-from onnxshrink.pipeline import prepare_steps, run_steps
-from onnxshrink.plugins import load_registry
+from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.run.pipeline import prepare_steps, run_steps
+from onnxshrink.plugin.registry import load_registry
 from onnxshrink.testing import reference_graphs as rg
 from onnxshrink_plugins.prune.auto import split_feeds
 from onnxshrink_plugins.prune.probe import logits_of_outputs, worst_cosine

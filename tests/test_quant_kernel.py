@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxshrink.quantization import QuantizedTensor, matmul_nbits, pack_bits, quant_range, quantize
+from onnxshrink.toolkit.encoding.bits import pack_bits
+from onnxshrink.toolkit.encoding.integer import QuantizedTensor, matmul_nbits, quant_range, quantize
 
 
 def ref_expand(params, shape, axis, block_size):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from onnxshrink.errors import InternalError, UsageError
-from onnxshrink.gate import parse_gate
-from onnxshrink.recipe import Recipe, RecipeStep, load_recipe, merge_cli
+from onnxshrink.validate.gate import parse_gate
+from onnxshrink.run.recipe import Recipe, RecipeStep, load_recipe, merge_cli
 
 FULL = """\
 model = "models/cnn.onnx"          # optional; the CLI positional overrides
@@ -245,7 +245,7 @@ def test_not_utf8(tmp_path):
 
 
 @dataclasses.dataclass
-class FakeSpec:  # the shape of onnxshrink.method.PluginSpec
+class FakeSpec:  # the shape of onnxshrink.plugin.method.PluginSpec
     name: str
     options: dict
 
@@ -327,7 +327,7 @@ def test_merge_on_a_default_recipe():
 
 def test_the_shrink_job_is_the_recipe_with_cli_values_on_top(tmp_path):
     """job_from: the recipe file, then command-line values that were given (None = not given)."""
-    from onnxshrink.shrink import job_from
+    from onnxshrink.run.shrink import job_from
 
     path = write(tmp_path, FULL)
     job = job_from(model=None, steps=[], recipe=path, overrides={"threads": None, "seed": 3})

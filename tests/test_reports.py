@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from onnxshrink.errors import UsageError
-from onnxshrink.gate import evaluate_gates, parse_gate
+from onnxshrink.validate.gate import evaluate_gates, parse_gate
 from onnxshrink.reports import json_safe, render_markdown, write_json, write_junit, write_markdown
 from tests.test_gate import sample_report
 
@@ -265,7 +265,7 @@ def test_markdown_per_output_fidelity_when_several_outputs():
 def test_console_latency_table_without_a_ratio():
     """A timed run that reads 0 ns on the thread clock leaves the ratio None: the table says so, it
     does not crash the run (exit 3 'unsupported format string passed to NoneType')."""
-    from onnxshrink.console import latency_table
+    from onnxshrink.cli.console import latency_table
 
     model = {"median_ms": 0.01, "p90_ms": 0.02}
     table, notes = latency_table({"cpu": {"status": "ok", "baseline": model, "candidate": model, "ratio": None, "ratio_ci": None, "clock": "thread"}})

@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxshrink import SegmentRunner, UsageError, load_model
-from onnxshrink.external import external_data_dir
-from onnxshrink.runtime import intermediate_values, run_model
+from onnxshrink.ir.external import external_data_dir
+from onnxshrink.toolkit.runtime import intermediate_values, run_model
 from onnxshrink.testing.large_models import make_mlp_stack
 
 from .conftest import sha256

@@ -11,10 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxshrink
-from onnxshrink.method import PluginSpec
-from onnxshrink.pipeline import prepare_steps, run_steps
-from onnxshrink.plugins import load_registry
-from onnxshrink.runtime import run_model
+from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.run.pipeline import prepare_steps, run_steps
+from onnxshrink.plugin.registry import load_registry
+from onnxshrink.toolkit.runtime import run_model
 from onnxshrink.testing import reference_graphs as rg
 
 MODELS = Path(__file__).resolve().parent.parent / "models"

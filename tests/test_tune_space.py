@@ -7,9 +7,9 @@ import pytest
 
 import onnxshrink
 from onnxshrink import Method, Option, Tunable, UsageError
-from onnxshrink.method import PluginSpec, check_method_class
-from onnxshrink.plugins import default_registry
-from onnxshrink.recipe import load_recipe
+from onnxshrink.plugin.method import PluginSpec, check_method_class
+from onnxshrink.plugin.registry import default_registry
+from onnxshrink.run.recipe import load_recipe
 from onnxshrink.tune import parse_bytes, parse_duration
 from onnxshrink.tune import report as rep
 from onnxshrink.tune.recipe_export import save_recipe

@@ -8,9 +8,9 @@ import pytest
 
 from onnxshrink import weight_tensors
 from onnxshrink.errors import UsageError
-from onnxshrink.method import PluginSpec
-from onnxshrink.pipeline import prepare_steps, run_steps
-from onnxshrink.plugins import load_registry
+from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.run.pipeline import prepare_steps, run_steps
+from onnxshrink.plugin.registry import load_registry
 from onnxshrink.testing import reference_graphs as rg
 
 

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
-from ._atomic import atomic_write_text
-from .junit import junit_error_xml, junit_xml, write_junit
-from .markdown import render_markdown, write_markdown
+from onnxshrink.reports._atomic import atomic_write_text
+from onnxshrink.reports.junit import junit_error_xml, junit_xml, write_junit
+from onnxshrink.reports.markdown import render_markdown, write_markdown
 
 __all__ = ["atomic_write_text", "json_safe", "junit_error_xml", "junit_xml", "render_markdown", "report_json", "write_json", "write_junit", "write_markdown", "write_reports"]
 

@@ -6,7 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
-from ..errors import UsageError
+from onnxshrink.errors import UsageError
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -21,12 +21,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from . import json_safe
-from ._atomic import atomic_write_text
-from .html_page import Page, page_title
-from .html_sections import render_single
-from .html_tune import render_tune
+from onnxshrink.errors import UsageError
+from onnxshrink.reports import json_safe
+from onnxshrink.reports._atomic import atomic_write_text
+from onnxshrink.reports.html_page import Page, page_title
+from onnxshrink.reports.html_sections import render_single
+from onnxshrink.reports.html_tune import render_tune
 
 __all__ = ["read_report", "report_kind", "render_html", "write_html"]
 

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..gate import format_number
+from onnxshrink.validate.gate import format_number
 
 HISTOGRAM_BINS = 20
 

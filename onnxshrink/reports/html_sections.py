@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .html_page import HISTOGRAM_BINS, Page, badge, cell, esc, histogram, human_bytes, is_num, model_paths, num, ratio_text, section, html_table, tile
+from onnxshrink.reports.html_page import HISTOGRAM_BINS, Page, badge, cell, esc, histogram, html_table, human_bytes, is_num, model_paths, num, ratio_text, section, tile
 
 TOP_LAYERS = 25  # layers drawn in the per-layer chart (the table lists every row)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .html_page import Page, badge, cell, esc, human_bytes, is_num, num, section, html_table, tile
+from onnxshrink.reports.html_page import Page, badge, cell, esc, html_table, human_bytes, is_num, num, section, tile
 
 # --------------------------------------------------------------------------- tune
 

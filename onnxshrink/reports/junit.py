@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..gate import format_number
-from ._atomic import atomic_write_text
+from onnxshrink.reports._atomic import atomic_write_text
+from onnxshrink.validate.gate import format_number
 
 __all__ = ["junit_error_xml", "junit_xml", "write_junit"]
 

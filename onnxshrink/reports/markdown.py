@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..gate import format_number
-from ._atomic import atomic_write_text
+from onnxshrink.reports._atomic import atomic_write_text
+from onnxshrink.validate.gate import format_number
 
 __all__ = ["render_markdown", "write_markdown"]
 

@@ -1,16 +1,7 @@
 """Helpers for testing onnxshrink methods: reference graphs and the conformance kit."""
 
-from .conformance import (
-    ConformanceError,
-    ConformanceReport,
-    GraphResult,
-    check_method,
-    check_options_documented,
-    run_method,
-    shipped_models,
-    synthetic_feeds,
-)
-from .reference_graphs import HARD_GRAPHS, REFERENCE_GRAPHS
+from onnxshrink.testing.conformance import ConformanceError, ConformanceReport, GraphResult, check_method, check_options_documented, run_method, shipped_models, synthetic_feeds
+from onnxshrink.testing.reference_graphs import HARD_GRAPHS, REFERENCE_GRAPHS
 
 __all__ = [
     "HARD_GRAPHS",

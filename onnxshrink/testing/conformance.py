@@ -44,15 +44,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import InvalidModelError, OnnxShrinkError, PluginError, UsageError
-from ..external import external_data_dir, inline_all
-from ..method import Method, check_method_class
-from ..model_io import load_model
-from ..pipeline import PreparedStep, StepResult, check_interface, interface_signature, passes_full_check, run_steps
-from ..plugins import MethodInfo, Registry, load_registry
-from ..runtime import cpu_session
-from ..tidy import tidy_model
-from .reference_graphs import EXTERNAL_DATA_GRAPHS, HARD_GRAPHS, REFERENCE_GRAPHS
+from onnxshrink.errors import InvalidModelError, OnnxShrinkError, PluginError, UsageError
+from onnxshrink.ir.external import external_data_dir, inline_all
+from onnxshrink.ir.io import load_model
+from onnxshrink.plugin.method import Method, check_method_class
+from onnxshrink.plugin.registry import MethodInfo, Registry, load_registry
+from onnxshrink.run.pipeline import PreparedStep, StepResult, check_interface, interface_signature, passes_full_check, run_steps
+from onnxshrink.testing.reference_graphs import EXTERNAL_DATA_GRAPHS, HARD_GRAPHS, REFERENCE_GRAPHS
+from onnxshrink.toolkit.runtime import cpu_session
+from onnxshrink.toolkit.tidy import tidy_model
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root when onnxshrink runs from a checkout
 CALIBRATION_FEEDS = 2  # feeds handed to the method (enough for calibrating methods to run)

@@ -7,7 +7,7 @@ the gate, on this machine (child processes) or on Ray. See docs/tune.md.
 
 from __future__ import annotations
 
-from .report import SCHEMA
-from .run import TuneJob, parse_bytes, parse_duration, tune
+from onnxshrink.tune.report import SCHEMA
+from onnxshrink.tune.run import TuneJob, parse_bytes, parse_duration, tune
 
 __all__ = ["SCHEMA", "TuneJob", "parse_bytes", "parse_duration", "tune"]

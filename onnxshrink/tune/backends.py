@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .timing import evaluation_feeds, time_candidates
-from .trial import Running
+from onnxshrink.tune.timing import evaluation_feeds, time_candidates
+from onnxshrink.tune.trial import Running
 
 
 class LocalBackend:

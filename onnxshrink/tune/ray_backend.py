@@ -19,8 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, one_line
-from .trial import candidate_path, discard, run_isolated
+from onnxshrink.errors import UsageError, one_line
+from onnxshrink.tune.trial import candidate_path, discard, run_isolated
 
 
 def import_ray() -> Any:
@@ -83,7 +83,7 @@ def _remote_trial(spec: dict[str, Any], shipped: dict[str, Any], model_files: di
 
 
 def _remote_timing(shipped: dict[str, Any], model_files: dict[str, bytes], data_files: dict[str, bytes] | None, candidates: list[tuple[int, dict[str, bytes]]], providers: list[str], input_shapes: dict, seed: int, threads: int, seconds: float | None) -> dict[int, dict[str, Any]]:
-    from .timing import evaluation_feeds, time_candidates
+    from onnxshrink.tune.timing import evaluation_feeds, time_candidates
 
     model, data, root = _materialize(shipped["key"], shipped["model_name"], model_files, shipped["data_name"], data_files)
     folder = Path(tempfile.mkdtemp(prefix="onnxshrink_timing_"))

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import InternalError
+from onnxshrink.errors import InternalError
 
 
 def _toml_value(value: Any) -> str:

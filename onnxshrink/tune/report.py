@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from onnxshrink.errors import UsageError
+
 SCHEMA = "onnxshrink.tune/1"
 STATUSES = ("ok", "failed", "timeout", "invalid")
 
@@ -115,8 +117,6 @@ def write_json(report: dict[str, Any], path: Path) -> None:
 
 def read_resume(path: Path) -> dict[str, Any]:
     """An earlier tune report, checked enough to replay its trials (UsageError otherwise)."""
-    from ..errors import UsageError
-
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:

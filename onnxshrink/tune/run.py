@@ -20,12 +20,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, one_line
-from ..gate import METRICS, evaluate_gates, parse_gate
-from ..method import PluginSpec
-from . import report as rep
-from .progress import TuneProgress
-from .timing import latency_ratios
+from onnxshrink.errors import UsageError, one_line
+from onnxshrink.ir.io import check_output_path, check_writable_file, load_model, memory_limit
+from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.plugin.registry import default_registry
+from onnxshrink.run.recipe import Recipe
+from onnxshrink.run.shrink import shrink, tool_info
+from onnxshrink.tune import report as rep
+from onnxshrink.tune.backends import LocalBackend
+from onnxshrink.tune.progress import TuneProgress
+from onnxshrink.tune.ray_backend import RayBackend
+from onnxshrink.tune.recipe_export import save_recipe
+from onnxshrink.tune.search import Search, import_optuna
+from onnxshrink.tune.space import build_space
+from onnxshrink.tune.timing import latency_ratios
+from onnxshrink.tune.trial import constraint
+from onnxshrink.validate.data import load_feeds
+from onnxshrink.validate.gate import METRICS, evaluate_gates, parse_gate
+from onnxshrink.validate.size import measure_size
 
 SEARCH_SHARE = 0.85  # of --time; the rest is kept for re-timing and writing the outputs
 MIN_TRIAL_TIMEOUT_S = 5.0
@@ -81,15 +93,7 @@ def parse_bytes(text: str) -> int:
 
 class _Checked:
     """What step 1 found: the space, the backend's inputs, the baseline size."""
-
     def __init__(self, job: TuneJob):
-        from ..model_io import check_output_path, check_writable_file, load_model
-        from ..plugins import default_registry
-        from ..validate.data import load_feeds
-        from ..validate.size import measure_size
-        from .search import import_optuna
-        from .space import build_space
-
         if job.objective != "size":
             raise UsageError(f"--objective {job.objective!r}: the only objective is size")
         if not job.gates:
@@ -119,10 +123,7 @@ class _Checked:
 
 def _make_backend(job: TuneJob, checked: _Checked) -> Any:
     if job.ray:
-        from .ray_backend import RayBackend
-
         return RayBackend(job.ray_address, job.jobs, Path(job.model), checked.external_files, Path(job.data) if job.data else None)
-    from .backends import LocalBackend
 
     return LocalBackend(job.jobs or 1)
 
@@ -142,8 +143,6 @@ def tune(job: TuneJob, *, console: Any = None) -> tuple[dict[str, Any], int]:
 
 class _Tuner:
     def __init__(self, job: TuneJob, checked: _Checked, backend: Any, workdir: Path, started: float, console: Any):
-        from .search import Search
-
         self.job, self.checked, self.backend, self.workdir, self.started = job, checked, backend, workdir, started
         self.deadline = started + job.time_s if job.time_s else None
         self.search_deadline = started + job.time_s * SEARCH_SHARE if job.time_s else None
@@ -276,7 +275,6 @@ class _Tuner:
     def _trial_memory(self) -> int | None:
         if self.job.trial_memory_bytes:
             return self.job.trial_memory_bytes
-        from ..model_io import memory_limit
 
         if self.backend.name != "local":
             return None  # nodes differ; give --trial-memory to set one
@@ -348,8 +346,6 @@ class _Tuner:
             shutil.copyfile(files[0], tmp)
             os.replace(tmp, output)
             return
-        from ..recipe import Recipe
-        from ..shrink import shrink
 
         trial = self._chosen_trial(number)
         shrink(Recipe(model=Path(self.job.model), output=output, seed=self.job.seed, validate=False,
@@ -357,15 +353,11 @@ class _Tuner:
                       data_path=self.job.data, input_shapes=dict(self.job.input_shapes)))
 
     def _write_recipe(self, number: int) -> None:
-        from .recipe_export import save_recipe
-
         trial = self._chosen_trial(number)
         save_recipe(self.job.save_recipe, model=Path(self.job.model), output=self.checked.output, seed=self.job.seed,
                     chain=trial["chain"], data=self.job.data, input_shapes=self.job.input_shapes, gates=self.job.gates, trial=number)
 
     def _report(self, chosen: int | None) -> dict[str, Any]:
-        from ..shrink import tool_info
-
         return {
             "schema": rep.SCHEMA,
             "tool": tool_info(),
@@ -399,8 +391,6 @@ class _TimingJob:
 
 
 def _constraints_of(entry: dict[str, Any]) -> list[float]:
-    from .trial import constraint
-
     return [constraint(c) for c in entry.get("gate_checks") or [] if not METRICS[c["metric"]].per_provider] or [0.0]
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from ..errors import UsageError
-from ..method import PluginSpec
-from .space import CHAIN_PARAM, SearchSpace
+from onnxshrink.errors import UsageError
+from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.tune.space import CHAIN_PARAM, SearchSpace
 
 # The point told for a trial without a measurement: larger than any real one, infeasible.
 WORST = (2.0, 1.0)

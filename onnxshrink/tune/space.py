@@ -1,6 +1,6 @@
 """The search space of ``onnxshrink tune``: which chains of methods, and which options, with which ranges.
 
-Built from the installed methods (each declares ``search_space``, see :class:`onnxshrink.method.Tunable`),
+Built from the installed methods (each declares ``search_space``, see :class:`onnxshrink.Tunable`),
 restricted by ``--plugin NAME[:key=value]`` (only these methods; given options are fixed) or replaced
 by a ``--space FILE.toml``::
 
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from ..method import Method, PluginSpec, Tunable, check_search_space
-from ..plugins import Registry
+from onnxshrink.errors import UsageError
+from onnxshrink.plugin.method import Method, PluginSpec, Tunable, check_search_space
+from onnxshrink.plugin.registry import Registry
 
 CHAIN_PARAM = "chain"
 

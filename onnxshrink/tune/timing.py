@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..validate.latency import measure_latency
+from onnxshrink.ir.io import load_model
+from onnxshrink.validate.data import load_feeds, split_calibration
+from onnxshrink.validate.latency import measure_latency
+from onnxshrink.validate.providers import make_session
 
 # More and longer rounds than a shrink run's default when time allows: the choice rests on them.
 REPEATS = 30
@@ -21,9 +24,6 @@ WARMUP = 2
 
 
 def evaluation_feeds(model: str | Path, data: str | Path | None, input_shapes: dict[str, Any], seed: int) -> list[dict]:
-    from ..model_io import load_model
-    from ..validate.data import load_feeds, split_calibration
-
     proto = load_model(model, load_external=False).model
     dataset = load_feeds(str(data) if data else None, proto, input_shapes={k: tuple(v) for k, v in input_shapes.items()} or None, seed=seed)
     return split_calibration(dataset)[1].feeds
@@ -34,7 +34,6 @@ def rounds_for(baseline: str | Path, feed: dict, threads: int, seconds: float | 
     from one warm baseline run on CPU (None: REPEATS)."""
     if seconds is None:
         return REPEATS
-    from ..validate.providers import make_session
 
     session = make_session(baseline, "cpu", threads=threads).session
     session.run(None, feed)

@@ -1,4 +1,4 @@
-"""One tune trial: run a chain with ``onnxshrink.shrink``, measure size and fidelity, judge the gates
+"""One tune trial: run a chain with ``onnxshrink.run.shrink``, measure size and fidelity, judge the gates
 that need no timing. ``run_isolated`` runs it in a child process with its own time and memory limits.
 
 A trial spec is a plain dict (it crosses process and machine boundaries)::
@@ -25,8 +25,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidModelError, UsageError, one_line
-from ..gate import METRICS, evaluate_gates, parse_gate
+from onnxshrink.errors import InvalidModelError, UsageError, one_line
+from onnxshrink.ir.io import load_model
+from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.run.recipe import Recipe
+from onnxshrink.run.shrink import shrink
+from onnxshrink.validate import validate
+from onnxshrink.validate.data import load_feeds, split_calibration
+from onnxshrink.validate.gate import METRICS, evaluate_gates, parse_gate
 
 _TAIL = 400
 
@@ -51,13 +57,6 @@ def candidate_path(spec: dict[str, Any]) -> Path:
 
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one trial in this process (no isolation): shrink, validate size and fidelity, judge."""
-    from ..method import PluginSpec
-    from ..model_io import load_model
-    from ..recipe import Recipe
-    from ..shrink import shrink
-    from ..validate import validate
-    from ..validate.data import load_feeds, split_calibration
-
     output = candidate_path(spec)
     output.parent.mkdir(parents=True, exist_ok=True)
     job = Recipe(
@@ -129,7 +128,6 @@ def _child(spec: dict[str, Any], memory_bytes: int | None, conn: Any, log_path: 
 
 class Running:
     """A trial running in a spawned child process."""
-
     def __init__(self, spec: dict[str, Any], timeout_s: float, memory_bytes: int | None):
         self.spec, self.timeout_s = spec, timeout_s
         folder = candidate_path(spec).parent

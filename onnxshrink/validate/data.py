@@ -50,6 +50,8 @@ import numpy as np
 import onnx
 
 from onnxshrink.errors import UsageError, one_line
+from onnxshrink.ir.external import external_tensors
+from onnxshrink.toolkit.runtime import cpu_session
 from onnxshrink.validate import synthetic
 
 LABELS_KEY = "labels"
@@ -66,7 +68,6 @@ Feed = dict[str, np.ndarray]
 @dataclass
 class InputSpec:
     """A required graph input: name, numpy dtype, ONNX type name and shape (None = dynamic dim)."""
-
     name: str
     dtype: np.dtype
     type_name: str
@@ -76,7 +77,6 @@ class InputSpec:
 @dataclass
 class DataSet:
     """Feeds ready to run, with labels aligned to samples."""
-
     feeds: list[Feed]
     labels: np.ndarray | None = None
     source: str | None = None
@@ -442,9 +442,6 @@ def check_runs(model: onnx.ModelProto, dataset: DataSet) -> None:
 
 def _probe_runner(model: onnx.ModelProto):
     """(run one feed, None) or (None, why the model cannot be tried here)."""
-    from onnxshrink.external import external_tensors
-    from onnxshrink.runtime import cpu_session
-
     if external_tensors(model):
         return None, "the model's weights are still on disk (a large model); the first validation run checks them"
     try:

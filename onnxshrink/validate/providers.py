@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnxshrink import runtime
 from onnxshrink.errors import UsageError
+from onnxshrink.toolkit import runtime
 
 PROVIDERS: dict[str, str] = {
     "cpu": "CPUExecutionProvider",

@@ -23,9 +23,9 @@ import onnx
 from onnx import numpy_helper
 
 from onnxshrink.errors import InvalidModelError
-from onnxshrink.graph import iter_graphs
-from onnxshrink.model_io import stored_tensors
-from onnxshrink.external import external_data_dir, external_source, plain_dtype, read_external
+from onnxshrink.ir.external import external_data_dir, external_source, plain_dtype, read_external
+from onnxshrink.ir.tensors import element_count, stored_tensors
+from onnxshrink.ir.walk import iter_graphs
 
 CHUNK = 1 << 20
 COMPRESS_LEVEL = 1
@@ -116,17 +116,17 @@ def _counted(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto | list, 
     """(values, dense element count) for every parameter tensor."""
     for g, _ in iter_graphs(model.graph):
         for t in g.initializer:
-            yield t, _numel(t.dims)
+            yield t, element_count(t)
         for sp in g.sparse_initializer:
-            yield sp.values, _numel(sp.dims)
+            yield sp.values, element_count(sp)
     for node in _all_nodes(model):
         if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
             continue
         for attr in node.attribute:
             if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t, _numel(attr.t.dims)
+                yield attr.t, element_count(attr.t)
             elif attr.name == "sparse_value":
-                yield attr.sparse_tensor.values, _numel(attr.sparse_tensor.dims)
+                yield attr.sparse_tensor.values, element_count(attr.sparse_tensor)
             elif attr.name in ("value_float", "value_int"):
                 yield [attr.f if attr.name == "value_float" else attr.i], 1
             elif attr.name in ("value_floats", "value_ints"):
@@ -137,12 +137,6 @@ def _counted(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto | list, 
             elif attr.name == "value_strings":
                 yield list(attr.strings), len(attr.strings)
 
-
-def _numel(dims) -> int:
-    n = 1
-    for d in dims:
-        n *= int(d)
-    return n
 
 
 def _is_external(t: onnx.TensorProto) -> bool:
@@ -195,7 +189,7 @@ def _count_external(tensor: onnx.TensorProto, buffer: np.ndarray) -> int | None:
     path, offset, length = external_source(tensor)
     kind = _SIGN_FREE.get(tensor.data_type)
     dtype = np.dtype(kind[0]) if kind else plain_dtype(tensor.data_type)
-    if dtype is None or length % dtype.itemsize or length // dtype.itemsize != _numel(tensor.dims):
+    if dtype is None or length % dtype.itemsize or length // dtype.itemsize != element_count(tensor):
         return None
     count = 0
     with open(path, "rb") as fh:

@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 
 from onnxshrink.errors import UsageError, one_line
+from onnxshrink.ir.walk import node_attribute
 
 IMAGE_SIZES = (224, 256, 320, 192, 160, 128, 96, 64, 32, 384, 448, 512, 640)
 OTHER_SIZES = (8, 16, 32, 64, 128, 1, 2, 4, 256, 512, 1024, 2048, 4096, 8192, 16000, 16384)
@@ -92,12 +93,6 @@ class _Graph:
         return self.const_shapes.get(name)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default
-
 
 def analyse(model: onnx.ModelProto, names: list[str]) -> dict[str, InputHints]:
     """Hints for each input in ``names`` from the main graph (subgraphs are not followed)."""
@@ -130,7 +125,7 @@ def _trace_values(graph: _Graph, tensor: str, h: InputHints, depth: int, seen: s
         if op == "Gather" and slot == 1:
             table = graph.const(node.input[0])
             if table:
-                axis = int(_attr(node, "axis", 0))
+                axis = int(node_attribute(node, "axis", 0))
                 rows = table[axis] if -len(table) <= axis < len(table) else None
                 if rows and (h.index_bound is None or rows < h.index_bound):
                     h.index_bound, h.index_node = int(rows), node.name or node.output[0]
@@ -164,15 +159,15 @@ def _trace_dims(graph: _Graph, tensor: str, axes: list[int | None], h: InputHint
         elif op == "MatMul" and slot == 1 and other[0] and len(other[0]) >= 2:
             fix(rank - 2, other[0][-1], label)
         elif op == "Gemm" and slot == 0 and other[1] and len(other[1]) == 2:
-            k = other[1][1] if _attr(node, "transB", 0) else other[1][0]
-            fix(0 if _attr(node, "transA", 0) else 1, k, label)
+            k = other[1][1] if node_attribute(node, "transB", 0) else other[1][0]
+            fix(0 if node_attribute(node, "transA", 0) else 1, k, label)
         elif op == "Conv" and slot == 0 and other[1] and len(other[1]) >= 3:
-            fix(1, other[1][1] * int(_attr(node, "group", 1)), label)
+            fix(1, other[1][1] * int(node_attribute(node, "group", 1)), label)
         elif op == "ConvTranspose" and slot == 0 and other[1] and len(other[1]) >= 3:
             fix(1, other[1][0], label)
         elif op in ("BatchNormalization", "InstanceNormalization") and slot == 0 and other[1] and len(other[1]) == 1:
             fix(1, other[1][0], label)
-        elif op in ("LSTM", "GRU", "RNN") and slot == 0 and other[1] and len(other[1]) == 3 and not _attr(node, "layout", 0):
+        elif op in ("LSTM", "GRU", "RNN") and slot == 0 and other[1] and len(other[1]) == 3 and not node_attribute(node, "layout", 0):
             fix(2, other[1][2], label)
         elif op == "LayerNormalization" and slot == 0 and other[1]:
             for k, size in enumerate(reversed(other[1])):
@@ -187,7 +182,7 @@ def _trace_dims(graph: _Graph, tensor: str, axes: list[int | None], h: InputHint
             if len(const) <= rank:
                 _trace_dims(graph, node.output[0], axes, h, depth + 1, seen)
         elif op == "Transpose" and slot == 0:
-            perm = _attr(node, "perm", None) or list(reversed(range(rank)))
+            perm = node_attribute(node, "perm", None) or list(reversed(range(rank)))
             if len(perm) == rank:
                 _trace_dims(graph, node.output[0], [axes[p] for p in perm], h, depth + 1, seen)
         elif op in _UNARY_OPS and slot == 0:

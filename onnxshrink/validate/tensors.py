@@ -17,7 +17,7 @@ from typing import Any
 import onnx
 
 from onnxshrink.errors import InvalidModelError
-from onnxshrink.graph import iter_graphs
+from onnxshrink.ir.walk import iter_graphs
 
 MAX_ROWS = 1000  # the largest layer inputs listed one by one; the rest are summed in ``other``
 _BITS = {
