@@ -166,7 +166,7 @@ def build_heavier(name: str, folder: Path) -> tuple[Path, Path, tuple[float, flo
 
 def gate_runs(base: Path, cand: Path, data: Path, runs: int) -> tuple[int, int, int, list[tuple[float, float, float]], float]:
     """(passed, failed, inconclusive, [(ratio, lo, hi)], seconds per run) over ``runs`` gate runs."""
-    from onnxshrink.measure import gate_models
+    from onnxshrink.run.measure import gate_models
 
     passed = failed = inconclusive = 0
     seen = []

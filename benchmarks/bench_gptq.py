@@ -54,9 +54,9 @@ def latency_ratio(baseline: onnx.ModelProto, candidate: onnx.ModelProto, feed: d
 
 
 def onnxshrink_step(model: onnx.ModelProto, feeds: list[dict], plugin: str, options: dict) -> tuple[onnx.ModelProto, dict]:
-    from onnxshrink.method import PluginSpec
-    from onnxshrink.pipeline import prepare_steps, run_steps
-    from onnxshrink.plugins import load_registry
+    from onnxshrink.plugin.method import PluginSpec
+    from onnxshrink.run.pipeline import prepare_steps, run_steps
+    from onnxshrink.plugin.registry import load_registry
 
     out = onnx.ModelProto()
     out.CopyFrom(model)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from onnxshrink.method import PluginSpec
-from onnxshrink.recipe import Recipe
-from onnxshrink.shrink import shrink
+from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.run.recipe import Recipe
+from onnxshrink.run.shrink import shrink
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 CHAINS = {

@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxshrink.method import PluginSpec
-from onnxshrink.pipeline import prepare_steps, run_steps
-from onnxshrink.plugins import load_registry
-from onnxshrink.runtime import cpu_session
+from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.run.pipeline import prepare_steps, run_steps
+from onnxshrink.plugin.registry import load_registry
+from onnxshrink.toolkit.runtime import cpu_session
 from onnxshrink.validate.latency import interleave
 
 ROOT = Path(__file__).resolve().parent.parent

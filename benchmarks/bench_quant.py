@@ -76,9 +76,9 @@ def _in_temp_folder():
 
 
 def onnxshrink_candidate(options: dict[str, str]) -> Callable:
-    from onnxshrink.method import PluginSpec
-    from onnxshrink.pipeline import prepare_steps, run_steps
-    from onnxshrink.plugins import load_registry
+    from onnxshrink.plugin.method import PluginSpec
+    from onnxshrink.run.pipeline import prepare_steps, run_steps
+    from onnxshrink.plugin.registry import load_registry
 
     def make(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], path: Path) -> onnx.ModelProto:
         out = onnx.ModelProto()

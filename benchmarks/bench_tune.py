@@ -31,7 +31,7 @@ REPORTS = os.environ.get("ONNXSHRINK_BENCH_TUNE_REPORTS")  # a folder to keep ea
 
 def int_quant_default(model: Path, data: Path, workdir: Path) -> dict:
     """int_quant with no options, measured like a trial, then timed alone against the baseline."""
-    from onnxshrink.gate import evaluate_gates, parse_gate
+    from onnxshrink.validate.gate import evaluate_gates, parse_gate
     from onnxshrink.tune.timing import evaluation_feeds, latency_ratios, time_candidates
     from onnxshrink.tune.trial import run_isolated
 

@@ -138,7 +138,7 @@ class Chain:
 
 def builtin_methods() -> list[str]:
     """Every built-in method registered (the defaults rows), sorted."""
-    from onnxshrink.plugins import default_registry
+    from onnxshrink.plugin.registry import default_registry
 
     registry = default_registry()
     return sorted(name for name, info in registry.methods.items() if info.builtin)
