@@ -17,7 +17,7 @@ import onnxruntime
 
 from . import __version__
 from .context import ProgressFactory
-from .errors import OnnxShrinkError, UsageError, one_line
+from .errors import ExitCode, OnnxShrinkError, UsageError, one_line
 from .gate import GateCheck, evaluate_gates
 from .method import PluginSpec
 from .model_io import _commit as commit_files  # moves staged files into place, rolling back on failure
@@ -95,7 +95,8 @@ def shrink(
         write_error_reports(report, exc.exit_code, exc.message, **_report_paths(job))
         raise
     except Exception as exc:  # noqa: BLE001 - an internal failure still gets its report, then propagates
-        write_error_reports(report, 3, f"internal error: {type(exc).__name__}: {one_line(exc)}", **_report_paths(job))
+        message = f"internal error: {type(exc).__name__}: {one_line(exc)}"
+        write_error_reports(report, ExitCode.FAILURE, message, **_report_paths(job))
         raise
 
 
@@ -111,7 +112,7 @@ def write_error_reports(
 ) -> None:
     """The reports asked for, with ``error: {exit_code, message}``; a report that cannot be written is skipped
     (the run's own error is what the user must see)."""
-    report = {**report, "error": {"exit_code": exit_code, "message": message}}
+    report = {**report, "error": {"exit_code": int(exit_code), "message": message}}
     if "output" in report:  # the candidate was staged, never moved into place
         report["output"] = {**report["output"], "files": []}
     for key, path in (("json_path", json_path), ("junit_path", junit_path), ("markdown_path", markdown_path)):
