@@ -97,7 +97,8 @@ def main() -> None:
     onnxshrink tune m.onnx --data d.npz --gate 'cosine>=0.99'   search for the smallest passing model
 
     Run `onnxshrink shrink --help` for every option of a shrink run.
-    Exit codes: 0 ok (gate passed), 1 gate failed, 2 usage or invalid input, 3 plugin or internal failure.
+    Exit codes: 0 ok (gate passed), 1 gate failed, 2 usage or invalid input, 3 plugin or internal failure,
+    130 interrupted.
     """
 
 

@@ -44,6 +44,12 @@ def test_the_readme_table_is_the_enum():
     assert [(int(value), name) for value, name in rows] == [(int(code), code.name) for code in ExitCode]
 
 
+def test_the_main_help_names_every_exit_code(cli):
+    result = cli("--help")
+    listed = re.findall(r"\b(\d+) [a-z]", " ".join(result.stdout.split("Exit codes:", 1)[1].split()))
+    assert [int(value) for value in listed] == [int(code) for code in ExitCode], result.stdout
+
+
 def test_error_reports_write_the_exit_code_as_a_plain_int(monkeypatch, tmp_path):
     written = []
     monkeypatch.setattr(shrink_module, "write_reports", lambda report, **paths: written.append(report))
