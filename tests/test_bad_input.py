@@ -36,6 +36,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxshrink.errors import ExitCode
 from onnxshrink.ir import io as model_io
 from onnxshrink.ir.io import load_model
 from onnxshrink.run.pipeline import passes_full_check
@@ -787,7 +788,9 @@ def test_interrupt_between_data_and_model_file_restores_what_was_there(cli, tmp_
 
     monkeypatch.setattr(os, "replace", interrupt_at_model)
     before = snapshot(tmp_path)
-    assert_one_line_error(shrink(cli, model, tmp_path / "out.onnx"), 130, "interrupted")
+    result = shrink(cli, model, tmp_path / "out.onnx")
+    assert_one_line_error(result, 130, "interrupted")
+    assert result.exit_code is ExitCode.INTERRUPTED
     assert "out.onnx.data" in moved, "the fault was not injected between the two files"
     assert snapshot(tmp_path) == before
 

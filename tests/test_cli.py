@@ -10,6 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from onnxshrink.errors import ExitCode
+
 from .conftest import MODELS, folder_digest, sha256
 
 CNN, MLP = MODELS / "cnn.onnx", MODELS / "mlp.onnx"
@@ -26,7 +28,7 @@ def test_shrink_cnn_with_global_pruning(cli, tmp_path):
     before = sha256(CNN)
     out, report = tmp_path / "small.onnx", tmp_path / "r.json"
     result = cli(CNN, "--plugin", "weight_prune:sparsity=0.7,scope=global", "-o", out, "--report", report, "--data", CNN_DATA)
-    assert result.exit_code == 0, result
+    assert result.exit_code is ExitCode.OK, result
     assert sha256(CNN) == before
     data = json.loads(report.read_text())
     [step] = data["steps"]
@@ -96,7 +98,7 @@ def test_data_with_a_wrong_input_name_is_exit_2(cli, tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, pixels=np.zeros((4, 1, 8, 8), np.float32))
     result = cli(CNN, "--plugin", "weight_prune", "--data", bad, "-o", tmp_path / "o.onnx")
-    assert result.exit_code == 2 and "'input'" in result.stderr and "bad.npz" in result.stderr
+    assert result.exit_code is ExitCode.USAGE and "'input'" in result.stderr and "bad.npz" in result.stderr
     assert not (tmp_path / "o.onnx").exists()
 
 
@@ -114,10 +116,10 @@ def test_gate_pass_fail_junit_and_markdown(cli, tmp_path):
     junit, md, report = tmp_path / "gate.xml", tmp_path / "s.md", tmp_path / "r.json"
     common = ["--plugin", "weight_prune:sparsity=0.3,scope=global", "--data", CNN_DATA, "-o", tmp_path / "o.onnx", "--junit", junit, "--markdown", md, "--report", report]
     passing = cli(CNN, *common, "--gate", "top1_agreement>=0.9", "--gate", "size_ratio<=1.0", "--gate", "accuracy_drop<=0.05")
-    assert passing.exit_code == 0, passing
+    assert passing.exit_code is ExitCode.OK, passing
     assert json.loads(report.read_text())["gate"]["passed"] is True
     failing = cli(CNN, *common, "--gate", "cosine>=0.9999999", "--gate", "size_ratio<=0.5")
-    assert failing.exit_code == 1, failing
+    assert failing.exit_code is ExitCode.GATE_FAILED, failing
     assert (tmp_path / "o.onnx").exists()  # the candidate is kept for inspection
     suite = ET.parse(junit).getroot()
     cases = suite.findall(".//testcase")
@@ -141,9 +143,9 @@ def test_gate_command_on_two_models(cli, tmp_path):
     candidate = tmp_path / "c.onnx"
     assert cli(MLP, "--plugin", "weight_prune:sparsity=0.2", "-o", candidate, "--no-validate").exit_code == 0
     ok = cli("gate", MLP, candidate, "--data", MLP_DATA, "--gate", "top1_agreement>=0.9", "--repeats", "3")
-    assert ok.exit_code == 0, ok
+    assert ok.exit_code is ExitCode.OK, ok
     bad = cli("gate", MLP, candidate, "--data", MLP_DATA, "--gate", "cosine>=0.9999999", "--repeats", "3")
-    assert bad.exit_code == 1, bad
+    assert bad.exit_code is ExitCode.GATE_FAILED, bad
 
 
 def test_recipe_with_cli_override(cli, tmp_path):

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxshrink
 import onnxshrink.run.shrink as shrink_module
+from onnxshrink.errors import ExitCode
 from onnxshrink.plugin.registry import MethodInfo, load_registry
 
 from .test_bad_input import assert_one_line_error, save, snapshot
@@ -107,6 +108,7 @@ def test_plugin_failure_exit_3_reports_and_leaves_nothing(cli, tmp_path, monkeyp
     out = tmp_path / "out.onnx"
     result = cli(MLP, "--plugin", "test_breaks", "-o", out, "--no-validate", *report_args(paths))
     assert_one_line_error(result, 3, "plugin 'test_breaks'", "broken on purpose")
+    assert result.exit_code is ExitCode.FAILURE
     assert not out.exists()
     assert_error_reports(paths, 3, "broken on purpose")
 
@@ -115,6 +117,7 @@ def test_usage_error_before_the_run_still_writes_the_reports(cli, tmp_path):
     paths = reports(tmp_path)
     result = cli(MLP, "--plugin", "weight_prune:sparsity=2", "-o", tmp_path / "out.onnx", *report_args(paths))
     assert_one_line_error(result, 2, "sparsity")
+    assert result.exit_code is ExitCode.USAGE
     assert_error_reports(paths, 2, "sparsity")
     assert not (tmp_path / "out.onnx").exists()
 
@@ -123,7 +126,7 @@ def test_gate_failure_exit_1_keeps_the_candidate(cli, tmp_path):
     out = tmp_path / "out.onnx"
     paths = reports(tmp_path)
     result = cli(MLP, "--plugin", "weight_prune", "-o", out, "--data", MLP_EVAL, "--repeats", "2", "--gate", "size_ratio<=0.01", *report_args(paths))
-    assert result.exit_code == 1, result
+    assert result.exit_code is ExitCode.GATE_FAILED, result
     onnx.checker.check_model(str(out))
     report = json.loads(paths[0].read_text())
     assert "error" not in report and report["gate"]["passed"] is False and report["output"]["files"] == [str(out)]

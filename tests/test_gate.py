@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxshrink.errors import UsageError
+from onnxshrink.errors import ExitCode, UsageError
 from onnxshrink.validate.gate import DEFAULT_PROVIDER, METRICS, OPERATORS, PROVIDERS, GateCheck, evaluate_gates, format_number, parse_gate, verdict_exit_code
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -202,14 +202,14 @@ def test_unavailable_provider_fails_unless_allowed(metric):
     assert c["status"] == "fail" and c["passed"] is False and c["value"] is None
     assert "unavailable" in c["reason"] and "get_available_providers" in c["reason"]
     assert "--allow-unavailable" in c["reason"]
-    assert verdict_exit_code(failed) == 1
+    assert verdict_exit_code(failed) is ExitCode.GATE_FAILED
 
     allowed = evaluate_gates([parse_gate(f"{metric}[cuda] <= 1.0")], report, allow_unavailable=True)
     assert allowed["passed"] is True and allowed["allow_unavailable"] is True
     (c,) = allowed["checks"]
     assert c["status"] == "unavailable" and c["passed"] is True
     assert "allowed" in c["reason"] and "get_available_providers" in c["reason"]
-    assert verdict_exit_code(allowed) == 0
+    assert verdict_exit_code(allowed) is ExitCode.OK
 
 
 def test_failed_provider_fails_with_its_error_unless_allowed():
@@ -341,7 +341,7 @@ def test_gate_section_shape_and_verdict():
 
 def test_no_checks_pass_and_exit_code_edges():
     assert evaluate_gates([], sample_report())["passed"] is True
-    assert verdict_exit_code(None) == 0
+    assert verdict_exit_code(None) is ExitCode.OK
     assert verdict_exit_code({"passed": True, "checks": [{"passed": False}]}) == 1  # inconsistent → fail
     assert verdict_exit_code({"passed": False, "checks": []}) == 1
 

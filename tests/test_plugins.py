@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxshrink.errors import PluginError, UsageError
+from onnxshrink.errors import ExitCode, PluginError, UsageError
 from onnxshrink.plugin.registry import load_registry
 
 GOOD_PLUGIN = '''
@@ -84,7 +84,7 @@ def test_duplicate_method_name_names_both_plugins(site):
         registry.raise_for_errors()
     message = str(info.value)
     assert "copycat_plugin" in message and "onnxshrink-copycat" in message and "'weight_prune'" in message
-    assert info.value.exit_code == 3
+    assert info.value.exit_code is ExitCode.FAILURE
 
 
 def test_import_error_names_plugin_and_distribution(site):

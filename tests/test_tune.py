@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from onnxshrink.errors import ExitCode
 from onnxshrink.tune.trial import run_isolated
 
 from .conftest import MODELS, sha256
@@ -38,7 +39,7 @@ def tuned(tmp_path_factory):
 
 
 def test_report_has_the_schema(tuned):
-    assert tuned["result"].exit_code == 0, tuned["result"].output
+    assert tuned["result"].exit_code is ExitCode.OK, tuned["result"].output
     report = tuned["report"]
     assert report["schema"] == "onnxshrink.tune/1"
     assert report["model"] == {"path": str(MLP), "file_bytes": MLP.stat().st_size}
@@ -102,7 +103,7 @@ def test_no_model_passing_writes_the_report_but_no_model(tmp_path, cli):
     (tmp_path / "space.toml").write_text(SPACE)
     result = cli("tune", MLP, "--data", MLP_DATA, "--gate", "size_ratio<=0.01", "--space", tmp_path / "space.toml",
                  "--trials", 1, "-o", tmp_path / "best.onnx", "--report", tmp_path / "tune.json", "--save-recipe", tmp_path / "b.toml")
-    assert result.exit_code == 1, result
+    assert result.exit_code is ExitCode.GATE_FAILED, result
     report = json.loads((tmp_path / "tune.json").read_text())
     assert report["chosen"] is None and report["trials"][0]["status"] == "ok" and not report["trials"][0]["passed"]
     assert not (tmp_path / "best.onnx").exists() and not (tmp_path / "b.toml").exists()

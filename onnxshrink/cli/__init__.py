@@ -1,8 +1,8 @@
 """The ``onnxshrink`` command line.
 
 ``onnxshrink MODEL --plugin NAME[:key=value,...]`` shrinks (the default command); ``plugins``,
-``inspect``, ``bench``, ``gate`` and ``tune`` are subcommands. Exit codes: 0 ok or gate passed, 1 gate failed,
-2 usage or invalid input, 3 plugin or internal failure.
+``inspect``, ``bench``, ``gate`` and ``tune`` are subcommands. Exit codes: ``errors.ExitCode``
+(0 ok or gate passed, 1 gate failed, 2 usage or invalid input, 3 plugin or internal failure, 130 interrupted).
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from onnxshrink.errors import OnnxShrinkError, UsageError
+from onnxshrink.errors import ExitCode, OnnxShrinkError, UsageError
+from onnxshrink.validate.gate import verdict_exit_code
 from onnxshrink.version import __version__
-
-EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
 
 
 class _State:
@@ -41,7 +40,7 @@ def handle_errors(func: Callable[..., int | None]) -> Callable[..., None]:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         signal.signal(signal.SIGTERM, _terminate)
         try:
-            code = func(*args, **kwargs) or EXIT_OK
+            code = func(*args, **kwargs) or ExitCode.OK
         except OnnxShrinkError as exc:
             if _State.traceback:
                 traceback.print_exc()
@@ -49,12 +48,12 @@ def handle_errors(func: Callable[..., int | None]) -> Callable[..., None]:
             code = exc.exit_code
         except KeyboardInterrupt:
             _err("interrupted; files are written atomically, so no partial file was left")
-            code = 130
+            code = ExitCode.INTERRUPTED
         except Exception as exc:  # noqa: BLE001 - never a bare traceback by default
             if _State.traceback:
                 traceback.print_exc()
             _err(f"internal error: {type(exc).__name__}: {exc} (rerun with --traceback for details)")
-            code = EXIT_FAILURE
+            code = ExitCode.FAILURE
         sys.exit(code)
 
     return wrapper
@@ -98,7 +97,8 @@ def main() -> None:
     onnxshrink tune m.onnx --data d.npz --gate 'cosine>=0.99'   search for the smallest passing model
 
     Run `onnxshrink shrink --help` for every option of a shrink run.
-    Exit codes: 0 ok (gate passed), 1 gate failed, 2 usage or invalid input, 3 plugin or internal failure.
+    Exit codes: 0 ok (gate passed), 1 gate failed, 2 usage or invalid input, 3 plugin or internal failure,
+    130 interrupted.
     """
 
 
@@ -248,9 +248,7 @@ def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | 
     report = shrink(job, **_progress_and_log(quiet))
     if not quiet:
         print_report(report, _console())
-    if "gate" in report and not report["gate"]["passed"]:
-        return EXIT_GATE_FAILED
-    return EXIT_OK
+    return verdict_exit_code(report.get("gate"))
 
 
 @main.command("bench")
@@ -291,7 +289,7 @@ def bench_command(models: tuple[Path, ...], as_json: bool, html: Path | None, da
         print_bench(result, _console())
     if html:
         _write_html(result, html, models)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 @main.command("gate")
@@ -335,7 +333,7 @@ def gate_command(baseline: Path, candidate: Path, quiet: bool, gates: tuple[str,
         console.print(gate_table(report["gate"]))
     if html:
         _write_html(report, html, (baseline, candidate))
-    return EXIT_OK if report["gate"]["passed"] else EXIT_GATE_FAILED
+    return verdict_exit_code(report["gate"])
 
 
 def _write_html(report: dict[str, Any], path: Path, models: tuple[Path, ...]) -> None:
@@ -362,7 +360,7 @@ def report_command(report_file: Path, html: Path) -> int:
     from onnxshrink.reports.html import read_report, write_html
 
     write_html(read_report(report_file), html)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 @main.command("tune")
@@ -454,7 +452,7 @@ def plugins_command(as_json: bool) -> int:
     errors = [{"plugin": e.plugin, "distribution": e.distribution, "version": e.version, "error": e.message} for e in registry.errors]
     if as_json:
         click.echo(json.dumps({"methods": methods, "errors": errors, "skipped": registry.skipped}, indent=2, default=str))
-        return EXIT_OK
+        return ExitCode.OK
     console = _console()
     for m in methods:
         console.print(Text(f"{m['name']} ({m['kind']}) from {m['distribution']} {m['version']}: {m['summary']}", style="bold"))
@@ -470,7 +468,7 @@ def plugins_command(as_json: bool) -> int:
         console.print(Text(f"broken plugin {e['plugin']} ({e['distribution']} {e['version']}): {e['error']}", style="red"))
     if registry.skipped:
         console.print(Text(f"not loaded (ONNXSHRINK_LOAD_PLUGINS / ONNXSHRINK_BLOCK_PLUGINS): {', '.join(registry.skipped)}", style="dim"))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 @main.command("inspect")
@@ -488,7 +486,7 @@ def inspect_command(model: Path, as_json: bool) -> int:
         from onnxshrink.reports import report_json
 
         click.echo(report_json(info), nl=False)
-        return EXIT_OK
+        return ExitCode.OK
     console = _console()
     size = info["size"]
     console.print(f"[bold]{info['path']}[/]  IR {info['ir_version']}  opsets {info['opsets']}  producer {info['producer'] or '-'}")
@@ -509,7 +507,7 @@ def inspect_command(model: Path, as_json: bool) -> int:
     for op, count in info["ops"].items():
         ops.add_row(op, str(count))
     console.print(ops)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ from typing import Any
 import onnx
 import onnxruntime
 
-from onnxshrink.errors import OnnxShrinkError, UsageError, one_line
+from onnxshrink.errors import ExitCode, OnnxShrinkError, UsageError, one_line
 from onnxshrink.ir.external import external_data_dir, inline_all, lazy_threshold
 from onnxshrink.ir.io import _commit as commit_files  # moves staged files into place, rolling back on failure
 from onnxshrink.ir.io import check_output_path, check_writable_file, default_output_path, load_model, save_model
@@ -95,7 +95,8 @@ def shrink(
         write_error_reports(report, exc.exit_code, exc.message, **_report_paths(job))
         raise
     except Exception as exc:  # noqa: BLE001 - an internal failure still gets its report, then propagates
-        write_error_reports(report, 3, f"internal error: {type(exc).__name__}: {one_line(exc)}", **_report_paths(job))
+        message = f"internal error: {type(exc).__name__}: {one_line(exc)}"
+        write_error_reports(report, ExitCode.FAILURE, message, **_report_paths(job))
         raise
 
 
@@ -111,7 +112,7 @@ def write_error_reports(
 ) -> None:
     """The reports asked for, with ``error: {exit_code, message}``; a report that cannot be written is skipped
     (the run's own error is what the user must see)."""
-    report = {**report, "error": {"exit_code": exit_code, "message": message}}
+    report = {**report, "error": {"exit_code": int(exit_code), "message": message}}
     if "output" in report:  # the candidate was staged, never moved into place
         report["output"] = {**report["output"], "files": []}
     for key, path in (("json_path", json_path), ("junit_path", junit_path), ("markdown_path", markdown_path)):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxshrink.errors import UsageError, one_line
+from onnxshrink.errors import ExitCode, UsageError, one_line
 from onnxshrink.ir.io import check_output_path, check_writable_file, load_model, memory_limit
 from onnxshrink.plugin.method import PluginSpec
 from onnxshrink.plugin.registry import default_registry
@@ -128,8 +128,10 @@ def _make_backend(job: TuneJob, checked: _Checked) -> Any:
     return LocalBackend(job.jobs or 1)
 
 
-def tune(job: TuneJob, *, console: Any = None) -> tuple[dict[str, Any], int]:
-    """Run the search; returns (report, exit code 0 or 1). Usage problems raise UsageError before any trial."""
+def tune(job: TuneJob, *, console: Any = None) -> tuple[dict[str, Any], ExitCode]:
+    """Run the search; returns (report, ``ExitCode.OK``, or ``GATE_FAILED`` when no model passed).
+
+    Usage problems raise UsageError before any trial."""
     started = time.monotonic()
     checked = _Checked(job)
     backend = _make_backend(job, checked)
@@ -156,7 +158,7 @@ class _Tuner:
 
     # ------------------------------------------------------------------ search
 
-    def run(self) -> tuple[dict[str, Any], int]:
+    def run(self) -> tuple[dict[str, Any], ExitCode]:
         self._replay()
         for point in self.checked.space.start_points():
             self.search.enqueue(point)
@@ -184,7 +186,7 @@ class _Tuner:
                 self._write_recipe(chosen)
         if self.job.report:
             rep.write_json(report, self.job.report)
-        return report, 0 if chosen is not None else 1
+        return report, ExitCode.OK if chosen is not None else ExitCode.GATE_FAILED
 
     def _replay(self) -> None:
         if not self.checked.resume:

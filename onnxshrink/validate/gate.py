@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from onnxshrink.errors import UsageError
+from onnxshrink.errors import ExitCode, UsageError
 
 __all__ = [
     "DEFAULT_PROVIDER",
@@ -487,10 +487,10 @@ def evaluate_gates(checks: Iterable[GateCheck], report: Mapping[str, Any], *, al
     }
 
 
-def verdict_exit_code(gate_section: Mapping[str, Any] | None) -> int:
-    """0 when every check passed (or there is no gate), 1 when at least one failed."""
+def verdict_exit_code(gate_section: Mapping[str, Any] | None) -> ExitCode:
+    """``ExitCode.OK`` (0) when every check passed (or there is no gate), ``GATE_FAILED`` (1) when one failed."""
     if not gate_section:
-        return 0
+        return ExitCode.OK
     checks = gate_section.get("checks") or []
     ok = gate_section.get("passed") is True and all(c.get("passed") is True for c in checks)
-    return 0 if ok else 1
+    return ExitCode.OK if ok else ExitCode.GATE_FAILED
