@@ -6,7 +6,7 @@ tests/test_docs.py):
 
 - a hook is a function of onnxshrink/plugin/hookspecs.py marked with ``@hookspec``;
 - it is *tested* when a test function named ``test_hook_<hook>`` (or ``test_hook_<hook>_<more>``)
-  exists in tests/*.py, this file excluded;
+  exists in tests/**/test_*.py, this file excluded;
 - it is *documented* when a Markdown heading of docs/plugin-authors.md names it as ``<hook>(...)``.
 """
 
@@ -26,8 +26,7 @@ from onnxshrink.plugin import hookspecs
 from onnxshrink.plugin.method import check_method_class
 from onnxshrink.testing import REFERENCE_GRAPHS, run_method
 from onnxshrink.testing.conformance import CHECKS
-
-from .conftest import ROOT
+from tests.support.files import ROOT
 
 GUIDE_PATH = ROOT / "docs" / "plugin-authors.md"
 GUIDE = GUIDE_PATH.read_text()
@@ -42,9 +41,9 @@ def hook_names(module: types.ModuleType = hookspecs) -> list[str]:
 
 
 def collected_test_names(folder=TESTS) -> set[str]:
-    """Names of the test functions in ``folder``/test_*.py (this file excluded)."""
+    """Names of the test functions in ``folder``/**/test_*.py (this file excluded)."""
     names = set()
-    for path in sorted(folder.glob("test_*.py")):
+    for path in sorted(folder.rglob("test_*.py")):
         if path.name == "test_meta.py":
             continue
         tree = ast.parse(path.read_text(), filename=str(path))

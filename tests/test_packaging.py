@@ -6,7 +6,7 @@ import subprocess
 import sys
 import zipfile
 
-from .conftest import ROOT
+from tests.support.files import ROOT
 
 
 def test_wheel_contents(tmp_path):

@@ -1,4 +1,4 @@
-"""Long fuzz run of model loading (``make fuzz``): the targets of tests/test_fuzz_load.py, for minutes.
+"""Long fuzz run of model loading (``make fuzz``): the targets of tests/ir/test_fuzz_load.py, for minutes.
 
     python tests/fuzz/fuzz_load.py --seconds 600 [--crashes DIR] [--target edited|mutated|garbage|cli]
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tests.test_fuzz_load import edited_fields, fuzz_folder, garbage, load_is_safe, mutated_bytes, time_limit  # noqa: E402
+from tests.ir.test_fuzz_load import edited_fields, fuzz_folder, garbage, load_is_safe, mutated_bytes, time_limit  # noqa: E402
 
 TARGETS = {"edited": edited_fields, "mutated": mutated_bytes, "garbage": garbage}
 
