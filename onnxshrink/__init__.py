@@ -38,7 +38,7 @@ from .graph import (
     weight_tensors,
 )
 from .hookspecs import hookimpl
-from .method import KINDS, Method, Option, Tunable
+from .method import KINDS, Method, Option, Options, Tunable
 from .model_io import LoadedModel, load_model, save_model
 from .quantization import (
     QuantizedTensor,
@@ -80,6 +80,7 @@ __all__ = [
     "Method",
     "OnnxShrinkError",
     "Option",
+    "Options",
     "PluginError",
     "QuantizedTensor",
     "SegmentRunner",

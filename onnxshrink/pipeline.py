@@ -15,7 +15,7 @@ import onnxruntime as ort
 from .context import Context, ProgressFactory, no_progress
 from .errors import OnnxShrinkError, PluginError, UsageError, one_line
 from .graph import op_histogram
-from .method import PluginSpec
+from .method import Options, PluginSpec
 from .plugins import MethodInfo, Registry
 from .runtime import cpu_session, session_options
 from .tidy import tidy_model
@@ -44,7 +44,7 @@ class StepResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "plugin": self.plugin,
-            "options": self.options,
+            "options": dict(self.options),
             "seconds": round(self.seconds, 4),
             "stats": self.stats,
             "warnings": self.warnings,
@@ -110,7 +110,7 @@ def run_steps(
         started = time.perf_counter()
         try:
             with (progress or no_progress)(step.name, None, ""):  # off a terminal: start/heartbeat/end lines for long steps
-                stats = step.info.cls().apply(model, dict(step.options), ctx)
+                stats = step.info.cls().apply(model, Options(step.options, step.name), ctx)
         except OnnxShrinkError:
             raise
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - any plugin failure (sys.exit too) is reported naming the plugin

@@ -15,8 +15,8 @@ from onnxshrink.method import PluginSpec
 from onnxshrink.pipeline import prepare_steps, run_steps
 from onnxshrink.plugins import load_registry
 from onnxshrink.testing import reference_graphs as rg
-from onnxshrink_plugins.gptq_core import gptq, rtn
-from onnxshrink_plugins.lowbit_layers import im2col
+from onnxshrink_plugins.gptq.core import gptq, rtn
+from onnxshrink_plugins.shared.layers import im2col
 
 from .conftest import opset10_matmul
 
