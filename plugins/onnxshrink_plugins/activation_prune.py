@@ -40,11 +40,26 @@ class ActivationPrune(Method):
     name = "activation_prune"
     kind = "prune"
     options = (
-        Option("threshold", float, 0.0, "Remove channels whose largest |activation| on the calibration data is at most this.", min=0.0),
-        Option("ratio", float, None, "Instead of threshold: remove this fraction of each group's channels, lowest mean |activation| first.", min=0.0, max=1.0),
-        Option("after", str, "relu", "relu: only channels read after ReLU-like ops; any: every prunable channel group.", choices=("relu", "any")),
+        Option(
+            "threshold", float, 0.0,
+            "Remove channels whose largest |activation| on the calibration data is at most this.",
+            min=0.0,
+        ),
+        Option(
+            "ratio", float, None,
+            "Instead of threshold: remove this fraction of each group's channels, lowest mean |activation| first.",
+            min=0.0, max=1.0,
+        ),
+        Option(
+            "after", str, "relu",
+            "relu: only channels read after ReLU-like ops; any: every prunable channel group.",
+            choices=("relu", "any"),
+        ),
         Option("fold", bool, True, "Fold the removed channels' mean contribution into the consumers' biases."),
-        Option("reconstruct", bool, False, "Refit the consumers by least squares on the calibration data (replaces fold)."),
+        Option(
+            "reconstruct", bool, False,
+            "Refit the consumers by least squares on the calibration data (replaces fold).",
+        ),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
     search_space = (

@@ -60,10 +60,27 @@ class Binarize(Method):
     name = "binarize"
     kind = "quantize"
     options = (
-        Option("variant", str, "binary", "binary (1 bit, ±α) or ternary (2 bits, {-α, 0, +α}).", choices=("binary", "ternary")),
-        Option("budget", float, 0.02, "Largest fidelity loss allowed on the calibration data (1 binarizes every candidate).", min=0.0, max=1.0),
-        Option("metric", str, "auto", "Fidelity: agreement (top-1 agreement with the float model), cosine (lowest output cosine) or auto (agreement for (N, classes) outputs).", choices=("auto", "agreement", "cosine")),
-        Option("threshold", float, 0.7, "Ternary: weights with |w| <= threshold x mean|w| of their channel become 0.", min=0.0, max=10.0),
+        Option(
+            "variant", str, "binary",
+            "binary (1 bit, ±α) or ternary (2 bits, {-α, 0, +α}).",
+            choices=("binary", "ternary"),
+        ),
+        Option(
+            "budget", float, 0.02,
+            "Largest fidelity loss allowed on the calibration data (1 binarizes every candidate).",
+            min=0.0, max=1.0,
+        ),
+        Option(
+            "metric", str, "auto",
+            "Fidelity: agreement (top-1 agreement with the float model), cosine (lowest output cosine) or auto "
+            "(agreement for (N, classes) outputs).",
+            choices=("auto", "agreement", "cosine"),
+        ),
+        Option(
+            "threshold", float, 0.7,
+            "Ternary: weights with |w| <= threshold x mean|w| of their channel become 0.",
+            min=0.0, max=10.0, only_with={"variant": ("ternary",)},
+        ),
         Option("keep_first_last", bool, True, "Leave the first and the last weighted layers float."),
         Option("op_types", list, list(WEIGHTED_OPS), "Op types whose weights may be binarized.", choices=WEIGHTED_OPS),
         Option("exclude", list, None, "Node names, op types or weight names to leave float."),
@@ -78,8 +95,6 @@ class Binarize(Method):
 
     @classmethod
     def check_options(cls, values: onnxshrink.Options, given: set[str]) -> None:
-        if "threshold" in given and values.variant != "ternary":
-            raise cls.option_error("threshold only applies to variant=ternary")
         if not values.op_types:
             raise cls.option_error("op_types is empty; name at least one of " + ", ".join(WEIGHTED_OPS))
 

@@ -46,7 +46,11 @@ class LayerPrune(Method):
         Option("n", int, 1, "Remove the n least important residual blocks (0: only no-op nodes).", min=0),
         Option("ratio", float, None, "Instead of n: remove this fraction of the residual blocks.", min=0.0, max=1.0),
         Option("threshold", float, None, "Instead of n: remove every block scoring below this.", min=0.0),
-        Option("score", str, "influence", "influence: 1 - cos(x, y) (ShortGPT); norm: ||f(x)|| / ||x||.", choices=("influence", "norm")),
+        Option(
+            "score", str, "influence",
+            "influence: 1 - cos(x, y) (ShortGPT); norm: ||f(x)|| / ||x||.",
+            choices=("influence", "norm"),
+        ),
         Option("exclude", list, None, "Names of residual Add nodes never to remove."),
         Option("noop", bool, True, "Also remove Identity, Dropout, and Cast/Reshape/Transpose that change nothing."),
     )

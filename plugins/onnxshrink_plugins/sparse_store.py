@@ -29,8 +29,16 @@ class SparseStore(Method):
     name = "sparse_store"
     kind = "transform"
     options = (
-        Option("min_sparsity", float, 0.1, "Store a tensor sparse only with at least this fraction of zeros.", min=0.0, max=1.0),
-        Option("bits", int, 0, "0: keep the non-zero values as they are; 2-8: quantize them (symmetric, per output channel) and pack.", min=0, max=8),
+        Option(
+            "min_sparsity", float, 0.1,
+            "Store a tensor sparse only with at least this fraction of zeros.",
+            min=0.0, max=1.0,
+        ),
+        Option(
+            "bits", int, 0,
+            "0: keep the non-zero values as they are; 2-8: quantize them (symmetric, per output channel) and pack.",
+            min=0, max=8,
+        ),
         Option("op_types", list, list(WEIGHTED_OPS), "Op types whose weights are considered.", choices=WEIGHTED_OPS),
         Option("exclude", list, None, "Node names, op types or weight names to leave as they are."),
         Option("min_size", int, 128, "Leave weights with fewer elements as they are.", min=0),

@@ -63,17 +63,56 @@ class WeightPrune(Method):
     name = "weight_prune"
     kind = "prune"
     options = (
-        Option("sparsity", float, None, "Fraction of weights to set to zero (per tensor or global, see scope); not set: prune to the budget (structured=channel: 0.5).", min=0.0, max=1.0),
-        Option("budget", float, 0.99, "Without sparsity or threshold: the lowest worst per-feed cosine of the outputs, on held-back calibration feeds, pruning may reach.", min=0.0, max=1.0),
-        Option("store", str, None, "auto: each pruned tensor dense or as a bitmask + non-zeros, whichever is smaller; sparse: bitmask wherever possible; dense: zeros stay in place. Not set: auto with the budget, dense with sparsity, threshold or pattern.", choices=STORE_CHOICES),
+        Option(
+            "sparsity", float, None,
+            "Fraction of weights to set to zero (per tensor or global, see scope); not set: prune to the budget "
+            "(structured=channel: 0.5).",
+            min=0.0, max=1.0,
+        ),
+        Option(
+            "budget", float, 0.99,
+            "Without sparsity or threshold: the lowest worst per-feed cosine of the outputs, on held-back "
+            "calibration feeds, pruning may reach.",
+            min=0.0, max=1.0,
+        ),
+        Option(
+            "store", str, None,
+            "auto: each pruned tensor dense or as a bitmask + non-zeros, whichever is smaller; sparse: bitmask "
+            "wherever possible; dense: zeros stay in place. Not set: auto with the budget, dense with sparsity, "
+            "threshold or pattern.",
+            choices=STORE_CHOICES,
+        ),
         Option("threshold", float, None, "Zero every weight with |w| < threshold instead of using sparsity.", min=0.0),
-        Option("scope", str, "layer", "layer: each tensor reaches the sparsity; global: one magnitude ranking over all tensors.", choices=("layer", "global")),
+        Option(
+            "scope", str, "layer",
+            "layer: each tensor reaches the sparsity; global: one magnitude ranking over all tensors.",
+            choices=("layer", "global"),
+        ),
         Option("embeddings", bool, False, "Also prune Gather embedding tables (input 0 of Gather)."),
-        Option("min_size", int, 128, "Skip weight tensors (structured=channel: channel groups whose weights hold) fewer elements than this.", min=0),
-        Option("structured", str, "none", "none: zero single weights; channel: remove whole channels from the graph (sparsity = fraction of channels).", choices=("none", "channel")),
-        Option("pattern", str, None, "N:M, e.g. 2:4: keep exactly the N largest of every M consecutive weights along the input dimension."),
-        Option("norm", str, "l1", "structured=channel: rank channels by the L1 or L2 norm of their coupled weights.", choices=("l1", "l2")),
-        Option("reconstruct", bool, False, "structured=channel: refit the consumers of removed channels by least squares on calibration data."),
+        Option(
+            "min_size", int, 128,
+            "Skip weight tensors (structured=channel: channel groups whose weights hold) fewer elements than this.",
+            min=0,
+        ),
+        Option(
+            "structured", str, "none",
+            "none: zero single weights; channel: remove whole channels from the graph (sparsity = fraction of "
+            "channels).",
+            choices=("none", "channel"),
+        ),
+        Option(
+            "pattern", str, None,
+            "N:M, e.g. 2:4: keep exactly the N largest of every M consecutive weights along the input dimension.",
+        ),
+        Option(
+            "norm", str, "l1",
+            "structured=channel: rank channels by the L1 or L2 norm of their coupled weights.",
+            choices=("l1", "l2"),
+        ),
+        Option(
+            "reconstruct", bool, False,
+            "structured=channel: refit the consumers of removed channels by least squares on calibration data.",
+        ),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
     search_space = (

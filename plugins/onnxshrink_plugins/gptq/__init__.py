@@ -56,17 +56,58 @@ class Gptq(Method):
     kind = "quantize"
     options = (
         Option("bits", int, 4, "Weight bits (2 to 8).", min=2, max=8),
-        Option("group_size", int, 32, "Inputs per scale along the reduction axis; 0: one scale per output channel.", min=0),
-        Option("symmetric", bool, False, "Signed levels without zero points (false: unsigned with a zero point per group)."),
-        Option("algorithm", str, "gptq", "gptq (error compensation) or rtn (round to nearest on the same grid, for comparison).", choices=("gptq", "rtn")),
-        Option("percdamp", float, 0.01, "Damping added to the Hessian's diagonal, as a fraction of its mean.", min=0.0, max=1.0),
-        Option("block", int, 128, "Columns per lazy update block.", min=1),
-        Option("act_order", bool, False, "Quantize the most active inputs first (groups then use scales fixed from the original weights)."),
-        Option("bias_correction", bool, True, "Fold each layer's mean output error on the calibration data into its bias."),
-        Option("sequential", bool, True, "Take each layer's inputs from the model with the earlier layers already quantized (false: from the float model)."),
-        Option("form", str, "packed", "packed (folded at load), smallest (packed or sparse per tensor), dequantize_linear (int4/int8 DequantizeLinear) or auto (DequantizeLinear for MatMul weights where the model's opset already allows it, packed elsewhere).", choices=FORMS),
-        Option("opset_upgrade", bool, True, "form=dequantize_linear: raise the opset when needed (21 for int4/blocks); false: packed instead."),
-        Option("op_types", list, list(OP_TYPES), "Op types whose weights are quantized (Gather tables, LSTM/GRU/RNN W and R, Einsum operands, Reshape data: rounded to nearest in groups, packed).", choices=OP_TYPES),
+        Option(
+            "group_size", int, 32,
+            "Inputs per scale along the reduction axis; 0: one scale per output channel.",
+            min=0,
+        ),
+        Option(
+            "symmetric", bool, False,
+            "Signed levels without zero points (false: unsigned with a zero point per group).",
+        ),
+        Option(
+            "algorithm", str, "gptq",
+            "gptq (error compensation) or rtn (round to nearest on the same grid, for comparison).",
+            choices=("gptq", "rtn"),
+        ),
+        Option(
+            "percdamp", float, 0.01,
+            "Damping added to the Hessian's diagonal, as a fraction of its mean.",
+            min=0.0, max=1.0, only_with={"algorithm": ("gptq",)},
+        ),
+        Option("block", int, 128, "Columns per lazy update block.", min=1, only_with={"algorithm": ("gptq",)}),
+        Option(
+            "act_order", bool, False,
+            "Quantize the most active inputs first (groups then use scales fixed from the original weights).",
+            only_with={"algorithm": ("gptq",)},
+        ),
+        Option(
+            "bias_correction", bool, True,
+            "Fold each layer's mean output error on the calibration data into its bias.",
+        ),
+        Option(
+            "sequential", bool, True,
+            "Take each layer's inputs from the model with the earlier layers already quantized (false: from the "
+            "float model).",
+        ),
+        Option(
+            "form", str, "packed",
+            "packed (folded at load), smallest (packed or sparse per tensor), dequantize_linear (int4/int8 "
+            "DequantizeLinear) or auto (DequantizeLinear for MatMul weights where the model's opset already allows "
+            "it, packed elsewhere).",
+            choices=FORMS,
+        ),
+        Option(
+            "opset_upgrade", bool, True,
+            "form=dequantize_linear: raise the opset when needed (21 for int4/blocks); false: packed instead.",
+            only_with={"form": ("dequantize_linear",)},
+        ),
+        Option(
+            "op_types", list, list(OP_TYPES),
+            "Op types whose weights are quantized (Gather tables, LSTM/GRU/RNN W and R, Einsum operands, Reshape "
+            "data: rounded to nearest in groups, packed).",
+            choices=OP_TYPES,
+        ),
         Option("exclude", list, None, "Node names, op types or weight names to leave float."),
         Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
         Option("calibration_samples", int, 64, "Most calibration feeds used.", min=1),
@@ -81,12 +122,6 @@ class Gptq(Method):
     def check_options(cls, values: onnxshrink.Options, given: set[str]) -> None:
         if values.group_size == 1:
             raise cls.option_error("group_size=1 stores one scale per weight; use 0 (per output channel) or 2 and more")
-        if values.algorithm == "rtn":
-            wrong = [k for k in ("percdamp", "block", "act_order") if k in given]
-            if wrong:
-                raise cls.option_error(f"option {wrong[0]!r} only applies to algorithm=gptq")
-        if "opset_upgrade" in given and values.form != "dequantize_linear":
-            raise cls.option_error("opset_upgrade only applies to form=dequantize_linear")
         if not values.op_types:
             raise cls.option_error("op_types is empty; name at least one of " + ", ".join(OP_TYPES))
 
