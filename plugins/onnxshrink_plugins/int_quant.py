@@ -258,15 +258,15 @@ class IntQuant(Method):
 
 
 def _settings(options: onnxshrink.Options) -> Settings:
+    """The build settings: the options named like their fields, with the block size and modes resolved."""
     block = options.block_size
     if block is None:
         block = DEFAULT_SUBBYTE_BLOCK if options.bits < 8 else 0
-    scheme = Scheme(bits=options.bits, symmetric=options.symmetric, per_channel=options.per_channel, block_size=block or None)
     static = options.into(StaticSettings, op_types=tuple(op for op in options.op_types if op in WEIGHTED_OPS))
     return options.into(
         Settings,
         mode=options.mode if options.mode != "auto" else "storage",
-        scheme=scheme,
+        scheme=options.into(Scheme, block_size=block or None),
         exclude=tuple(options.exclude or ()),
         op_types=tuple(options.op_types),
         static=static,
