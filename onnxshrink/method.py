@@ -182,7 +182,7 @@ class Options(dict):
     same dict as before. Writing raises ``TypeError``; :meth:`replace` returns a changed copy and
     ``dict(options)`` a mutable one. Reading an option the method does not declare raises
     ``AttributeError`` naming the option and the method. An option named like a dict method
-    (``keys``, ``items``, ``get``, ``copy``, ...) or ``replace`` is read as ``options["keys"]``.
+    (``keys``, ``items``, ``get``, ``copy``, ...), ``replace`` or ``into`` is read as ``options["keys"]``.
     """
 
     __slots__ = ("_method",)
@@ -190,11 +190,6 @@ class Options(dict):
     def __init__(self, values: Mapping[str, Any] | None = None, method: str = "") -> None:
         dict.__init__(self, values or {})
         object.__setattr__(self, "_method", method)
-
-    @property
-    def method(self) -> str:
-        """The name of the method these options belong to."""
-        return self._method
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
