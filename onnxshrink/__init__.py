@@ -25,7 +25,7 @@ from onnxshrink.ir.walk import (
 )
 from onnxshrink.plugin.context import Context
 from onnxshrink.plugin.hookspecs import hookimpl
-from onnxshrink.plugin.method import KINDS, Method, Option, PluginSpec, Tunable
+from onnxshrink.plugin.method import KINDS, Method, Option, Options, PluginSpec, Tunable
 from onnxshrink.run.recipe import Recipe, load_recipe, merge_cli
 from onnxshrink.run.shrink import shrink
 from onnxshrink.toolkit.channels import (
@@ -98,6 +98,7 @@ __all__ = [
     "Method",
     "OnnxShrinkError",
     "Option",
+    "Options",
     "PluginError",
     "PluginSpec",
     "Recipe",

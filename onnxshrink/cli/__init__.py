@@ -461,6 +461,7 @@ def plugins_command(as_json: bool) -> int:
             table.add_column(col)
         for opt in m["options"]:
             doc = opt["doc"] + (f" One of: {', '.join(map(str, opt['choices']))}." if "choices" in opt else "")
+            doc += f" Only with {opt['condition']}." if opt.get("condition") else ""
             table.add_row(opt["name"], opt["type"], repr(opt["default"]) if opt["default"] is not None else "-", Text(doc))
         console.print(table)
         console.print()

@@ -6,10 +6,12 @@ edits an ``onnx.ModelProto`` in place and returns JSON-serialisable stats.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from onnxshrink.errors import UsageError
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from onnxshrink.plugin.context import Context
 
+_T = TypeVar("_T")
 KINDS = ("quantize", "prune", "transform")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _TYPE_NAMES = {float: "float", int: "int", bool: "bool", str: "str", list: "list"}
@@ -31,7 +34,10 @@ class Option:
 
     ``type`` is one of ``float``, ``int``, ``bool``, ``str`` or ``list`` (a list of strings, spelled
     ``[a,b]`` on the command line). A ``default`` of ``None`` means "not set". ``choices`` restricts
-    the allowed values; ``min``/``max`` bound numbers (inclusive).
+    the allowed values; ``min``/``max`` bound numbers (inclusive). ``only_with`` declares when the
+    option applies, e.g. ``{"mode": ("static", "auto")}``: giving the option while another option has
+    a value outside those listed is a usage error (every key must hold; the check runs before
+    :meth:`Method.check_options`). It is stored as ``((option, (value, ...)), ...)``.
     """
 
     name: str
@@ -41,10 +47,25 @@ class Option:
     choices: tuple[Any, ...] | None = None
     min: float | None = None
     max: float | None = None
+    only_with: Mapping[str, Any] | tuple[tuple[str, tuple[Any, ...]], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.only_with is not None:
+            pairs = self.only_with.items() if isinstance(self.only_with, Mapping) else self.only_with
+            frozen = tuple((str(k), tuple(v) if isinstance(v, (list, tuple)) else (v,)) for k, v in pairs)
+            object.__setattr__(self, "only_with", frozen or None)
 
     @property
     def type_name(self) -> str:
         return _TYPE_NAMES.get(self.type, getattr(self.type, "__name__", str(self.type)))
+
+    def condition(self) -> str:
+        """``only_with`` in words (``mode=static or auto and calibration=percentile``); "" when unset."""
+        return " and ".join(f"{key}=" + " or ".join(_value_text(v) for v in allowed) for key, allowed in self.only_with or ())
+
+    def unmet_condition(self, values: Mapping[str, Any]) -> str | None:
+        """The first ``only_with`` key whose value in ``values`` is not allowed, or None."""
+        return next((key for key, allowed in self.only_with or () if values.get(key) not in allowed), None)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description (for ``onnxshrink plugins --json`` and docs)."""
@@ -55,6 +76,9 @@ class Option:
             out["min"] = self.min
         if self.max is not None:
             out["max"] = self.max
+        if self.only_with:
+            out["only_with"] = {key: list(allowed) for key, allowed in self.only_with}
+            out["condition"] = self.condition()
         return out
 
     def parse(self, raw: Any, where: str) -> Any:
@@ -145,6 +169,68 @@ class Tunable:
         return out
 
 
+def _value_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
+class Options(dict):
+    """The validated options of one method step: what :meth:`Method.apply` receives.
+
+    Read-only, with attribute access (``options.bits``) and the mapping interface of a dict
+    (``options["bits"]``, ``options.get``, ``dict(options)``, iteration, ``==`` against a dict), so code
+    written for a plain dict keeps working; it is a ``dict`` subclass, so JSON and reports see the
+    same dict as before. Writing raises ``TypeError``; :meth:`replace` returns a changed copy and
+    ``dict(options)`` a mutable one. Reading an option the method does not declare raises
+    ``AttributeError`` naming the option and the method. An option named like a dict method
+    (``keys``, ``items``, ``get``, ``copy``, ...), ``replace`` or ``into`` is read as ``options["keys"]``.
+    """
+
+    __slots__ = ("_method",)
+
+    def __init__(self, values: Mapping[str, Any] | None = None, method: str = "") -> None:
+        dict.__init__(self, values or {})
+        object.__setattr__(self, "_method", method)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            known = ", ".join(sorted(self)) or "(none)"
+            raise AttributeError(f"method {self._method!r} has no option {name!r}; known options: {known}") from None
+
+    def replace(self, **changes: Any) -> Options:
+        """A copy with ``changes`` applied (names must be options of the method)."""
+        for name in changes:
+            if name not in self:
+                getattr(self, name)  # AttributeError naming the option and the method
+        return Options({**self, **changes}, self._method)
+
+    def into(self, cls: type[_T], **fields: Any) -> _T:
+        """Build the dataclass ``cls`` from the options named like its fields, ``fields`` on top (for
+        settings objects: no hand copy of every option)."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{**{k: v for k, v in self.items() if k in names}, **fields})
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"the options of method {self._method!r} are read-only; use options.replace(...) or dict(options)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only  # type: ignore[assignment]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"the options of method {self._method!r} are read-only; use options.replace({name}=...)")
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Options, (dict(self), self._method))
+
+    def __repr__(self) -> str:
+        return f"Options({dict.__repr__(self)}, method={self._method!r})"
+
+
 class Method:
     """Base class of every compression method.
 
@@ -171,28 +257,35 @@ class Method:
         return next((o for o in cls.options if o.name == name), None)
 
     @classmethod
-    def validate_options(cls, raw: dict[str, Any]) -> dict[str, Any]:
-        """Return every option with its typed value (defaults filled in), or raise UsageError."""
+    def validate_options(cls, raw: Mapping[str, Any]) -> Options:
+        """Return every option with its typed value (defaults filled in) as :class:`Options`, or raise
+        UsageError: unknown names, bad values, an option given outside its ``only_with`` condition, or
+        what :meth:`check_options` rejects."""
         where = f"plugin {cls.name!r}"
         known = {o.name for o in cls.options}
         for key in raw:
             if key not in known:
                 listing = ", ".join(sorted(known)) or "(none)"
                 raise UsageError(f"{where}: unknown option {key!r}; known options: {listing}")
-        values = {o.name: (o.parse(raw[o.name], where) if o.name in raw else o.default) for o in cls.options}
+        values = Options({o.name: (o.parse(raw[o.name], where) if o.name in raw else o.default) for o in cls.options}, cls.name)
+        for opt in cls.options:
+            unmet = opt.unmet_condition(values) if opt.name in raw else None
+            if unmet is not None:
+                raise UsageError(f"{where}: option {opt.name!r} only applies to {opt.condition()} ({unmet}={_value_text(values[unmet])})")
         cls.check_options(values, given=set(raw))
         return values
 
     @classmethod
-    def check_options(cls, values: dict[str, Any], given: set[str]) -> None:
-        """Cross-option validation; raise ``UsageError`` (use :meth:`option_error`)."""
+    def check_options(cls, values: Options, given: set[str]) -> None:
+        """Cross-option validation beyond ``Option.only_with``; raise ``UsageError`` (use :meth:`option_error`)."""
 
     @classmethod
     def option_error(cls, message: str) -> UsageError:
         return UsageError(f"plugin {cls.name!r}: {message}")
 
-    def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: Context) -> dict[str, Any]:
-        """Edit ``model`` in place and return JSON-serialisable stats."""
+    def apply(self, model: onnx.ModelProto, options: Options, context: Context) -> dict[str, Any]:
+        """Edit ``model`` in place and return JSON-serialisable stats. ``options`` are the validated
+        :class:`Options` (``options.bits``, or ``options["bits"]`` as a dict)."""
         raise NotImplementedError
 
 
@@ -269,6 +362,16 @@ def check_method_class(cls: Any) -> str | None:
             return f"method {cls.name!r}: option {opt.name!r} has no doc"
         if opt.type not in _TYPE_NAMES:
             return f"method {cls.name!r}: option {opt.name!r} has unsupported type {opt.type!r}"
+    for opt in cls.options:
+        for key, allowed in opt.only_with or ():
+            other = cls.option(key)
+            if other is None or key == opt.name:
+                return f"method {cls.name!r}: option {opt.name!r}: only_with names {'itself' if other else f'unknown option {key!r}'}"
+            try:
+                for value in allowed:
+                    other.parse(value, f"method {cls.name!r}: option {opt.name!r}: only_with")
+            except UsageError as exc:
+                return exc.message
     return check_search_space(cls)
 
 

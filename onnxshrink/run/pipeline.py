@@ -17,7 +17,7 @@ from onnxshrink.ir.external import data_bytes, external_tensors
 from onnxshrink.ir.tensors import stored_tensors
 from onnxshrink.ir.walk import op_histogram
 from onnxshrink.plugin.context import Context, ProgressFactory, no_progress
-from onnxshrink.plugin.method import PluginSpec
+from onnxshrink.plugin.method import Options, PluginSpec
 from onnxshrink.plugin.registry import MethodInfo, Registry
 from onnxshrink.toolkit.runtime import cpu_session, session_options
 from onnxshrink.toolkit.tidy import tidy_model
@@ -45,7 +45,7 @@ class StepResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "plugin": self.plugin,
-            "options": self.options,
+            "options": dict(self.options),
             "seconds": round(self.seconds, 4),
             "stats": self.stats,
             "warnings": self.warnings,
@@ -111,7 +111,7 @@ def run_steps(
         started = time.perf_counter()
         try:
             with (progress or no_progress)(step.name, None, ""):  # off a terminal: start/heartbeat/end lines for long steps
-                stats = step.info.cls().apply(model, dict(step.options), ctx)
+                stats = step.info.cls().apply(model, Options(step.options, step.name), ctx)
         except OnnxShrinkError:
             raise
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - any plugin failure (sys.exit too) is reported naming the plugin

@@ -40,11 +40,26 @@ class ActivationPrune(Method):
     name = "activation_prune"
     kind = "prune"
     options = (
-        Option("threshold", float, 0.0, "Remove channels whose largest |activation| on the calibration data is at most this.", min=0.0),
-        Option("ratio", float, None, "Instead of threshold: remove this fraction of each group's channels, lowest mean |activation| first.", min=0.0, max=1.0),
-        Option("after", str, "relu", "relu: only channels read after ReLU-like ops; any: every prunable channel group.", choices=("relu", "any")),
+        Option(
+            "threshold", float, 0.0,
+            "Remove channels whose largest |activation| on the calibration data is at most this.",
+            min=0.0,
+        ),
+        Option(
+            "ratio", float, None,
+            "Instead of threshold: remove this fraction of each group's channels, lowest mean |activation| first.",
+            min=0.0, max=1.0,
+        ),
+        Option(
+            "after", str, "relu",
+            "relu: only channels read after ReLU-like ops; any: every prunable channel group.",
+            choices=("relu", "any"),
+        ),
         Option("fold", bool, True, "Fold the removed channels' mean contribution into the consumers' biases."),
-        Option("reconstruct", bool, False, "Refit the consumers by least squares on the calibration data (replaces fold)."),
+        Option(
+            "reconstruct", bool, False,
+            "Refit the consumers by least squares on the calibration data (replaces fold).",
+        ),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
     search_space = (
@@ -52,11 +67,11 @@ class ActivationPrune(Method):
     )
 
     @classmethod
-    def check_options(cls, values: dict[str, Any], given: set[str]) -> None:
+    def check_options(cls, values: onnxshrink.Options, given: set[str]) -> None:
         if "threshold" in given and "ratio" in given:
             raise cls.option_error("give either threshold or ratio, not both")
 
-    def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
+    def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
         feeds = context.calibration_feeds()
         if not feeds:
             raise onnxshrink.UsageError(f"plugin {self.name!r} needs calibration data to find dead channels; pass --data")
@@ -65,7 +80,7 @@ class ActivationPrune(Method):
         analysis = onnxshrink.analyze_channels(model)
         groups, skipped = [], []
         for group in analysis.prunable:
-            reason = _skip_reason(model, group, options["after"])
+            reason = _skip_reason(model, group, options.after)
             if reason:
                 skipped.append({"id": group.id, "reason": reason})
             else:
@@ -78,18 +93,18 @@ class ActivationPrune(Method):
             per_slot = [np.abs(slot.take(values[slot.tensor], group.size).astype(np.float64)) for slot in group.slots]
             largest = np.max([v.max(axis=1) for v in per_slot], axis=0)
             mean = np.mean([v.mean(axis=1) for v in per_slot], axis=0)
-            if options["ratio"] is not None:
-                chosen = onnxshrink.select_channels(group, mean, int(round(options["ratio"] * group.size)))
+            if options.ratio is not None:
+                chosen = onnxshrink.select_channels(group, mean, int(round(options.ratio * group.size)))
             else:
-                chosen = _dead(group, largest, options["threshold"])
+                chosen = _dead(group, largest, options.threshold)
             selection[group.id] = chosen
-            report.append({"id": group.id, "channels": group.size, "removed": len(chosen), "dead": int(np.sum(largest <= options["threshold"]))})
+            report.append({"id": group.id, "channels": group.size, "removed": len(chosen), "dead": int(np.sum(largest <= options.threshold))})
 
         original = onnx.ModelProto()
         original.CopyFrom(model)
         removal = onnxshrink.remove_channels(analysis, {gid: c for gid, c in selection.items() if c})
         stats: dict[str, Any] = {
-            "criterion": "ratio" if options["ratio"] is not None else "threshold",
+            "criterion": "ratio" if options.ratio is not None else "threshold",
             "channels": sum(g.size for g in groups),
             "channels_removed": sum(len(c) for c in selection.values()),
             "params_before": removal.params_before,
@@ -98,7 +113,7 @@ class ActivationPrune(Method):
             "skipped": skipped,
             "declined": [g.describe() for g in analysis.declined],
         }
-        method = "lstsq" if options["reconstruct"] else "mean" if options["fold"] else None
+        method = "lstsq" if options.reconstruct else "mean" if options.fold else None
         if method and removal.sinks:
             stats["reconstruction"] = onnxshrink.reconstruct_consumers(original, model, removal, feeds, method=method, seed=context.seed)
         if not stats["channels_removed"]:

@@ -10,7 +10,7 @@ import onnx
 import onnxshrink
 from onnxshrink import Method, Option, QuantizedTensor
 
-from .lowbit_layers import WEIGHTED_OPS, Layer, find_layers, first_and_last, output_cosine
+from .shared.layers import WEIGHTED_OPS, Layer, find_layers, first_and_last, output_cosine
 
 PACKED_OPSET = 11  # the packed-bit decoder uses BitShift
 
@@ -60,10 +60,27 @@ class Binarize(Method):
     name = "binarize"
     kind = "quantize"
     options = (
-        Option("variant", str, "binary", "binary (1 bit, ±α) or ternary (2 bits, {-α, 0, +α}).", choices=("binary", "ternary")),
-        Option("budget", float, 0.02, "Largest fidelity loss allowed on the calibration data (1 binarizes every candidate).", min=0.0, max=1.0),
-        Option("metric", str, "auto", "Fidelity: agreement (top-1 agreement with the float model), cosine (lowest output cosine) or auto (agreement for (N, classes) outputs).", choices=("auto", "agreement", "cosine")),
-        Option("threshold", float, 0.7, "Ternary: weights with |w| <= threshold x mean|w| of their channel become 0.", min=0.0, max=10.0),
+        Option(
+            "variant", str, "binary",
+            "binary (1 bit, ±α) or ternary (2 bits, {-α, 0, +α}).",
+            choices=("binary", "ternary"),
+        ),
+        Option(
+            "budget", float, 0.02,
+            "Largest fidelity loss allowed on the calibration data (1 binarizes every candidate).",
+            min=0.0, max=1.0,
+        ),
+        Option(
+            "metric", str, "auto",
+            "Fidelity: agreement (top-1 agreement with the float model), cosine (lowest output cosine) or auto "
+            "(agreement for (N, classes) outputs).",
+            choices=("auto", "agreement", "cosine"),
+        ),
+        Option(
+            "threshold", float, 0.7,
+            "Ternary: weights with |w| <= threshold x mean|w| of their channel become 0.",
+            min=0.0, max=10.0, only_with={"variant": ("ternary",)},
+        ),
         Option("keep_first_last", bool, True, "Leave the first and the last weighted layers float."),
         Option("op_types", list, list(WEIGHTED_OPS), "Op types whose weights may be binarized.", choices=WEIGHTED_OPS),
         Option("exclude", list, None, "Node names, op types or weight names to leave float."),
@@ -77,14 +94,12 @@ class Binarize(Method):
     )
 
     @classmethod
-    def check_options(cls, values: dict[str, Any], given: set[str]) -> None:
-        if "threshold" in given and values["variant"] != "ternary":
-            raise cls.option_error("threshold only applies to variant=ternary")
-        if not values["op_types"]:
+    def check_options(cls, values: onnxshrink.Options, given: set[str]) -> None:
+        if not values.op_types:
             raise cls.option_error("op_types is empty; name at least one of " + ", ".join(WEIGHTED_OPS))
 
-    def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
-        unknown = onnxshrink.unknown_exclusions(model, options["exclude"] or [])
+    def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
+        unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
         if unknown:
             raise onnxshrink.UsageError(f"plugin 'binarize': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
         opset = onnxshrink.model_opset(model)
@@ -104,19 +119,19 @@ class Binarize(Method):
             model.CopyFrom(original)
         return stats
 
-    def _apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
-        layers, left = find_layers(model, op_types=options["op_types"], exclude=options["exclude"] or (), min_size=options["min_size"])
-        if options["keep_first_last"]:
+    def _apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
+        layers, left = find_layers(model, op_types=options.op_types, exclude=options.exclude or (), min_size=options.min_size)
+        if options.keep_first_last:
             ends = first_and_last(model, layers)
             left += [{**layer.describe(), "reason": "first or last weighted layer (keep_first_last=true)"} for layer in layers if layer.name in ends]
             layers = [layer for layer in layers if layer.name not in ends]
-        feeds = list(context.calibration_feeds())[: options["calibration_samples"]]
+        feeds = list(context.calibration_feeds())[: options.calibration_samples]
         if not feeds:
             raise onnxshrink.UsageError("plugin 'binarize': needs calibration data to measure fidelity; pass --data (a .npz of model inputs)")
         if context.calibration_is_synthetic:
             context.warn("fidelity measured on synthetic (random) inputs; pass --data with real inputs for a meaningful budget")
         quantized = {layer.name: self._quantize(layer, options) for layer in layers}
-        judge = _Fidelity(model, feeds, options["metric"], context)
+        judge = _Fidelity(model, feeds, options.metric, context)
         originals = {layer.name: layer.weight.array() for layer in layers}
 
         def fidelity_with(chosen: list[Layer]) -> dict[str, float]:
@@ -139,7 +154,7 @@ class Binarize(Method):
             final = judge.measure(model)
             for i in order:
                 trial = fidelity_with(kept + [layers[i]])
-                accepted = trial["loss"] <= options["budget"]
+                accepted = trial["loss"] <= options.budget
                 trail.append({"tensor": layers[i].name, "loss": round(trial["loss"], 6), "accepted": accepted})
                 if accepted:
                     kept.append(layers[i])
@@ -147,32 +162,32 @@ class Binarize(Method):
                 task.advance()
         stored = []
         for layer in kept:
-            stored.append(onnxshrink.store_weight(model, layer.weight, quantized[layer.name], form="packed" if options["variant"] == "binary" else "smallest"))
+            stored.append(onnxshrink.store_weight(model, layer.weight, quantized[layer.name], form="packed" if options.variant == "binary" else "smallest"))
         chosen = {layer.name for layer in kept}
         for row in table:
             row["binarized"] = row["tensor"] in chosen
         return self._stats(options, judge, final, table, trail, stored, left, layers, context)
 
     @staticmethod
-    def _quantize(layer: Layer, options: dict[str, Any]) -> QuantizedTensor:
+    def _quantize(layer: Layer, options: onnxshrink.Options) -> QuantizedTensor:
         array = layer.weight.array().astype(np.float32)
-        if options["variant"] == "binary":
+        if options.variant == "binary":
             return binarize(array, layer.axis)
-        return ternarize(array, layer.axis, options["threshold"])
+        return ternarize(array, layer.axis, options.threshold)
 
     @staticmethod
     def _stats(options, judge, final, table, trail, stored, left, layers, context) -> dict[str, Any]:
         elements = sum(s.elements for s in stored)
         stored_bytes = sum(s.stored_bytes for s in stored)
         if stored:
-            context.warn(f"{len(stored)} layer(s) {options['variant']}-quantized; fidelity loss on the calibration data {final['loss']:.4f} ({judge.metric}). {HONEST_NOTE}")
+            context.warn(f"{len(stored)} layer(s) {options.variant}-quantized; fidelity loss on the calibration data {final['loss']:.4f} ({judge.metric}). {HONEST_NOTE}")
         elif layers:
-            context.warn(f"no layer could be {options['variant']}-quantized within budget {options['budget']} ({judge.metric}); the model is unchanged")
+            context.warn(f"no layer could be {options.variant}-quantized within budget {options.budget} ({judge.metric}); the model is unchanged")
         return {
-            "variant": options["variant"],
+            "variant": options.variant,
             "note": HONEST_NOTE,
             "metric": judge.metric,
-            "budget": options["budget"],
+            "budget": options.budget,
             "fidelity_loss": round(final["loss"], 6),
             "top1_agreement": None if final.get("agreement") is None else round(final["agreement"], 6),
             "output_cosine": round(final["cosine"], 6),

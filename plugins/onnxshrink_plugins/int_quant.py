@@ -19,7 +19,10 @@ from .quant.targets import QUANTIZABLE_OPS, WEIGHTED_OPS
 
 DEFAULT_SUBBYTE_BLOCK = 32
 MEASURABLE_BYTES = 2**31 - 2**26  # a serialized ModelProto must stay under 2 GB
-STATIC_ONLY = ("calibration", "percentile", "activation_type", "qdq_ops")
+# when options apply (Option.only_with): the modes that use them
+STATIC = {"mode": ("static", "auto")}
+WEIGHTS = {"mode": ("weights", "auto")}
+AUTO = {"mode": ("auto",)}
 
 
 class IntQuant(Method):
@@ -70,30 +73,101 @@ class IntQuant(Method):
     name = "int_quant"
     kind = "quantize"
     options = (
-        Option("mode", str, "auto", "auto | storage | weights | dynamic | static (see the method's doc).", choices=("auto", *MODES)),
+        Option(
+            "mode", str, "auto", "auto | storage | weights | dynamic | static (see the method's doc).",
+            choices=("auto", *MODES),
+        ),
         Option("bits", int, 8, "Weight bits: 8, 4 or 2 (4 and 2 for storage and weights modes).", choices=(8, 4, 2)),
         Option("per_channel", bool, True, "One scale per output channel (false: one per tensor). Ignored with blocks."),
         Option("symmetric", bool, True, "Signed weights without zero point (false: unsigned with zero points)."),
-        Option("block_size", int, None, f"Weights per scale along the reduction axis (default {DEFAULT_SUBBYTE_BLOCK} below 8 bits, none at 8; 0: no blocks).", min=0),
-        Option("calibration", str, "minmax", "Static activation ranges: minmax, percentile or entropy (KL).", choices=CALIBRATION_METHODS),
-        Option("percentile", float, 99.999, "Percentile kept by calibration=percentile.", min=50.0, max=100.0),
-        Option("calibration_samples", int, 64, "Most calibration feeds used (static ranges, sensitivity, auto).", min=1),
-        Option("activation_type", str, "uint8", "Static activations: uint8 (asymmetric) or int8 (symmetric).", choices=("uint8", "int8")),
-        Option("qdq_ops", str, "all", "Static: all (every op onnxruntime runs quantized, as quantize_static) or weighted (Conv/MatMul/Gemm layers only).", choices=("all", "weighted")),
-        Option("reduce_range", bool, True, "Static and dynamic: 7-bit weights (within ±63), so uint8 x int8 products cannot saturate the int16 sums of x86 CPUs without VNNI; false: the full int8 range."),
-        Option("op_types", list, list(QUANTIZABLE_OPS), "Op types whose weights are quantized (LSTM/GRU/RNN: W and R, storage form).", choices=QUANTIZABLE_OPS),
+        Option(
+            "block_size", int, None,
+            f"Weights per scale along the reduction axis (default {DEFAULT_SUBBYTE_BLOCK} below 8 bits, none at 8; "
+            "0: no blocks).", min=0,
+        ),
+        Option(
+            "calibration", str, "minmax", "Static activation ranges: minmax, percentile or entropy (KL).",
+            choices=CALIBRATION_METHODS, only_with=STATIC,
+        ),
+        Option(
+            "percentile", float, 99.999, "Percentile kept by calibration=percentile.", min=50.0, max=100.0,
+            only_with={**STATIC, "calibration": ("percentile",)},
+        ),
+        Option(
+            "calibration_samples", int, 64, "Most calibration feeds used (static ranges, sensitivity, auto).", min=1,
+        ),
+        Option(
+            "activation_type", str, "uint8", "Static activations: uint8 (asymmetric) or int8 (symmetric).",
+            choices=("uint8", "int8"), only_with=STATIC,
+        ),
+        Option(
+            "qdq_ops", str, "all",
+            "Static: all (every op onnxruntime runs quantized, as quantize_static) or weighted "
+            "(Conv/MatMul/Gemm layers only).", choices=("all", "weighted"), only_with=STATIC,
+        ),
+        Option(
+            "reduce_range", bool, True,
+            "Static and dynamic: 7-bit weights (within ±63), so uint8 x int8 products cannot saturate the int16 "
+            "sums of x86 CPUs without VNNI; false: the full int8 range.",
+            only_with={"mode": ("static", "dynamic", "auto")},
+        ),
+        Option(
+            "op_types", list, list(QUANTIZABLE_OPS),
+            "Op types whose weights are quantized (LSTM/GRU/RNN: W and R, storage form).", choices=QUANTIZABLE_OPS,
+        ),
         Option("exclude", list, None, "Node names, op types or weight names to leave float, e.g. [fc,Conv]."),
-        Option("embeddings", bool, True, "Quantize Gather tables (embeddings) too, in the storage form (false: leave them float)."),
+        Option(
+            "embeddings", bool, True,
+            "Quantize Gather tables (embeddings) too, in the storage form (false: leave them float).",
+        ),
         Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
-        Option("input_weights", str, "auto", "Initializers that are also graph inputs: auto (constants when every initializer is one, the layout older exporters write, e.g. torch's keep_initializers_as_inputs; else left float), constant (always: removed from the inputs and quantized) or float (left float).", choices=("auto", "constant", "float")),
-        Option("sensitivity", bool, False, "Measure per-layer sensitivity and keep the most sensitive layers float until target_cosine is met."),
-        Option("target_cosine", float, 0.995, "Fidelity target (lowest output cosine vs the float model) for sensitivity and mode=auto.", min=0.0, max=1.0),
-        Option("prefer", str, "size", "mode=auto: size (the smallest good candidate; ties within 2% go to the fastest) or speed (the fastest good candidate smaller than float).", choices=("size", "speed")),
-        Option("latency_tolerance", float, 0.05, "mode=auto: a candidate counts as not slower up to (1 + this) x the float latency.", min=0.0, max=1.0),
-        Option("opset_upgrade", bool, True, "Raise the opset when a form needs it (13 per-channel, 21 int4/blocks, 25 int2); false: fall back."),
-        Option("weights_format", str, "matmulnbits", "mode=weights: matmulnbits (onnxruntime's com.microsoft::MatMulNBits, any opset) or dequantize_linear (standard ONNX, fused by onnxruntime into MatMulNBits; opset 13/21/25).", choices=("matmulnbits", "dequantize_linear")),
-        Option("accuracy_level", int, 0, "weights_format=matmulnbits: 0 computes in float32; 1-4 let the kernel quantize activations (4: int8, faster only on CPUs with VNNI/AMX).", min=0, max=4),
-        Option("dq_conv", bool, False, "mode=weights: DequantizeLinear in front of Conv weights too (for EPs that fuse it; the CPU EP does not)."),
+        Option(
+            "input_weights", str, "auto",
+            "Initializers that are also graph inputs: auto (constants when every initializer is one, the layout "
+            "older exporters write, e.g. torch's keep_initializers_as_inputs; else left float), constant (always: "
+            "removed from the inputs and quantized) or float (left float).", choices=("auto", "constant", "float"),
+        ),
+        Option(
+            "sensitivity", bool, False,
+            "Measure per-layer sensitivity and keep the most sensitive layers float until target_cosine is met.",
+        ),
+        Option(
+            "target_cosine", float, 0.995,
+            "Fidelity target (lowest output cosine vs the float model) for sensitivity and mode=auto.",
+            min=0.0, max=1.0,
+        ),
+        Option(
+            "prefer", str, "size",
+            "mode=auto: size (the smallest good candidate; ties within 2% go to the fastest) or speed "
+            "(the fastest good candidate smaller than float).", choices=("size", "speed"), only_with=AUTO,
+        ),
+        Option(
+            "latency_tolerance", float, 0.05,
+            "mode=auto: a candidate counts as not slower up to (1 + this) x the float latency.",
+            min=0.0, max=1.0, only_with=AUTO,
+        ),
+        Option(
+            "opset_upgrade", bool, True,
+            "Raise the opset when a form needs it (13 per-channel, 21 int4/blocks, 25 int2); false: fall back.",
+        ),
+        Option(
+            "weights_format", str, "matmulnbits",
+            "mode=weights: matmulnbits (onnxruntime's com.microsoft::MatMulNBits, any opset) or dequantize_linear "
+            "(standard ONNX, fused by onnxruntime into MatMulNBits; opset 13/21/25).",
+            choices=("matmulnbits", "dequantize_linear"), only_with=WEIGHTS,
+        ),
+        Option(
+            "accuracy_level", int, 0,
+            "weights_format=matmulnbits: 0 computes in float32; 1-4 let the kernel quantize activations "
+            "(4: int8, faster only on CPUs with VNNI/AMX).",
+            min=0, max=4, only_with={**WEIGHTS, "weights_format": ("matmulnbits",)},
+        ),
+        Option(
+            "dq_conv", bool, False,
+            "mode=weights: DequantizeLinear in front of Conv weights too (for EPs that fuse it; "
+            "the CPU EP does not).",
+            only_with=WEIGHTS,
+        ),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
     search_space = (
@@ -103,73 +177,57 @@ class IntQuant(Method):
     )
 
     @classmethod
-    def check_options(cls, values: dict[str, Any], given: set[str]) -> None:
-        mode, bits = values["mode"], values["bits"]
+    def check_options(cls, values: onnxshrink.Options, given: set[str]) -> None:
+        mode, bits = values.mode, values.bits
         if bits < 8 and mode in ("dynamic", "static"):
             raise cls.option_error(f"mode={mode} is int8 only; bits={bits} works with mode=storage, weights or auto")
-        if mode not in ("static", "auto"):
-            wrong = [name for name in STATIC_ONLY if name in given]
-            if wrong:
-                raise cls.option_error(f"option {wrong[0]!r} only applies to mode=static or auto (mode={mode})")
-        if "percentile" in given and values["calibration"] != "percentile":
-            raise cls.option_error("option 'percentile' needs calibration=percentile")
-        if values["block_size"] and mode in ("dynamic", "static"):
+        if values.block_size and mode in ("dynamic", "static"):
             raise cls.option_error(f"block_size does not apply to mode={mode} (int8 per-channel or per-tensor)")
-        if values["block_size"] == 1:
+        if values.block_size == 1:
             raise cls.option_error("block_size=1 stores one scale per weight; use 0 (no blocks) or 2 and more")
-        if "per_channel" in given and values["block_size"]:
+        if "per_channel" in given and values.block_size:
             raise cls.option_error("give per_channel or block_size, not both (blocks replace per-channel scales)")
-        if "reduce_range" in given and mode not in ("static", "dynamic", "auto"):
-            raise cls.option_error(f"option 'reduce_range' only applies to mode=static, dynamic or auto (mode={mode})")
-        for name in ("dq_conv", "weights_format"):
-            if name in given and mode not in ("weights", "auto"):
-                raise cls.option_error(f"{name} only applies to mode=weights (mode={mode})")
-        if "accuracy_level" in given and (mode not in ("weights", "auto") or values["weights_format"] != "matmulnbits"):
-            raise cls.option_error("accuracy_level applies to mode=weights with weights_format=matmulnbits")
-        for name in ("latency_tolerance", "prefer"):
-            if name in given and mode != "auto":
-                raise cls.option_error(f"{name} only applies to mode=auto")
-        if "target_cosine" in given and mode != "auto" and not values["sensitivity"]:
+        if "target_cosine" in given and mode != "auto" and not values.sensitivity:
             raise cls.option_error("target_cosine needs sensitivity=true or mode=auto")
-        if not values["op_types"]:
+        if not values.op_types:
             raise cls.option_error("op_types is empty; name at least one of " + ", ".join(QUANTIZABLE_OPS))
 
-    def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
+    def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
         markers = onnxshrink.quantization_markers(model)
         if markers:
             context.warn(f"the model is already quantized ({markers[0]}{' and more' if len(markers) > 1 else ''}); left unchanged")
-            return {"mode": None, "requested_mode": options["mode"], "already_quantized": markers[:50], "quantized_tensors": 0, "quantized": [], "left": []}
-        unknown = onnxshrink.unknown_exclusions(model, options["exclude"] or [])
+            return {"mode": None, "requested_mode": options.mode, "already_quantized": markers[:50], "quantized_tensors": 0, "quantized": [], "left": []}
+        unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
         if unknown:
             raise self.option_error(f"exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
         settings = _settings(options)
-        mode = options["mode"]
+        mode = options.mode
         declared = [onnx.ValueInfoProto.FromString(i.SerializeToString()) for i in model.graph.input]
-        freed = _free_input_weights(model, options["input_weights"])
+        freed = _free_input_weights(model, options.input_weights)
         if freed:
-            context.log(f"{freed} initializers were also graph inputs ({'every initializer, as older exporters write them' if options['input_weights'] == 'auto' else 'input_weights=constant'}); treated as constants and removed from the inputs")
-        needs_data = mode in ("auto", "static") or options["sensitivity"]
+            context.log(f"{freed} initializers were also graph inputs ({'every initializer, as older exporters write them' if options.input_weights == 'auto' else 'input_weights=constant'}); treated as constants and removed from the inputs")
+        needs_data = mode in ("auto", "static") or options.sensitivity
         on_disk = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-        if needs_data and on_disk and mode == "auto" and not options["sensitivity"]:
+        if needs_data and on_disk and mode == "auto" and not options.sensitivity:
             # choosing runs every candidate in memory; a model whose weights stay on disk gets the form that
             # is never slower and shrinks the file the most without measuring (storage)
             context.warn("the model keeps its weights in external data, which mode=auto cannot run candidates on; mode=storage used without a measured choice")
             mode, needs_data = "storage", False
-            options = {**options, "mode": "storage"}
+            options = options.replace(mode="storage")
         elif needs_data and on_disk:
-            raise self.option_error(f"mode={mode}{', sensitivity' if options['sensitivity'] else ''} runs the model in memory, and this model keeps its weights in external data; use mode=storage or weights")
+            raise self.option_error(f"mode={mode}{', sensitivity' if options.sensitivity else ''} runs the model in memory, and this model keeps its weights in external data; use mode=storage or weights")
         if needs_data and model.ByteSize() > MEASURABLE_BYTES:
-            raise self.option_error(f"mode={mode}{', sensitivity' if options['sensitivity'] else ''} runs the model in memory and supports models under 2 GB; use mode=storage or weights")
+            raise self.option_error(f"mode={mode}{', sensitivity' if options.sensitivity else ''} runs the model in memory and supports models under 2 GB; use mode=storage or weights")
         feeds = _feeds(model, options, context) if needs_data else []
         extra: dict[str, Any] = {}
         # auto and sensitivity decide on feeds held back from calibrating and ranking
-        fit, check = _held_back(feeds, extra) if mode == "auto" or options["sensitivity"] else (feeds, feeds)
+        fit, check = _held_back(feeds, extra) if mode == "auto" or options.sensitivity else (feeds, feeds)
         calibrated, static_skip = None, None
         if mode in ("static", "auto"):
             calibrated, static_skip = _calibrate(model, settings, fit, options, context)
         if mode == "auto":
             built, chosen = _auto(model, settings, fit, check, calibrated, static_skip, options, context, extra)
-        elif options["sensitivity"]:
+        elif options.sensitivity:
             built, chosen = _mixed(model, settings, fit, check, calibrated, options, context, extra), mode
         else:
             progress = lambda total: context.progress("quantizing weights", total, unit="B")  # noqa: E731
@@ -183,11 +241,11 @@ class IntQuant(Method):
         stats = _summary(built, chosen, options, settings)
         if calibrated is not None and chosen == "static":
             stats["static"] = {
-                "calibration": options["calibration"],
+                "calibration": options.calibration,
                 "calibration_feeds": calibrated.feeds,
                 "calibration_samples": calibrated.samples,
                 "synthetic_data": context.calibration_is_synthetic or not context.calibration_feeds(),
-                "activation_type": options["activation_type"],
+                "activation_type": options.activation_type,
                 "per_channel": calibrated.per_channel,
                 "kept_float_nodes": dict(calibrated.unsafe_nodes),
             }
@@ -199,47 +257,31 @@ class IntQuant(Method):
         return stats
 
 
-def _settings(options: dict[str, Any]) -> Settings:
-    bits = options["bits"]
-    block = options["block_size"]
+def _settings(options: onnxshrink.Options) -> Settings:
+    """The build settings: the options named like their fields, with the block size and modes resolved."""
+    block = options.block_size
     if block is None:
-        block = DEFAULT_SUBBYTE_BLOCK if bits < 8 else 0
-    scheme = Scheme(bits=bits, symmetric=options["symmetric"], per_channel=options["per_channel"], block_size=block or None)
-    static = StaticSettings(
-        calibration=options["calibration"],
-        percentile=options["percentile"],
-        per_channel=options["per_channel"],
-        symmetric=options["symmetric"],
-        activation_type=options["activation_type"],
-        reduce_range=options["reduce_range"],
-        qdq_ops=options["qdq_ops"],
-        op_types=tuple(op for op in options["op_types"] if op in WEIGHTED_OPS),
-        opset_upgrade=options["opset_upgrade"],
-    )
-    return Settings(
-        mode=options["mode"] if options["mode"] != "auto" else "storage",
-        scheme=scheme,
-        exclude=tuple(options["exclude"] or ()),
-        op_types=tuple(options["op_types"]),
-        embeddings=options["embeddings"],
-        min_size=options["min_size"],
-        opset_upgrade=options["opset_upgrade"],
-        dq_conv=options["dq_conv"],
-        weights_format=options["weights_format"],
-        accuracy_level=options["accuracy_level"],
+        block = DEFAULT_SUBBYTE_BLOCK if options.bits < 8 else 0
+    static = options.into(StaticSettings, op_types=tuple(op for op in options.op_types if op in WEIGHTED_OPS))
+    return options.into(
+        Settings,
+        mode=options.mode if options.mode != "auto" else "storage",
+        scheme=options.into(Scheme, block_size=block or None),
+        exclude=tuple(options.exclude or ()),
+        op_types=tuple(options.op_types),
         static=static,
     )
 
 
-def _feeds(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> list[dict]:
+def _feeds(model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> list[dict]:
     """The calibration feeds (at most calibration_samples of them), or random ones with a warning."""
-    feeds = list(context.calibration_feeds())[: options["calibration_samples"]]
-    if not feeds and options["mode"] == "static":
+    feeds = list(context.calibration_feeds())[: options.calibration_samples]
+    if not feeds and options.mode == "static":
         raise onnxshrink.UsageError("plugin 'int_quant': mode=static needs calibration data; pass --data (a .npz of model inputs)")
     if not feeds:
-        feeds = synthetic_feeds(model, context.rng, count=min(8, options["calibration_samples"]))
+        feeds = synthetic_feeds(model, context.rng, count=min(8, options.calibration_samples))
     if context.calibration_is_synthetic or not context.calibration_feeds():
-        what = "static ranges calibrated" if options["mode"] == "static" else "sensitivity and mode=auto measured"
+        what = "static ranges calibrated" if options.mode == "static" else "sensitivity and mode=auto measured"
         context.warn(f"no calibration data: {what} on random inputs; pass --data with real inputs for faithful numbers")
     return feeds
 
@@ -279,15 +321,15 @@ def _held_back(feeds: list[dict], extra: dict[str, Any]) -> tuple[list[dict], li
 
 def _calibrate(model, settings: Settings, feeds, options, context) -> tuple[Calibrated | None, str | None]:
     """Calibrated ranges for mode=static (and for auto's static candidate), or why there are none."""
-    if options["mode"] == "auto":
-        if options["bits"] < 8:
+    if options.mode == "auto":
+        if options.bits < 8:
             return None, "static QDQ is int8 only"
         if context.calibration_is_synthetic or not context.calibration_feeds():
             return None, "no calibration data (--data)"
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnxshrink.iter_tensors(model.graph)):
-        return None, "float16 model" if options["mode"] == "auto" else None
+        return None, "float16 model" if options.mode == "auto" else None
     with context.progress("calibrating activation ranges", total=None):
-        if options["mode"] != "auto":
+        if options.mode != "auto":
             return calibrate(model, feeds, settings.static), None
         try:
             return calibrate(model, feeds, settings.static), None
@@ -296,15 +338,15 @@ def _calibrate(model, settings: Settings, feeds, options, context) -> tuple[Cali
 
 
 def _auto(model, settings: Settings, feeds, check, calibrated, static_skip, options, context, extra) -> tuple[Built | None, str | None]:
-    modes = ["storage", "weights"] + (["dynamic", "static"] if options["bits"] == 8 else [])
+    modes = ["storage", "weights"] + (["dynamic", "static"] if options.bits == 8 else [])
     skipped = {"static": static_skip} if static_skip and "static" in modes else {}
-    if options["bits"] < 8:
-        skipped.update({m: f"int8 only (bits={options['bits']})" for m in ("dynamic", "static")})
+    if options.bits < 8:
+        skipped.update({m: f"int8 only (bits={options.bits})" for m in ("dynamic", "static")})
     reference = outputs(model, feeds)
     check_reference = reference if check is feeds else outputs(model, check)
     # when no mode meets the target: sensitive layers kept at int8 (under a sub-byte build), then float
     fallback: list[Scheme | None] = [Scheme(bits=16), None]
-    if options["bits"] < 8:
+    if options.bits < 8:
         fallback.insert(0, Scheme(bits=8, symmetric=settings.scheme.symmetric, per_channel=True))
     with context.progress("trying representations", total=None) as task:
         choice = auto.choose(
@@ -313,11 +355,11 @@ def _auto(model, settings: Settings, feeds, check, calibrated, static_skip, opti
             modes,
             feeds,
             reference,
-            target=options["target_cosine"],
-            tolerance=options["latency_tolerance"],
-            prefer=options["prefer"],
+            target=options.target_cosine,
+            tolerance=options.latency_tolerance,
+            prefer=options.prefer,
             calibrated=calibrated,
-            sensitivity=options["sensitivity"],
+            sensitivity=options.sensitivity,
             skipped=skipped,
             advance=task.advance,
             check=(check, check_reference),
@@ -339,11 +381,11 @@ def _mixed(model, settings: Settings, feeds, check, calibrated, options, context
     check_reference = reference if check is feeds else outputs(model, check)
     layers = quantizable_layers(model, settings, calibrated)
     with context.progress("measuring layer sensitivity", total=len(layers)) as task:
-        result = mixed_precision(model, settings, feeds, reference, options["target_cosine"], calibrated, task.advance, check=(check, check_reference))
+        result = mixed_precision(model, settings, feeds, reference, options.target_cosine, calibrated, task.advance, check=(check, check_reference))
     if not result.met_target:
-        context.warn(f"sensitivity: worst per-feed cosine {result.cosine:.6f} < target {options['target_cosine']} even with every layer kept float")
+        context.warn(f"sensitivity: worst per-feed cosine {result.cosine:.6f} < target {options.target_cosine} even with every layer kept float")
     extra["sensitivity"] = {
-        "target_cosine": options["target_cosine"],
+        "target_cosine": options.target_cosine,
         "cosine": round(result.cosine, 8),
         "met_target": result.met_target,
         "kept_float": result.kept_float,
@@ -353,17 +395,17 @@ def _mixed(model, settings: Settings, feeds, check, calibrated, options, context
     return result.built
 
 
-def _summary(built: Built | None, mode: str | None, options: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def _summary(built: Built | None, mode: str | None, options: onnxshrink.Options, settings: Settings) -> dict[str, Any]:
     if built is None:
-        return {"mode": None, "requested_mode": options["mode"], "quantized_tensors": 0, "quantized": [], "left": []}
+        return {"mode": None, "requested_mode": options.mode, "quantized_tensors": 0, "quantized": [], "left": []}
     forms: dict[str, int] = {}
     for item in built.quantized:
         forms[item["form"]] = forms.get(item["form"], 0) + 1
     params = sum(_numel(item["shape"]) for item in built.quantized)
     return {
         "mode": mode,
-        "requested_mode": options["mode"],
-        "bits": options["bits"] if mode not in ("dynamic", "static") else 8,
+        "requested_mode": options.mode,
+        "bits": options.bits if mode not in ("dynamic", "static") else 8,
         "scheme": _scheme_text(settings.scheme, mode),
         "quantized_tensors": len(built.quantized),
         "left_tensors": sum(1 for item in built.left if "tensor" in item),

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 import onnxshrink
-from onnxshrink import Method, Option
+from onnxshrink import Method, Option, node_label
 
 
 @dataclass
@@ -46,7 +46,11 @@ class LayerPrune(Method):
         Option("n", int, 1, "Remove the n least important residual blocks (0: only no-op nodes).", min=0),
         Option("ratio", float, None, "Instead of n: remove this fraction of the residual blocks.", min=0.0, max=1.0),
         Option("threshold", float, None, "Instead of n: remove every block scoring below this.", min=0.0),
-        Option("score", str, "influence", "influence: 1 - cos(x, y) (ShortGPT); norm: ||f(x)|| / ||x||.", choices=("influence", "norm")),
+        Option(
+            "score", str, "influence",
+            "influence: 1 - cos(x, y) (ShortGPT); norm: ||f(x)|| / ||x||.",
+            choices=("influence", "norm"),
+        ),
         Option("exclude", list, None, "Names of residual Add nodes never to remove."),
         Option("noop", bool, True, "Also remove Identity, Dropout, and Cast/Reshape/Transpose that change nothing."),
     )
@@ -56,37 +60,37 @@ class LayerPrune(Method):
     )
 
     @classmethod
-    def check_options(cls, values: dict[str, Any], given: set[str]) -> None:
+    def check_options(cls, values: onnxshrink.Options, given: set[str]) -> None:
         chosen = sorted(given & {"n", "ratio", "threshold"})
         if len(chosen) > 1:
             raise cls.option_error(f"give one of n, ratio or threshold, not {' and '.join(chosen)}")
 
-    def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
+    def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
         blocks = residual_blocks(model)
-        excluded = set(options["exclude"] or [])
+        excluded = set(options.exclude or [])
         unknown = excluded - {b.add for b in blocks}
         if unknown:
             listing = ", ".join(b.add for b in blocks) or "(none)"
             raise onnxshrink.UsageError(f"plugin {self.name!r}: option 'exclude': no residual block ends at {sorted(unknown)[0]!r}; blocks: {listing}")
         candidates = [b for b in blocks if b.add not in excluded]
         wanted = _how_many(options, len(candidates))
-        if candidates and (wanted or options["threshold"] is not None):
-            _score(model, blocks, options["score"], context)
+        if candidates and (wanted or options.threshold is not None):
+            _score(model, blocks, options.score, context)
         ranked = sorted(candidates, key=lambda b: b.score)  # stable: ties keep graph order
-        if options["threshold"] is not None:
-            chosen = [b for b in ranked if b.score < options["threshold"]]
+        if options.threshold is not None:
+            chosen = [b for b in ranked if b.score < options.threshold]
         else:
             chosen = ranked[:wanted]
         chosen = _outermost(chosen)
         params_before, nodes_before = _parameters(model), len(model.graph.node)
         for block in chosen:
             _remove_block(model, block)
-        noops = remove_noops(model) if options["noop"] else {}
+        noops = remove_noops(model) if options.noop else {}
         onnxshrink.tidy_model(model)
         if not chosen and not noops:
             context.warn("no residual block removed and no no-op node found; the model is unchanged" if blocks else "no residual block and no no-op node found; the model is unchanged")
         return {
-            "score": options["score"],
+            "score": options.score,
             "blocks": [
                 {"add": b.add, "x": b.x, "y": b.y, "nodes": len(b.nodes), "score": None if np.isnan(b.score) else round(b.score, 6), "removed": b in chosen}
                 for b in blocks
@@ -100,10 +104,10 @@ class LayerPrune(Method):
         }
 
 
-def _how_many(options: dict[str, Any], count: int) -> int:
-    if options["ratio"] is not None:
-        return int(round(options["ratio"] * count))
-    return min(options["n"], count)
+def _how_many(options: onnxshrink.Options, count: int) -> int:
+    if options.ratio is not None:
+        return int(round(options.ratio * count))
+    return min(options.n, count)
 
 
 def residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
@@ -124,7 +128,7 @@ def residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
         for x, branch in (node.input, reversed(node.input)):
             nodes = _branch_nodes(x, branch, producers, readers, node, outside, constants)
             if nodes and _same_static_shape(shapes.get(x), shapes.get(branch), shapes.get(node.output[0])):
-                blocks.append(ResidualBlock(_label(node), x, branch, node.output[0], [_label(n) for n in nodes]))
+                blocks.append(ResidualBlock(node_label(node), x, branch, node.output[0], [node_label(n) for n in nodes]))
                 break
     return blocks
 
@@ -199,10 +203,6 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple]:
         if t.HasField("shape"):
             shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
     return shapes
-
-
-def _label(node: onnx.NodeProto) -> str:
-    return node.name or node.output[0]
 
 
 def _score(model: onnx.ModelProto, blocks: list[ResidualBlock], score: str, context: onnxshrink.Context) -> None:

@@ -10,7 +10,7 @@ import onnx
 import onnxshrink
 from onnxshrink import Method, Option
 
-from .lowbit_layers import WEIGHTED_OPS, find_layers
+from .shared.layers import WEIGHTED_OPS, find_layers
 
 
 class SparseStore(Method):
@@ -29,8 +29,16 @@ class SparseStore(Method):
     name = "sparse_store"
     kind = "transform"
     options = (
-        Option("min_sparsity", float, 0.1, "Store a tensor sparse only with at least this fraction of zeros.", min=0.0, max=1.0),
-        Option("bits", int, 0, "0: keep the non-zero values as they are; 2-8: quantize them (symmetric, per output channel) and pack.", min=0, max=8),
+        Option(
+            "min_sparsity", float, 0.1,
+            "Store a tensor sparse only with at least this fraction of zeros.",
+            min=0.0, max=1.0,
+        ),
+        Option(
+            "bits", int, 0,
+            "0: keep the non-zero values as they are; 2-8: quantize them (symmetric, per output channel) and pack.",
+            min=0, max=8,
+        ),
         Option("op_types", list, list(WEIGHTED_OPS), "Op types whose weights are considered.", choices=WEIGHTED_OPS),
         Option("exclude", list, None, "Node names, op types or weight names to leave as they are."),
         Option("min_size", int, 128, "Leave weights with fewer elements as they are.", min=0),
@@ -41,30 +49,30 @@ class SparseStore(Method):
     )
 
     @classmethod
-    def check_options(cls, values: dict[str, Any], given: set[str]) -> None:
-        if values["bits"] == 1:
+    def check_options(cls, values: onnxshrink.Options, given: set[str]) -> None:
+        if values.bits == 1:
             raise cls.option_error("bits=1 cannot hold signed non-zero values; use 0 (float) or 2 to 8")
-        if not values["op_types"]:
+        if not values.op_types:
             raise cls.option_error("op_types is empty; name at least one of " + ", ".join(WEIGHTED_OPS))
 
-    def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
-        unknown = onnxshrink.unknown_exclusions(model, options["exclude"] or [])
+    def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
+        unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
         if unknown:
             raise onnxshrink.UsageError(f"plugin 'sparse_store': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
-        layers, left = find_layers(model, op_types=options["op_types"], exclude=options["exclude"] or (), min_size=options["min_size"])
+        layers, left = find_layers(model, op_types=options.op_types, exclude=options.exclude or (), min_size=options.min_size)
         stored, before, after, elements = [], 0, 0, 0
         for layer in layers:
             array = layer.weight.array()
             sparsity = float(np.mean(array == 0))
-            if sparsity < options["min_sparsity"]:
-                left.append({**layer.describe(), "reason": f"sparsity {sparsity:.3f} < min_sparsity {options['min_sparsity']}"})
+            if sparsity < options.min_sparsity:
+                left.append({**layer.describe(), "reason": f"sparsity {sparsity:.3f} < min_sparsity {options.min_sparsity}"})
                 continue
             values = array
-            if options["bits"]:
-                values = onnxshrink.quantize(array.astype(np.float32), options["bits"], symmetric=True, axis=layer.axis)
+            if options.bits:
+                values = onnxshrink.quantize(array.astype(np.float32), options.bits, symmetric=True, axis=layer.axis)
             dense_bytes = layer.weight.size * array.dtype.itemsize
             trial = onnxshrink.weight_chain(values, layer.name, onnxshrink.all_names(model), form="sparse", dtype=layer.weight.dtype, opset=onnxshrink.model_opset(model))
-            if not options["bits"] and sum(onnxshrink.tensor_bytes(t) for t in trial[2]) >= dense_bytes:
+            if not options.bits and sum(onnxshrink.tensor_bytes(t) for t in trial[2]) >= dense_bytes:
                 left.append({**layer.describe(), "reason": f"sparsity {sparsity:.3f} too low: sparse storage would not be smaller"})
                 continue
             result = onnxshrink.store_weight(model, layer.weight, values, form="sparse")
@@ -76,7 +84,7 @@ class SparseStore(Method):
             context.warn("no weight was stored sparse; the model is unchanged (see 'left' for why)")
         return {
             "stored_tensors": len(stored),
-            "value_bits": options["bits"] or "as stored",
+            "value_bits": options.bits or "as stored",
             "weight_bytes_before": before,
             "weight_bytes_after": after,
             "bits_per_weight": round(8 * after / elements, 4) if elements else 0.0,

@@ -16,7 +16,6 @@ from onnxshrink import DEFAULT_WEIGHT_INPUTS, EMBEDDING_INPUTS, Method, Option
 from .prune.auto import prune_to_budget
 from .prune.store import STORE_CHOICES, store_pruned
 
-
 CHANNEL_SPARSITY = 0.5  # structured=channel without sparsity or threshold
 
 
@@ -63,17 +62,56 @@ class WeightPrune(Method):
     name = "weight_prune"
     kind = "prune"
     options = (
-        Option("sparsity", float, None, "Fraction of weights to set to zero (per tensor or global, see scope); not set: prune to the budget (structured=channel: 0.5).", min=0.0, max=1.0),
-        Option("budget", float, 0.99, "Without sparsity or threshold: the lowest worst per-feed cosine of the outputs, on held-back calibration feeds, pruning may reach.", min=0.0, max=1.0),
-        Option("store", str, None, "auto: each pruned tensor dense or as a bitmask + non-zeros, whichever is smaller; sparse: bitmask wherever possible; dense: zeros stay in place. Not set: auto with the budget, dense with sparsity, threshold or pattern.", choices=STORE_CHOICES),
+        Option(
+            "sparsity", float, None,
+            "Fraction of weights to set to zero (per tensor or global, see scope); not set: prune to the budget "
+            "(structured=channel: 0.5).",
+            min=0.0, max=1.0,
+        ),
+        Option(
+            "budget", float, 0.99,
+            "Without sparsity or threshold: the lowest worst per-feed cosine of the outputs, on held-back "
+            "calibration feeds, pruning may reach.",
+            min=0.0, max=1.0,
+        ),
+        Option(
+            "store", str, None,
+            "auto: each pruned tensor dense or as a bitmask + non-zeros, whichever is smaller; sparse: bitmask "
+            "wherever possible; dense: zeros stay in place. Not set: auto with the budget, dense with sparsity, "
+            "threshold or pattern.",
+            choices=STORE_CHOICES,
+        ),
         Option("threshold", float, None, "Zero every weight with |w| < threshold instead of using sparsity.", min=0.0),
-        Option("scope", str, "layer", "layer: each tensor reaches the sparsity; global: one magnitude ranking over all tensors.", choices=("layer", "global")),
+        Option(
+            "scope", str, "layer",
+            "layer: each tensor reaches the sparsity; global: one magnitude ranking over all tensors.",
+            choices=("layer", "global"),
+        ),
         Option("embeddings", bool, False, "Also prune Gather embedding tables (input 0 of Gather)."),
-        Option("min_size", int, 128, "Skip weight tensors (structured=channel: channel groups whose weights hold) fewer elements than this.", min=0),
-        Option("structured", str, "none", "none: zero single weights; channel: remove whole channels from the graph (sparsity = fraction of channels).", choices=("none", "channel")),
-        Option("pattern", str, None, "N:M, e.g. 2:4: keep exactly the N largest of every M consecutive weights along the input dimension."),
-        Option("norm", str, "l1", "structured=channel: rank channels by the L1 or L2 norm of their coupled weights.", choices=("l1", "l2")),
-        Option("reconstruct", bool, False, "structured=channel: refit the consumers of removed channels by least squares on calibration data."),
+        Option(
+            "min_size", int, 128,
+            "Skip weight tensors (structured=channel: channel groups whose weights hold) fewer elements than this.",
+            min=0,
+        ),
+        Option(
+            "structured", str, "none",
+            "none: zero single weights; channel: remove whole channels from the graph (sparsity = fraction of "
+            "channels).",
+            choices=("none", "channel"),
+        ),
+        Option(
+            "pattern", str, None,
+            "N:M, e.g. 2:4: keep exactly the N largest of every M consecutive weights along the input dimension.",
+        ),
+        Option(
+            "norm", str, "l1",
+            "structured=channel: rank channels by the L1 or L2 norm of their coupled weights.",
+            choices=("l1", "l2"),
+        ),
+        Option(
+            "reconstruct", bool, False,
+            "structured=channel: refit the consumers of removed channels by least squares on calibration data.",
+        ),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
     search_space = (
@@ -83,10 +121,10 @@ class WeightPrune(Method):
     )
 
     @classmethod
-    def check_options(cls, values: dict[str, Any], given: set[str]) -> None:
+    def check_options(cls, values: onnxshrink.Options, given: set[str]) -> None:
         if "threshold" in given and "sparsity" in given:
             raise cls.option_error("give either sparsity or threshold, not both")
-        channel = values["structured"] == "channel"
+        channel = values.structured == "channel"
         fixed = sorted(given & {"sparsity", "threshold", "pattern"}) + (["structured=channel"] if channel else [])
         if "budget" in given and fixed:
             raise cls.option_error(f"budget decides how far to prune; it cannot be combined with {', '.join(fixed)}")
@@ -94,40 +132,40 @@ class WeightPrune(Method):
             raise cls.option_error("store applies to zeroed weights, not structured=channel (channels are removed)")
         if "scope" in given and not channel and not given & {"sparsity"}:
             raise cls.option_error("scope needs sparsity= (without it, the budget sets each tensor's sparsity)")
-        if values["pattern"] is not None:
-            if _parse_pattern(values["pattern"]) is None:
-                raise cls.option_error(f"option 'pattern' must be N:M with 1 <= N < M, e.g. 2:4 (got {values['pattern']!r})")
+        if values.pattern is not None:
+            if _parse_pattern(values.pattern) is None:
+                raise cls.option_error(f"option 'pattern' must be N:M with 1 <= N < M, e.g. 2:4 (got {values.pattern!r})")
             clash = sorted(given & {"sparsity", "threshold", "scope", "embeddings"}) + (["structured=channel"] if channel else [])
             if clash:
                 raise cls.option_error(f"pattern fixes which weights are zeroed; it cannot be combined with {', '.join(clash)}")
         for option in ("norm", "reconstruct"):
             if option in given and not channel:
                 raise cls.option_error(f"option {option!r} needs structured=channel")
-        if channel and values["embeddings"]:
+        if channel and values.embeddings:
             raise cls.option_error("embeddings applies to unstructured pruning, not structured=channel")
 
-    def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
-        if options["structured"] == "channel":
+    def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
+        if options.structured == "channel":
             return _prune_channels(model, options, context)
         op_inputs = dict(DEFAULT_WEIGHT_INPUTS)
-        if options["embeddings"]:
+        if options.embeddings:
             op_inputs.update(EMBEDDING_INPUTS)
-        if options["pattern"] is not None:
+        if options.pattern is not None:
             stats = _prune_pattern(model, options, context)
-        elif options["sparsity"] is None and options["threshold"] is None:
+        elif options.sparsity is None and options.threshold is None:
             return prune_to_budget(model, options, context, op_inputs)
         else:
             stats = _prune_unstructured(model, options, context, op_inputs)
-        if options["store"] not in (None, "dense") and stats["tensors"]:
-            stats["storage"] = store_pruned(model, [t["name"] for t in stats["tensors"]], options["store"])
+        if options.store not in (None, "dense") and stats["tensors"]:
+            stats["storage"] = store_pruned(model, [t["name"] for t in stats["tensors"]], options.store)
         return stats
 
 
-def _prune_unstructured(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context, op_inputs) -> dict[str, Any]:
+def _prune_unstructured(model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context, op_inputs) -> dict[str, Any]:
     """Zero a fixed fraction (per tensor or global) or every weight under a threshold."""
     chosen, skipped = [], []
     for weight in onnxshrink.weight_tensors(model, op_inputs):
-        reason = _skip_reason(weight, options["min_size"])
+        reason = _skip_reason(weight, options.min_size)
         if reason:
             skipped.append({"name": weight.name, "reason": reason})
         else:
@@ -135,13 +173,13 @@ def _prune_unstructured(model: onnx.ModelProto, options: dict[str, Any], context
 
     # Tensor by tensor: a large model's weights are read, pruned and handed back one at a time.
     work = _Workspace(max((w.size for w in chosen), default=0))
-    if options["threshold"] is not None:
-        threshold = options["threshold"]
+    if options.threshold is not None:
+        threshold = options.threshold
         mask_of = lambda mag: np.less(mag, threshold, out=work.mask[: mag.size])  # noqa: E731
-    elif options["scope"] == "global":
-        mask_of = _GlobalCut(chosen, options["sparsity"], work).mask
+    elif options.scope == "global":
+        mask_of = _GlobalCut(chosen, options.sparsity, work).mask
     else:
-        mask_of = lambda mag: _smallest(mag, options["sparsity"], work)  # noqa: E731
+        mask_of = lambda mag: _smallest(mag, options.sparsity, work)  # noqa: E731
 
     tensors, total, zeros = [], 0, 0
     with context.progress(f"pruning {len(chosen)} tensors", total=sum(w.nbytes for w in chosen), unit="B") as task:
@@ -170,7 +208,7 @@ def _prune_unstructured(model: onnx.ModelProto, options: dict[str, Any], context
             task.advance(weight.nbytes)
     if not chosen:
         context.warn("no weight tensor matched; the model is unchanged")
-    mode = "threshold" if options["threshold"] is not None else options["scope"]
+    mode = "threshold" if options.threshold is not None else options.scope
     return _summary(tensors, skipped, total, zeros, mode=mode)
 
 
@@ -340,12 +378,12 @@ def nm_mask(array: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
     return np.moveaxis(keep.reshape(moved.shape), -1, axis)
 
 
-def _prune_pattern(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
-    n, m = _parse_pattern(options["pattern"])
+def _prune_pattern(model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
+    n, m = _parse_pattern(options.pattern)
     tensors, skipped, total, zeros = [], [], 0, 0
     for weight in onnxshrink.weight_tensors(model):
         axis = _input_axis(weight)
-        reason = _skip_reason(weight, options["min_size"])
+        reason = _skip_reason(weight, options.min_size)
         if reason is None and axis is None:
             reason = "read along different axes by its nodes"
         if reason is None and weight.shape[axis] % m:
@@ -365,21 +403,21 @@ def _prune_pattern(model: onnx.ModelProto, options: dict[str, Any], context: onn
     return _summary(tensors, skipped, total, zeros, mode="pattern", pattern=f"{n}:{m}")
 
 
-def _prune_channels(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
-    if options["sparsity"] is None:
-        options = {**options, "sparsity": CHANNEL_SPARSITY}
+def _prune_channels(model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
+    if options.sparsity is None:
+        options = options.replace(sparsity=CHANNEL_SPARSITY)
     analysis = onnxshrink.analyze_channels(model)
-    feeds = _reconstruction_feeds(context) if options["reconstruct"] else []
+    feeds = _reconstruction_feeds(context) if options.reconstruct else []
     original = onnx.ModelProto()
-    if options["reconstruct"]:
+    if options.reconstruct:
         original.CopyFrom(model)
     groups, skipped = [], []
     for group in analysis.prunable:
-        if group.weights < options["min_size"]:
-            skipped.append({"id": group.id, "reason": f"{group.weights} weight elements < min_size {options['min_size']}"})
+        if group.weights < options.min_size:
+            skipped.append({"id": group.id, "reason": f"{group.weights} weight elements < min_size {options.min_size}"})
         else:
             groups.append(group)
-    scores = [onnxshrink.channel_importance(analysis, g, options["norm"]) for g in groups]
+    scores = [onnxshrink.channel_importance(analysis, g, options.norm) for g in groups]
     counts = _channel_counts(groups, scores, options)
     selection = {g.id: onnxshrink.select_channels(g, s, k) for g, s, k in zip(groups, scores, counts)}
     removal = onnxshrink.remove_channels(analysis, {gid: chosen for gid, chosen in selection.items() if chosen})
@@ -389,8 +427,8 @@ def _prune_channels(model: onnx.ModelProto, options: dict[str, Any], context: on
     ]
     stats: dict[str, Any] = {
         "mode": "channel",
-        "scope": "threshold" if options["threshold"] is not None else options["scope"],
-        "norm": options["norm"],
+        "scope": "threshold" if options.threshold is not None else options.scope,
+        "norm": options.norm,
         "channels": sum(g.size for g in groups),
         "channels_removed": sum(len(c) for c in selection.values()),
         "params_before": removal.params_before,
@@ -401,7 +439,7 @@ def _prune_channels(model: onnx.ModelProto, options: dict[str, Any], context: on
     }
     if not groups:
         context.warn("no channel group can be pruned; the model is unchanged")
-    if options["reconstruct"] and stats["channels_removed"]:
+    if options.reconstruct and stats["channels_removed"]:
         stats["reconstruction"] = onnxshrink.reconstruct_consumers(original, model, removal, feeds, method="lstsq", seed=context.seed)
     return stats
 
@@ -415,15 +453,15 @@ def _reconstruction_feeds(context: onnxshrink.Context) -> list[dict[str, np.ndar
     return feeds
 
 
-def _channel_counts(groups, scores: list[np.ndarray], options: dict[str, Any]) -> list[int]:
+def _channel_counts(groups, scores: list[np.ndarray], options: onnxshrink.Options) -> list[int]:
     """How many channels each group should lose (select_channels rounds to what the group allows)."""
-    if options["threshold"] is not None:
-        return [int(np.sum(s < options["threshold"])) for s in scores]
-    if options["scope"] == "layer" or not groups:
-        return [int(round(options["sparsity"] * g.size)) for g in groups]
+    if options.threshold is not None:
+        return [int(np.sum(s < options.threshold)) for s in scores]
+    if options.scope == "layer" or not groups:
+        return [int(round(options.sparsity * g.size)) for g in groups]
     normalized = np.concatenate([s / (s.mean() if s.mean() > 0 else 1.0) for s in scores])
     owner = np.concatenate([np.full(g.size, k) for k, g in enumerate(groups)])
-    lowest = np.argsort(normalized, kind="stable")[: int(round(options["sparsity"] * normalized.size))]
+    lowest = np.argsort(normalized, kind="stable")[: int(round(options.sparsity * normalized.size))]
     return np.bincount(owner[lowest], minlength=len(groups)).tolist()
 
 

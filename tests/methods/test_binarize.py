@@ -114,7 +114,7 @@ def test_ternary_variant_stores_about_two_bits(registry):
 
 
 def test_options_and_missing_data(registry):
-    with pytest.raises(UsageError, match="threshold only applies"):
+    with pytest.raises(UsageError, match="option 'threshold' only applies to variant=ternary \\(variant=binary\\)"):
         prepare_steps([PluginSpec("binarize", {"threshold": "0.5"})], registry)
     with pytest.raises(UsageError, match="needs calibration data"):
         run_steps(rg.mlp(), prepare_steps([PluginSpec("binarize")], registry), seed=0)

@@ -14,8 +14,8 @@ from onnxshrink import UsageError, quantize
 from onnxshrink.plugin.method import PluginSpec
 from onnxshrink.run.pipeline import prepare_steps, run_steps
 from onnxshrink.testing import reference_graphs as rg
-from onnxshrink_plugins.gptq_core import gptq, rtn
-from onnxshrink_plugins.lowbit_layers import im2col
+from onnxshrink_plugins.gptq.core import gptq, rtn
+from onnxshrink_plugins.shared.layers import im2col
 from tests.support.files import ROOT as REPO_ROOT
 from tests.support.graphs import opset10_matmul
 

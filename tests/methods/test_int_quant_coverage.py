@@ -263,7 +263,7 @@ def test_a_weight_reshaped_before_use_is_quantized_on_a_matrix_view(registry, pl
 
 
 def test_matrix_view_rows():
-    from onnxshrink_plugins.lowbit_layers import matrix_view
+    from onnxshrink_plugins.shared.layers import matrix_view
 
     assert matrix_view((1, 1, 128, 8, 16)) == (128, 128)
     assert matrix_view((4, 40)) == (4, 40)

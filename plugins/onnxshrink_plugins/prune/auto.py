@@ -9,8 +9,8 @@ import onnx
 
 import onnxshrink
 
-from .budget import LEVELS, MAX_ROUNDS, PROBES, QUICK_RUNS, Candidate, measure_sensitivity, search_budget
 from ..quant.measure import synthetic_feeds
+from .budget import LEVELS, MAX_ROUNDS, PROBES, QUICK_RUNS, Candidate, measure_sensitivity, search_budget
 from .probe import SwappableSession
 from .store import SPARSE_OPSET, sparse_blocker, sparse_bytes, store_pruned
 
@@ -30,8 +30,8 @@ def split_feeds(feeds: list[dict[str, np.ndarray]]) -> tuple[list, list]:
     return feeds[:rank], feeds[rank:][:JUDGE_FEEDS]
 
 
-def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context, op_inputs) -> dict[str, Any]:
-    budget, store = options["budget"], options["store"] or "auto"
+def prune_to_budget(model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context, op_inputs) -> dict[str, Any]:
+    budget, store = options.budget, options.store or "auto"
     head: dict[str, Any] = {"mode": "budget", "budget": budget, "criterion": "worst per-feed cosine over the outputs (and the logits before a final Softmax/Sigmoid)"}
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise onnxshrink.UsageError(
@@ -40,7 +40,7 @@ def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: on
         )
     opset = onnxshrink.model_opset(model)
     upgrade = store != "dense" and opset < SPARSE_OPSET
-    weights, skipped = _scan(model, op_inputs, options["min_size"], store, ignore_opset=upgrade)
+    weights, skipped = _scan(model, op_inputs, options.min_size, store, ignore_opset=upgrade)
     original = None
     if upgrade and weights:  # the bitmask decoder needs opset 11: convert, but only when something would be pruned
         original = onnx.ModelProto()
@@ -50,7 +50,7 @@ def prune_to_budget(model: onnx.ModelProto, options: dict[str, Any], context: on
             head["opset_upgraded"] = f"{opset} -> {SPARSE_OPSET}"
         except ValueError as exc:
             head["opset_upgrade_failed"] = str(exc)
-        weights, skipped = _scan(model, op_inputs, options["min_size"], store)
+        weights, skipped = _scan(model, op_inputs, options.min_size, store)
     candidates = [Candidate(weight, np.array(weight.array())) for weight in weights]
     if store == "auto":
         for candidate in list(candidates):

@@ -15,7 +15,7 @@ import onnx
 import onnxshrink
 from onnxshrink import QuantizedTensor
 
-from ..lowbit_layers import RESHAPED_OPS, matrix_view
+from ..shared.layers import RESHAPED_OPS, matrix_view
 from .targets import Target, node_label
 
 # Bits onnxruntime's MatMulNBits CPU kernel (which DequantizeLinear → MatMul fuses into) accepts.

@@ -11,7 +11,8 @@ import onnx
 import onnxshrink
 from onnxshrink import Use, WeightTensor, node_label, weight_axes
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+from ..shared.layers import WEIGHTED_OPS
+
 # Recurrent ops: input weights W (1) and recurrence weights R (2); their biases stay float. No integer
 # kernel runs them, so they always take the storage form (folded at load).
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")

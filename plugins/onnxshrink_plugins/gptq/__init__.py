@@ -10,10 +10,10 @@ import onnx
 import onnxshrink
 from onnxshrink import Method, Option, QuantizedTensor, SegmentRunner
 
-from .gptq_bias import add_bias
-from .gptq_core import Hessian, gptq, rtn
-from .lowbit_layers import RESHAPED_OPS, TABLE_INPUTS, WEIGHT_INPUTS, Layer, LinearView, find_layers, linear_view, matrix_view, output_cosine
-from .quant.shape_only import shape_only_constants
+from ..quant.shape_only import shape_only_constants
+from ..shared.layers import RESHAPED_OPS, TABLE_INPUTS, WEIGHT_INPUTS, Layer, LinearView, find_layers, linear_view, matrix_view, output_cosine
+from .bias import add_bias
+from .core import Hessian, gptq, rtn
 
 GPTQ_OPS = ("Conv", "Gemm", "MatMul")
 TABLE_OPS = tuple(TABLE_INPUTS)  # Gather tables, LSTM/GRU/RNN W and R, Einsum operands: round to nearest in groups
@@ -56,17 +56,58 @@ class Gptq(Method):
     kind = "quantize"
     options = (
         Option("bits", int, 4, "Weight bits (2 to 8).", min=2, max=8),
-        Option("group_size", int, 32, "Inputs per scale along the reduction axis; 0: one scale per output channel.", min=0),
-        Option("symmetric", bool, False, "Signed levels without zero points (false: unsigned with a zero point per group)."),
-        Option("algorithm", str, "gptq", "gptq (error compensation) or rtn (round to nearest on the same grid, for comparison).", choices=("gptq", "rtn")),
-        Option("percdamp", float, 0.01, "Damping added to the Hessian's diagonal, as a fraction of its mean.", min=0.0, max=1.0),
-        Option("block", int, 128, "Columns per lazy update block.", min=1),
-        Option("act_order", bool, False, "Quantize the most active inputs first (groups then use scales fixed from the original weights)."),
-        Option("bias_correction", bool, True, "Fold each layer's mean output error on the calibration data into its bias."),
-        Option("sequential", bool, True, "Take each layer's inputs from the model with the earlier layers already quantized (false: from the float model)."),
-        Option("form", str, "packed", "packed (folded at load), smallest (packed or sparse per tensor), dequantize_linear (int4/int8 DequantizeLinear) or auto (DequantizeLinear for MatMul weights where the model's opset already allows it, packed elsewhere).", choices=FORMS),
-        Option("opset_upgrade", bool, True, "form=dequantize_linear: raise the opset when needed (21 for int4/blocks); false: packed instead."),
-        Option("op_types", list, list(OP_TYPES), "Op types whose weights are quantized (Gather tables, LSTM/GRU/RNN W and R, Einsum operands, Reshape data: rounded to nearest in groups, packed).", choices=OP_TYPES),
+        Option(
+            "group_size", int, 32,
+            "Inputs per scale along the reduction axis; 0: one scale per output channel.",
+            min=0,
+        ),
+        Option(
+            "symmetric", bool, False,
+            "Signed levels without zero points (false: unsigned with a zero point per group).",
+        ),
+        Option(
+            "algorithm", str, "gptq",
+            "gptq (error compensation) or rtn (round to nearest on the same grid, for comparison).",
+            choices=("gptq", "rtn"),
+        ),
+        Option(
+            "percdamp", float, 0.01,
+            "Damping added to the Hessian's diagonal, as a fraction of its mean.",
+            min=0.0, max=1.0, only_with={"algorithm": ("gptq",)},
+        ),
+        Option("block", int, 128, "Columns per lazy update block.", min=1, only_with={"algorithm": ("gptq",)}),
+        Option(
+            "act_order", bool, False,
+            "Quantize the most active inputs first (groups then use scales fixed from the original weights).",
+            only_with={"algorithm": ("gptq",)},
+        ),
+        Option(
+            "bias_correction", bool, True,
+            "Fold each layer's mean output error on the calibration data into its bias.",
+        ),
+        Option(
+            "sequential", bool, True,
+            "Take each layer's inputs from the model with the earlier layers already quantized (false: from the "
+            "float model).",
+        ),
+        Option(
+            "form", str, "packed",
+            "packed (folded at load), smallest (packed or sparse per tensor), dequantize_linear (int4/int8 "
+            "DequantizeLinear) or auto (DequantizeLinear for MatMul weights where the model's opset already allows "
+            "it, packed elsewhere).",
+            choices=FORMS,
+        ),
+        Option(
+            "opset_upgrade", bool, True,
+            "form=dequantize_linear: raise the opset when needed (21 for int4/blocks); false: packed instead.",
+            only_with={"form": ("dequantize_linear",)},
+        ),
+        Option(
+            "op_types", list, list(OP_TYPES),
+            "Op types whose weights are quantized (Gather tables, LSTM/GRU/RNN W and R, Einsum operands, Reshape "
+            "data: rounded to nearest in groups, packed).",
+            choices=OP_TYPES,
+        ),
         Option("exclude", list, None, "Node names, op types or weight names to leave float."),
         Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
         Option("calibration_samples", int, 64, "Most calibration feeds used.", min=1),
@@ -78,30 +119,24 @@ class Gptq(Method):
     )
 
     @classmethod
-    def check_options(cls, values: dict[str, Any], given: set[str]) -> None:
-        if values["group_size"] == 1:
+    def check_options(cls, values: onnxshrink.Options, given: set[str]) -> None:
+        if values.group_size == 1:
             raise cls.option_error("group_size=1 stores one scale per weight; use 0 (per output channel) or 2 and more")
-        if values["algorithm"] == "rtn":
-            wrong = [k for k in ("percdamp", "block", "act_order") if k in given]
-            if wrong:
-                raise cls.option_error(f"option {wrong[0]!r} only applies to algorithm=gptq")
-        if "opset_upgrade" in given and values["form"] != "dequantize_linear":
-            raise cls.option_error("opset_upgrade only applies to form=dequantize_linear")
-        if not values["op_types"]:
+        if not values.op_types:
             raise cls.option_error("op_types is empty; name at least one of " + ", ".join(OP_TYPES))
 
-    def apply(self, model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> dict[str, Any]:
+    def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
         markers = onnxshrink.quantization_markers(model)
         if markers:
             context.warn(f"the model is already quantized ({markers[0]}); left unchanged")
             return {"quantized_tensors": 0, "already_quantized": markers[:20], "layers": [], "left": []}
-        unknown = onnxshrink.unknown_exclusions(model, options["exclude"] or [])
+        unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
         if unknown:
             raise onnxshrink.UsageError(f"plugin 'gptq': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
         feeds = _feeds(model, options, context)
         work = onnx.ModelProto()
         work.CopyFrom(model)
-        layers, left = find_layers(work, op_types=options["op_types"], exclude=options["exclude"] or (), min_size=options["min_size"])
+        layers, left = find_layers(work, op_types=options.op_types, exclude=options.exclude or (), min_size=options.min_size)
         # both models run forward piece by piece, next to each other: each layer's inputs are taken
         # when the run reaches them, and only the weights of the piece being run are in memory
         floats = context.segments(model, feeds)
@@ -116,7 +151,7 @@ class Gptq(Method):
         reference = [list(o.values()) for o in floats.outputs()]
         after = [list(o.values()) for o in quantized.outputs()]
         stored = _store(work, done, options, context)
-        shape_only = shape_only_constants(work, options["min_size"])
+        shape_only = shape_only_constants(work, options.min_size)
         model.CopyFrom(work)
         stats = _summary(done, stored, left, options)
         if shape_only:
@@ -127,8 +162,8 @@ class Gptq(Method):
         return stats
 
 
-def _feeds(model: onnx.ModelProto, options: dict[str, Any], context: onnxshrink.Context) -> list[dict]:
-    feeds = list(context.calibration_feeds())[: options["calibration_samples"]]
+def _feeds(model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> list[dict]:
+    feeds = list(context.calibration_feeds())[: options.calibration_samples]
     if not feeds:
         raise onnxshrink.UsageError("plugin 'gptq': needs calibration data; pass --data (a .npz of model inputs)")
     if context.calibration_is_synthetic:
@@ -165,7 +200,7 @@ def _dequantized(qt: QuantizedTensor, shape: tuple[int, ...]):
 
 
 def _quantize_layer(layer: Layer, work, floats: SegmentRunner, quantized: SegmentRunner, options) -> tuple[QuantizedTensor, tuple[int, ...], dict]:
-    bits, symmetric, group = options["bits"], options["symmetric"], options["group_size"]
+    bits, symmetric, group = options.bits, options.symmetric, options.group_size
     array = layer.weight.array().astype(np.float32)
     views, reason = _views(layer)
     row: dict[str, Any] = {**layer.describe()}
@@ -196,7 +231,7 @@ def _quantize_layer(layer: Layer, work, floats: SegmentRunner, quantized: Segmen
         return qt, shape, row
     names = sorted({v.activation for v in views})
     float_inputs = floats.values(names)  # taken even when unused, so both runs move forward together
-    activations = quantized.values(names) if options["sequential"] else float_inputs
+    activations = quantized.values(names) if options.sequential else float_inputs
     hessian = Hessian(w.shape[1])
     means_q = []
     for view in views:
@@ -208,19 +243,19 @@ def _quantize_layer(layer: Layer, work, floats: SegmentRunner, quantized: Segmen
             total += rows.sum(axis=0, dtype=np.float64)
         means_q.append(total / max(hessian.rows - before, 1))
     nearest = rtn(w, bits, symmetric, group)
-    if options["algorithm"] == "gptq":
-        qt_oi = gptq(w, hessian.h, bits, symmetric=symmetric, group_size=group, percdamp=options["percdamp"], block=options["block"], act_order=options["act_order"])
+    if options.algorithm == "gptq":
+        qt_oi = gptq(w, hessian.h, bits, symmetric=symmetric, group_size=group, percdamp=options.percdamp, block=options.block, act_order=options.act_order)
     else:
         qt_oi = nearest
     qt, shape = views[0].stored(qt_oi)
     row.update(
-        algorithm=options["algorithm"],
+        algorithm=options.algorithm,
         granularity=f"groups of {group}" if group else "per-channel",
         calibration_rows=hessian.rows,
         error_rtn=round(hessian.error(w, nearest), 8),
         error=round(hessian.error(w, qt_oi), 8),
     )
-    if options["bias_correction"]:
+    if options.bias_correction:
         row["bias_correction"] = _correct_bias(layer, views, w, qt_oi, means_q, work, float_inputs)
     return qt, shape, row
 
@@ -241,7 +276,7 @@ PACKED_OPSET = 11  # the packed-bit decoder uses BitShift
 
 
 def _store(work: onnx.ModelProto, done, options, context) -> list[onnxshrink.StoredWeight]:
-    form = options["form"]
+    form = options.form
     if done and onnxshrink.model_opset(work) < PACKED_OPSET:
         try:
             work.CopyFrom(onnxshrink.upgrade_opset(work, PACKED_OPSET))
@@ -251,7 +286,7 @@ def _store(work: onnx.ModelProto, done, options, context) -> list[onnxshrink.Sto
         needed = max(onnxshrink.required_opset(qt) for _, qt, _, _ in done)
         have = onnxshrink.model_opset(work)
         if have < needed:
-            if not options["opset_upgrade"]:
+            if not options.opset_upgrade:
                 context.warn(f"form=dequantize_linear needs opset {needed} (the model has {have}) and opset_upgrade=false: packed form used")
                 form = "packed"
             else:
@@ -288,11 +323,11 @@ def _summary(done, stored, left, options) -> dict[str, Any]:
     stored_bytes = sum(entry.stored_bytes for entry in stored)
     errors = [(r["error"], r["error_rtn"]) for r in rows if "error" in r]
     return {
-        "algorithm": options["algorithm"],
-        "bits": options["bits"],
-        "group_size": options["group_size"],
-        "symmetric": options["symmetric"],
-        "form": options["form"],
+        "algorithm": options.algorithm,
+        "bits": options.bits,
+        "group_size": options.group_size,
+        "symmetric": options.symmetric,
+        "form": options.form,
         "quantized_tensors": len(rows),
         "quantized_params": elements,
         "bits_per_weight": round(8 * stored_bytes / elements, 4) if elements else 0.0,

@@ -1,4 +1,4 @@
-"""Which weights binarize and gptq work on, and how each weighted op reads its weight.
+"""Which weights gptq, binarize and sparse_store work on, and how each weighted op reads its weight.
 
 A :class:`Layer` is one weight tensor (read by one or more Conv, ConvTranspose, Gemm or MatMul
 nodes) with its output-channel axis. A :class:`LinearView` sees a Conv, Gemm or MatMul weight as
@@ -17,6 +17,7 @@ import onnx
 import onnxshrink
 from onnxshrink import QuantizedTensor, Use, WeightTensor, node_label, weight_axes
 
+# The ops whose weight input the methods quantize, binarize or prune as a layer (the one home of this list).
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Weights no linear view reads (embedding tables, recurrent W and R, Einsum operands): rounded to
 # nearest in groups along their reduction axis and stored packed, folded at load.
