@@ -13,7 +13,8 @@ from onnxshrink.errors import (
 )
 from onnxshrink.ir.io import LoadedModel, load_model, save_model
 from onnxshrink.ir.opset import model_opset, upgrade_opset
-from onnxshrink.ir.tensors import FLOAT_TYPES, iter_tensors, tensor_bytes
+from onnxshrink.ir.shapes import inferred_shapes, inferred_types
+from onnxshrink.ir.tensors import FLOAT_TYPES, iter_tensors, parameter_count, tensor_bytes
 from onnxshrink.ir.walk import (
     all_names,
     constant_value,
@@ -117,6 +118,8 @@ __all__ = [
     "hookimpl",
     "is_graph_output",
     "iter_graphs",
+    "inferred_shapes",
+    "inferred_types",
     "iter_tensors",
     "load_model",
     "load_recipe",
@@ -128,6 +131,7 @@ __all__ = [
     "op_histogram",
     "pack_codes",
     "packed_chain",
+    "parameter_count",
     "pack_bits",
     "producer",
     "quant_range",

@@ -118,3 +118,8 @@ def type_name(data_type: int) -> str:
 def inline_bytes(model: onnx.ModelProto) -> int:
     """Bytes of tensor data held in the proto itself (not in external-data files)."""
     return sum(len(t.raw_data) for t in stored_tensors(model))
+
+
+def parameter_count(model: onnx.ModelProto) -> int:
+    """Elements of every float tensor stored in the model (weights, biases, normalisation parameters)."""
+    return sum(element_count(t) for t in iter_tensors(model.graph) if t.data_type in FLOAT_TYPES)

@@ -79,8 +79,9 @@ class ActivationPrune(Method):
             context.warn("dead channels were measured on random inputs (no --data given)")
         analysis = onnxshrink.analyze_channels(model)
         groups, skipped = [], []
+        index = onnxshrink.GraphIndex(model.graph)  # the graph is only read until the channels go
         for group in analysis.prunable:
-            reason = _skip_reason(model, group, options.after)
+            reason = _skip_reason(index, group, options.after)
             if reason:
                 skipped.append({"id": group.id, "reason": reason})
             else:
@@ -133,55 +134,55 @@ def _dead(group: onnxshrink.ChannelGroup, largest: np.ndarray, threshold: float)
     return onnxshrink.select_channels(group, largest, int(dead.sum()))
 
 
-def _skip_reason(model: onnx.ModelProto, group: onnxshrink.ChannelGroup, after: str) -> str | None:
+def _skip_reason(index: onnxshrink.GraphIndex, group: onnxshrink.ChannelGroup, after: str) -> str | None:
     if not group.slots:
         return "no consumer weights read these channels (nothing to measure)"
     if after == "relu":
-        loose = [slot.tensor for slot in group.slots if not _after_relu(model, slot.tensor)]
+        loose = [slot.tensor for slot in group.slots if not _after_relu(index, slot.tensor)]
         if loose:
             return f"{loose[0]!r} is not read after a ReLU-like op (after=any includes it)"
     return None
 
 
-def _after_relu(model: onnx.ModelProto, tensor: str) -> bool:
+def _after_relu(index: onnxshrink.GraphIndex, tensor: str) -> bool:
     """Whether ``tensor`` is a ReLU-like activation, seen through ops that keep zeros at zero, and
     GELU/SiLU written out as x · gate(x)."""
-    node = onnxshrink.producer(model.graph, tensor)
+    node = index.producer(tensor)
     if node is None:
         return False
     op = node.op_type
     if op in RELU_LIKE:
         return True
     if op in ZERO_PRESERVING:
-        return _after_relu(model, node.input[0])
+        return _after_relu(index, node.input[0])
     if op == "Mul":
-        dynamic = _computed_inputs(model, node)
+        dynamic = _computed_inputs(index, node)
         if len(dynamic) == 1:  # scaled by a constant
-            return _after_relu(model, dynamic[0])
-        return len(dynamic) == 2 and any(_is_gate(model, name) for name in dynamic)
+            return _after_relu(index, dynamic[0])
+        return len(dynamic) == 2 and any(_is_gate(index, name) for name in dynamic)
     if op == "Concat":
-        return all(_after_relu(model, name) for name in node.input)
+        return all(_after_relu(index, name) for name in node.input)
     return False
 
 
-def _is_gate(model: onnx.ModelProto, tensor: str) -> bool:
+def _is_gate(index: onnxshrink.GraphIndex, tensor: str) -> bool:
     """A sigmoid-like gate: Erf, Sigmoid or Tanh, possibly shifted or scaled by constants."""
-    node = onnxshrink.producer(model.graph, tensor)
+    node = index.producer(tensor)
     if node is None:
         return False
     if node.op_type in GATES:
         return True
     if node.op_type in ("Add", "Mul", "Div", "Sub"):
-        dynamic = _computed_inputs(model, node)
-        return len(dynamic) == 1 and _is_gate(model, dynamic[0])
+        dynamic = _computed_inputs(index, node)
+        return len(dynamic) == 1 and _is_gate(index, dynamic[0])
     return False
 
 
-def _computed_inputs(model: onnx.ModelProto, node: onnx.NodeProto) -> list[str]:
+def _computed_inputs(index: onnxshrink.GraphIndex, node: onnx.NodeProto) -> list[str]:
     """Inputs of ``node`` computed by other nodes (not initializers, graph inputs or Constant nodes)."""
     found = []
     for name in node.input:
-        source = onnxshrink.producer(model.graph, name) if name else None
+        source = index.producer(name) if name else None
         if source is not None and source.op_type != "Constant":
             found.append(name)
     return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import onnx
@@ -401,7 +402,7 @@ def _summary(built: Built | None, mode: str | None, options: onnxshrink.Options,
     forms: dict[str, int] = {}
     for item in built.quantized:
         forms[item["form"]] = forms.get(item["form"], 0) + 1
-    params = sum(_numel(item["shape"]) for item in built.quantized)
+    params = sum(math.prod(item["shape"]) for item in built.quantized)
     return {
         "mode": mode,
         "requested_mode": options.mode,
@@ -428,12 +429,6 @@ def _scheme_text(scheme: Scheme, mode: str | None) -> str:
         return f"{kind} blockwise(block={scheme.block_size})"
     return f"{kind} {'per-channel' if scheme.per_channel else 'per-tensor'}"
 
-
-def _numel(shape: list[int]) -> int:
-    total = 1
-    for d in shape:
-        total *= d
-    return total
 
 
 @onnxshrink.hookimpl

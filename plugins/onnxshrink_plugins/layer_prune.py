@@ -82,7 +82,7 @@ class LayerPrune(Method):
         else:
             chosen = ranked[:wanted]
         chosen = _outermost(chosen)
-        params_before, nodes_before = _parameters(model), len(model.graph.node)
+        params_before, nodes_before = onnxshrink.parameter_count(model), len(model.graph.node)
         for block in chosen:
             _remove_block(model, block)
         noops = remove_noops(model) if options.noop else {}
@@ -100,7 +100,7 @@ class LayerPrune(Method):
             "nodes_before": nodes_before,
             "nodes_after": len(model.graph.node),
             "params_before": params_before,
-            "params_after": _parameters(model),
+            "params_after": onnxshrink.parameter_count(model),
         }
 
 
@@ -113,20 +113,20 @@ def _how_many(options: onnxshrink.Options, count: int) -> int:
 def residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
     """Every Add of the main graph that closes a residual block y = x + f(x), in graph order."""
     graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output if out}
+    index = onnxshrink.GraphIndex(graph)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in set(node.input):
             readers.setdefault(name, []).append(node)
     outside = {o.name for o in graph.output} | _read_in_subgraphs(model)
     constants = {t.name for t in graph.initializer} - {i.name for i in graph.input}
-    shapes = _shapes(model)
+    shapes = onnxshrink.inferred_shapes(model)
     blocks = []
     for node in graph.node:
         if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.input) != 2 or node.input[0] == node.input[1]:
             continue
         for x, branch in (node.input, reversed(node.input)):
-            nodes = _branch_nodes(x, branch, producers, readers, node, outside, constants)
+            nodes = _branch_nodes(x, branch, index, readers, node, outside, constants)
             if nodes and _same_static_shape(shapes.get(x), shapes.get(branch), shapes.get(node.output[0])):
                 blocks.append(ResidualBlock(node_label(node), x, branch, node.output[0], [node_label(n) for n in nodes]))
                 break
@@ -141,11 +141,11 @@ def _same_static_shape(*shapes: tuple | None) -> bool:
     return all(len({d for d in dims if isinstance(d, int)}) <= 1 for dims in zip(*shapes))
 
 
-def _branch_nodes(x, branch, producers, readers, add, outside, constants) -> list[onnx.NodeProto] | None:
+def _branch_nodes(x, branch, index, readers, add, outside, constants) -> list[onnx.NodeProto] | None:
     """The nodes computing ``branch`` from ``x`` and constants only, read by nothing but each other and
     ``add``; None when there are none."""
     after_x = _descendants(x, readers)
-    start = producers.get(branch)
+    start = index.producer(branch)
     if start is None or id(start) not in after_x:
         return None
     found = {id(start): start}
@@ -155,7 +155,7 @@ def _branch_nodes(x, branch, producers, readers, add, outside, constants) -> lis
         for name in node.input:
             if not name or name == x or name in constants:
                 continue
-            source = producers.get(name)
+            source = index.producer(name)
             if source is not None and source.op_type == "Constant":
                 continue
             if source is None or id(source) not in after_x:
@@ -191,18 +191,6 @@ def _read_in_subgraphs(model: onnx.ModelProto) -> set[str]:
                 names.update(node.input)
     return names
 
-
-def _shapes(model: onnx.ModelProto) -> dict[str, tuple]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - without shapes no block can be shown to be residual
-        return {}
-    shapes = {}
-    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        t = info.type.tensor_type
-        if t.HasField("shape"):
-            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
-    return shapes
 
 
 def _score(model: onnx.ModelProto, blocks: list[ResidualBlock], score: str, context: onnxshrink.Context) -> None:
@@ -255,7 +243,7 @@ def remove_noops(model: onnx.ModelProto) -> dict[str, int]:
     changed = True
     while changed:  # a pass per round of shape inference; bypassing one node keeps the others no-ops
         changed = False
-        types, shapes = _types_and_shapes(model)
+        types, shapes = onnxshrink.inferred_types(model), onnxshrink.inferred_shapes(model)
         for node in [n for n in model.graph.node if _is_noop(model, n, types, shapes)]:
             if _bypass(model, node):
                 removed[node.op_type] = removed.get(node.op_type, 0) + 1
@@ -315,31 +303,10 @@ def _constant_value(model: onnx.ModelProto, name: str) -> np.ndarray | None:
         if init.name == name:
             return None if any(i.name == name for i in model.graph.input) else onnx.numpy_helper.to_array(init)
     node = onnxshrink.producer(model.graph, name)
-    if node is not None and node.op_type == "Constant":
-        value = next((a for a in node.attribute if a.name == "value"), None)
-        return None if value is None else onnx.numpy_helper.to_array(value.t)
-    return None
+    value = None if node is None else onnxshrink.constant_value(node)
+    return None if value is None else onnx.numpy_helper.to_array(value)
 
 
-def _types_and_shapes(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tuple]]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001
-        inferred = model
-    types, shapes = {}, {}
-    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        t = info.type.tensor_type
-        types[info.name] = t.elem_type
-        if t.HasField("shape"):
-            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
-    for init in inferred.graph.initializer:
-        types[init.name] = init.data_type
-        shapes[init.name] = tuple(init.dims)
-    return types, shapes
-
-
-def _parameters(model: onnx.ModelProto) -> int:
-    return sum(int(np.prod(t.dims, dtype=np.int64)) for t in onnxshrink.iter_tensors(model.graph) if t.data_type in onnxshrink.FLOAT_TYPES)
 
 
 @onnxshrink.hookimpl

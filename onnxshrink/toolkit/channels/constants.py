@@ -95,23 +95,3 @@ def _set_constant_value(node: onnx.NodeProto, tensor: onnx.TensorProto) -> None:
     del node.attribute[:]
     node.attribute.append(onnx.helper.make_attribute("value", tensor))
 
-
-def inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | str | None, ...]]:
-    """Shapes onnx's shape inference finds for the main graph's tensors: an int per static dim, the
-    dim_param's name for a symbolic one, None for an unknown one. Tensors of unknown rank are absent."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - custom ops and broken models: analyse without shapes
-        inferred = model
-    graph = inferred.graph
-    shapes: dict[str, tuple[int | str | None, ...]] = {}
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        tensor_type = info.type.tensor_type
-        if not tensor_type.HasField("shape"):
-            continue
-        shapes[info.name] = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
-        )
-    for init in graph.initializer:
-        shapes[init.name] = tuple(init.dims)
-    return shapes

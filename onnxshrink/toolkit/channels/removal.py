@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxshrink.ir.tensors import FLOAT_TYPES, iter_tensors
+from onnxshrink.ir.tensors import parameter_count
 from onnxshrink.ir.walk import node_attribute as attr
 from onnxshrink.toolkit.channels.analysis import ChannelAnalysis, check_removal
 from onnxshrink.toolkit.channels.constants import Constants
@@ -139,10 +139,6 @@ def remove_channels(analysis: ChannelAnalysis, selection: Mapping[str, Sequence[
     record.params_after = parameter_count(model)
     return record
 
-
-def parameter_count(model: onnx.ModelProto) -> int:
-    """Elements of every float tensor stored in the model (weights, biases, normalisation parameters)."""
-    return sum(int(np.prod(t.dims, dtype=np.int64)) for t in iter_tensors(model.graph) if t.data_type in FLOAT_TYPES)
 
 
 def _positions(offset: int, repeat: int, channels: np.ndarray) -> list[int]:

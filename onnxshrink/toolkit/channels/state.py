@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx
 
+from onnxshrink.ir.shapes import inferred_shapes
 from onnxshrink.ir.walk import node_label, node_reads
-from onnxshrink.toolkit.channels.constants import Constants, inferred_shapes
+from onnxshrink.toolkit.channels.constants import Constants
 from onnxshrink.toolkit.channels.layout import Atoms, ChannelAxis, Edit, HeadAxes, Layout, Segment, SinkSlot, SliceEdit, atoms_of
 
 Dim = int | str | None

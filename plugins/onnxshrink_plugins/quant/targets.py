@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -139,7 +140,7 @@ def _custom_domain_nodes(model: onnx.ModelProto, min_size: int) -> list[dict]:
         for node in g.node:
             if node.domain in DEFAULT_DOMAINS:
                 continue
-            weights = [n for n in node.input if n in constants and len(constants[n].dims) >= 2 and _numel(constants[n]) >= min_size]
+            weights = [n for n in node.input if n in constants and len(constants[n].dims) >= 2 and math.prod(constants[n].dims) >= min_size]
             if weights:
                 out.append(
                     {
@@ -150,6 +151,3 @@ def _custom_domain_nodes(model: onnx.ModelProto, min_size: int) -> list[dict]:
                 )
     return out
 
-
-def _numel(tensor: onnx.TensorProto) -> int:
-    return int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
