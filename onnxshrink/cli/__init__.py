@@ -464,12 +464,28 @@ def plugins_command(as_json: bool) -> int:
             doc += f" Only with {opt['condition']}." if opt.get("condition") else ""
             table.add_row(opt["name"], opt["type"], repr(opt["default"]) if opt["default"] is not None else "-", Text(doc))
         console.print(table)
+        if m["search_space"]:
+            console.print(Text(f"  tune searches: {search_space_text(m['search_space'], m['search_fixed'])}", style="dim"))
         console.print()
     for e in errors:
         console.print(Text(f"broken plugin {e['plugin']} ({e['distribution']} {e['version']}): {e['error']}", style="red"))
     if registry.skipped:
         console.print(Text(f"not loaded (ONNXSHRINK_LOAD_PLUGINS / ONNXSHRINK_BLOCK_PLUGINS): {', '.join(registry.skipped)}", style="dim"))
     return ExitCode.OK
+
+
+def search_space_text(space: list[dict], fixed: dict) -> str:
+    """``bits in {4, 8}; sparsity 0.1..0.9 (step 0.1); with mode=storage`` for ``onnxshrink plugins``."""
+    parts = []
+    for t in space:
+        if "choices" in t:
+            parts.append(f"{t['option']} in {{{', '.join(map(str, t['choices']))}}}")
+        else:
+            extra = ([f"step {t['step']}"] if "step" in t else []) + (["log scale"] if t.get("log") else [])
+            parts.append(f"{t['option']} {t['low']}..{t['high']}" + (f" ({', '.join(extra)})" if extra else ""))
+    if fixed:
+        parts.append("with " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
+    return "; ".join(parts)
 
 
 @main.command("inspect")

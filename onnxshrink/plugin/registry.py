@@ -53,6 +53,8 @@ class MethodInfo:
             "version": self.version,
             "builtin": self.builtin,
             "options": [o.describe() for o in self.cls.options],
+            "search_space": [t.describe() for t in self.cls.search_space],
+            "search_fixed": dict(self.cls.search_fixed),
         }
 
 

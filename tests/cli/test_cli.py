@@ -205,6 +205,19 @@ def test_plugins_listing(cli):
     assert "weight_prune" in text.stdout and "sparsity" in text.stdout
 
 
+def test_plugins_listing_shows_what_tune_searches(cli, registry):
+    """--json carries each method's declared search space; the table says it in one line per method."""
+    methods = {m["name"]: m for m in json.loads(cli("plugins", "--json").stdout)["methods"]}
+    for name, info in registry.methods.items():
+        assert methods[name]["search_space"] == [t.describe() for t in info.cls.search_space]
+        assert methods[name]["search_fixed"] == dict(info.cls.search_fixed)
+    assert methods["fp16_storage"]["search_space"] == []  # the example plugin declares none
+    searched = [name for name, m in methods.items() if m["search_space"]]
+    lines = [line for line in cli("plugins").stdout.splitlines() if "tune searches:" in line]
+    assert len(lines) == len(searched) >= 7
+    assert any("sparsity 0.2..0.9 (step 0.05)" in line for line in lines)
+
+
 def test_inspect(cli):
     result = cli("inspect", CNN, "--json")
     assert result.exit_code == 0
