@@ -54,7 +54,10 @@ def heavier_copy(model: onnx.ModelProto, prefix: int) -> onnx.ModelProto:
     out.CopyFrom(model)
     g = out.graph
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
     stored = {t.name for t in g.initializer}
     nodes = list(g.node)[:prefix]
     rename: dict[str, str] = {}
@@ -68,7 +71,9 @@ def heavier_copy(model: onnx.ModelProto, prefix: int) -> onnx.ModelProto:
         const = f"{value.name}__lowest"
         g.initializer.append(numpy_helper.from_array(low, const))
         rename[value.name] = f"{value.name}__dup"
-        extra.append(helper.make_node("Max", [value.name, const], [rename[value.name]], name=f"{value.name}__dup_identity"))
+        extra.append(
+            helper.make_node("Max", [value.name, const], [rename[value.name]], name=f"{value.name}__dup_identity")
+        )
     dup_outputs: list[str] = []
     consumed: set[str] = set()
     for node in nodes:
@@ -109,7 +114,9 @@ def heavier_copy(model: onnx.ModelProto, prefix: int) -> onnx.ModelProto:
         for i, name in enumerate(node.input):  # nodes that also read the output read the value before the tie
             if name == target.name:
                 node.input[i] = f"{target.name}__before_dup"
-    extra.append(helper.make_node("Add", [f"{target.name}__before_dup", "__dup_nothing"], [target.name], name="__dup_tie"))
+    extra.append(
+        helper.make_node("Add", [f"{target.name}__before_dup", "__dup_nothing"], [target.name], name="__dup_tie")
+    )
     g.node.extend(extra)
     return out
 
@@ -141,7 +148,10 @@ def build_heavier(name: str, folder: Path) -> tuple[Path, Path, tuple[float, flo
     base = zoo_dir() / "models" / f"{name}.onnx"
     model = onnx.load(base)
     feed = _feeds(name)[0]
-    limit = next((i for i, n in enumerate(model.graph.node) if any(a.type in (5, 10) for a in n.attribute)), len(model.graph.node))
+    limit = next(
+        (i for i, n in enumerate(model.graph.node) if any(a.type in (5, 10) for a in n.attribute)),
+        len(model.graph.node),
+    )
     lo, hi = 1, limit
     best: tuple[Path, tuple[float, float, float], int] | None = None
     for step in range(6):  # bisection on the prefix length
@@ -164,7 +174,9 @@ def build_heavier(name: str, folder: Path) -> tuple[Path, Path, tuple[float, flo
     return base, path, ratio, k, len(model.graph.node)
 
 
-def gate_runs(base: Path, cand: Path, data: Path, runs: int) -> tuple[int, int, int, list[tuple[float, float, float]], float]:
+def gate_runs(
+    base: Path, cand: Path, data: Path, runs: int
+) -> tuple[int, int, int, list[tuple[float, float, float]], float]:
     """(passed, failed, inconclusive, [(ratio, lo, hi)], seconds per run) over ``runs`` gate runs."""
     from onnxshrink.run.measure import gate_models
 
@@ -179,7 +191,11 @@ def gate_runs(base: Path, cand: Path, data: Path, runs: int) -> tuple[int, int, 
         passed += check["passed"]
         failed += not check["passed"]
         inconclusive += check["status"] == "inconclusive"
-        print(f"    {base.stem} vs {cand.stem}: {check['status']:12s} ratio {lat['ratio']:.3f} [{lat['ratio_ci'][0]:.3f}, {lat['ratio_ci'][1]:.3f}] {lat['rounds']} rounds ({lat['stopped']})", file=sys.stderr, flush=True)
+        print(
+            f"    {base.stem} vs {cand.stem}: {check['status']:12s} ratio {lat['ratio']:.3f} [{lat['ratio_ci'][0]:.3f}, {lat['ratio_ci'][1]:.3f}] {lat['rounds']} rounds ({lat['stopped']})",
+            file=sys.stderr,
+            flush=True,
+        )
     return passed, failed, inconclusive, seen, (time.perf_counter() - started) / max(runs, 1)
 
 
@@ -187,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=list(DEFAULT_MODELS))
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--skip-self", action="store_true", help="only the heavier copy (the self runs take as long again)")
+    parser.add_argument(
+        "--skip-self", action="store_true", help="only the heavier copy (the self runs take as long again)"
+    )
     args = parser.parse_args(argv)
     if not (zoo_dir() / "models").is_dir():
         print(f"no zoo at {zoo_dir()} (set ONNXSHRINK_ZOO)", file=sys.stderr)
@@ -196,17 +214,27 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_gate_latency_") as tmp:
         for name in args.models:
             base, heavy, work, k, total = build_heavier(name, Path(tmp))
-            print(f"{name}: duplicated the first {k} of {total} nodes; copy/original = {work[0]:.3f} [{work[1]:.3f}, {work[2]:.3f}]", file=sys.stderr, flush=True)
+            print(
+                f"{name}: duplicated the first {k} of {total} nodes; copy/original = {work[0]:.3f} [{work[1]:.3f}, {work[2]:.3f}]",
+                file=sys.stderr,
+                flush=True,
+            )
             data = zoo_dir() / "data" / f"{name}.npz"
             same = gate_runs(base, base, data, 0 if args.skip_self else args.runs)
             more = gate_runs(base, heavy, data, args.runs)
             rows.append((name, work, same, more))
-    print(f"\ngate '{GATE}', {args.runs} runs each (onnxshrink gate A B --data ZOO.npz; 95% interval, fail only when it lies above 1.0)")
-    print(f"{'model':26s} {'copy work':>20s} | {'self: pass/fail/incon.':>22s} {'ratios seen':>16s} | {'~1.3x: pass/fail':>17s} {'ratios seen':>16s} | s/run")
+    print(
+        f"\ngate '{GATE}', {args.runs} runs each (onnxshrink gate A B --data ZOO.npz; 95% interval, fail only when it lies above 1.0)"
+    )
+    print(
+        f"{'model':26s} {'copy work':>20s} | {'self: pass/fail/incon.':>22s} {'ratios seen':>16s} | {'~1.3x: pass/fail':>17s} {'ratios seen':>16s} | s/run"
+    )
     for name, work, same, more in rows:
+
         def seen(r):
             ratios = [x[0] for x in r[3]]
             return f"{min(ratios):.3f}-{max(ratios):.3f}" if ratios else "-"
+
         print(
             f"{name:26s} {work[0]:6.3f} [{work[1]:.3f},{work[2]:.3f}] | {same[0]:>8d}/{same[1]}/{same[2]:<11d} {seen(same):>16s} | "
             f"{more[0]:>10d}/{more[1]:<6d} {seen(more):>16s} | {(same[4] + more[4]) / 2:.1f}"

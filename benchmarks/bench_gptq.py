@@ -49,14 +49,18 @@ def latency_ratio(baseline: onnx.ModelProto, candidate: onnx.ModelProto, feed: d
     from onnxshrink.validate.latency import interleave
 
     a, b = _session(baseline), _session(candidate)
-    times_a, times_b = interleave(lambda: a.run(None, feed), lambda: b.run(None, feed), warmup=20, repeats=100, min_time_s=0.25, max_repeats=2000)
+    times_a, times_b = interleave(
+        lambda: a.run(None, feed), lambda: b.run(None, feed), warmup=20, repeats=100, min_time_s=0.25, max_repeats=2000
+    )
     return statistics.median(times_b) / statistics.median(times_a)
 
 
-def onnxshrink_step(model: onnx.ModelProto, feeds: list[dict], plugin: str, options: dict) -> tuple[onnx.ModelProto, dict]:
+def onnxshrink_step(
+    model: onnx.ModelProto, feeds: list[dict], plugin: str, options: dict
+) -> tuple[onnx.ModelProto, dict]:
     from onnxshrink.plugin.method import PluginSpec
-    from onnxshrink.run.pipeline import prepare_steps, run_steps
     from onnxshrink.plugin.registry import load_registry
+    from onnxshrink.run.pipeline import prepare_steps, run_steps
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -111,7 +115,14 @@ def ort_matmulnbits(model: onnx.ModelProto, feeds: list[dict], algorithm: str) -
     copy.CopyFrom(model)
     with _quiet_temp_folder():
         try:
-            quantizer = MatMulNBitsQuantizer(copy, bits=4, block_size=GROUP, is_symmetric=False, nodes_to_exclude=small, algo_config=configs[algorithm]())
+            quantizer = MatMulNBitsQuantizer(
+                copy,
+                bits=4,
+                block_size=GROUP,
+                is_symmetric=False,
+                nodes_to_exclude=small,
+                algo_config=configs[algorithm](),
+            )
             quantizer.process()
         except ModuleNotFoundError as exc:
             return None, f"unavailable: it imports {exc.name}, which is not installed"
@@ -141,38 +152,103 @@ def rows_for(name: str) -> list[list[str]]:
     feed_one = {"input": evaluation["input"][:1]}
     reference = _session(model).run(None, {"input": evaluation["input"]})[0]
     float_accuracy = float(np.mean(np.argmax(reference, -1) == evaluation["labels"]))
-    rows = [[name, "float32", "-", "-", "32", f"{model.ByteSize():,}", "1.0x", "0", f"{float_accuracy:.4f}", "", "1.00", ""]]
+    rows = [
+        [name, "float32", "-", "-", "32", f"{model.ByteSize():,}", "1.0x", "0", f"{float_accuracy:.4f}", "", "1.00", ""]
+    ]
 
     def add(label, bits, candidate, stats_tensors, bits_per_weight, note=""):
         m = evaluate(model, candidate, evaluation, reference, float_accuracy, feed_one)
         rows.append(
-            [name, label, str(bits), str(stats_tensors), f"{bits_per_weight:.2f}", f"{m['bytes']:,}", f"{model.ByteSize() / m['bytes']:.1f}x",
-             f"{m['error']:.4f}", f"{m['accuracy']:.4f}", f"{100 * m['delta']:+.1f}", f"{m['latency']:.2f}", note]
+            [
+                name,
+                label,
+                str(bits),
+                str(stats_tensors),
+                f"{bits_per_weight:.2f}",
+                f"{m['bytes']:,}",
+                f"{model.ByteSize() / m['bytes']:.1f}x",
+                f"{m['error']:.4f}",
+                f"{m['accuracy']:.4f}",
+                f"{100 * m['delta']:+.1f}",
+                f"{m['latency']:.2f}",
+                note,
+            ]
         )
 
     for bits in (4, 2):
         for algorithm in ("rtn", "gptq"):
             for correct in (False, True):
                 started = time.perf_counter()
-                out, stats = onnxshrink_step(model, feeds, "gptq", {"bits": bits, "group_size": GROUP, "algorithm": algorithm, "bias_correction": str(correct).lower()})
+                out, stats = onnxshrink_step(
+                    model,
+                    feeds,
+                    "gptq",
+                    {
+                        "bits": bits,
+                        "group_size": GROUP,
+                        "algorithm": algorithm,
+                        "bias_correction": str(correct).lower(),
+                    },
+                )
                 label = f"onnxshrink {algorithm}{' + bias corr.' if correct else ''}"
-                add(label, bits, out, stats["quantized_tensors"], stats["bits_per_weight"], f"{time.perf_counter() - started:.1f} s")
+                add(
+                    label,
+                    bits,
+                    out,
+                    stats["quantized_tensors"],
+                    stats["bits_per_weight"],
+                    f"{time.perf_counter() - started:.1f} s",
+                )
     weights = {t.name: len(t.dims) for t in model.graph.initializer}
     if any(n.op_type == "MatMul" and weights.get(n.input[1]) == 2 for n in model.graph.node):
         for algorithm in ("rtn", "gptq"):
-            out, stats = onnxshrink_step(model, feeds, "gptq", {"bits": 4, "group_size": GROUP, "algorithm": algorithm, "bias_correction": "false", "op_types": "[MatMul]"})
-            add(f"onnxshrink {algorithm}, MatMul only", 4, out, stats["quantized_tensors"], stats["bits_per_weight"], "the layers onnxruntime quantizes")
+            out, stats = onnxshrink_step(
+                model,
+                feeds,
+                "gptq",
+                {
+                    "bits": 4,
+                    "group_size": GROUP,
+                    "algorithm": algorithm,
+                    "bias_correction": "false",
+                    "op_types": "[MatMul]",
+                },
+            )
+            add(
+                f"onnxshrink {algorithm}, MatMul only",
+                4,
+                out,
+                stats["quantized_tensors"],
+                stats["bits_per_weight"],
+                "the layers onnxruntime quantizes",
+            )
     for algorithm in ("default", "rtn", "gptq"):
         out, note = ort_matmulnbits(model, feeds, algorithm)
         if out is None:
-            rows.append([name, f"onnxruntime MatMulNBits {algorithm}", "4", "-", "-", "-", "-", "-", "-", "-", "-", note])
+            rows.append(
+                [name, f"onnxruntime MatMulNBits {algorithm}", "4", "-", "-", "-", "-", "-", "-", "-", "-", note]
+            )
         else:
-            add(f"onnxruntime MatMulNBits {algorithm}", 4, out, sum(n.op_type == "MatMulNBits" for n in out.graph.node), float("nan"), note)
+            add(
+                f"onnxruntime MatMulNBits {algorithm}",
+                4,
+                out,
+                sum(n.op_type == "MatMulNBits" for n in out.graph.node),
+                float("nan"),
+                note,
+            )
     for variant in ("binary", "ternary"):
         for budget in (0.02, 1.0):
             out, stats = onnxshrink_step(model, feeds, "binarize", {"variant": variant, "budget": budget})
             note = f"budget {budget:g}: {stats['binarized_tensors']}/{stats['candidate_tensors']} layers, calib loss {stats['fidelity_loss']:.3f}"
-            add(f"binarize {variant}", 1 if variant == "binary" else 2, out, stats["binarized_tensors"], stats["bits_per_weight"], note)
+            add(
+                f"binarize {variant}",
+                1 if variant == "binary" else 2,
+                out,
+                stats["binarized_tensors"],
+                stats["bits_per_weight"],
+                note,
+            )
     return rows
 
 
@@ -184,7 +260,20 @@ def _fix_nan(rows: list[list[str]]) -> None:
 
 def main(names: list[str] | None = None) -> None:
     names = names or ["cnn", "mlp", "transformer"]
-    header = ["model", "method", "bits", "tensors", "bits/w", "file bytes", "smaller", "out err", "accuracy", "Δacc pt", "latency", "note"]
+    header = [
+        "model",
+        "method",
+        "bits",
+        "tensors",
+        "bits/w",
+        "file bytes",
+        "smaller",
+        "out err",
+        "accuracy",
+        "Δacc pt",
+        "latency",
+        "note",
+    ]
     rows: list[list[str]] = []
     for name in names:
         if not (MODELS / f"{name}.onnx").exists():
@@ -193,8 +282,10 @@ def main(names: list[str] | None = None) -> None:
         rows.extend(rows_for(name))
     _fix_nan(rows)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"gptq / binarize, groups of {GROUP}, asymmetric, packed storage (onnxshrink); onnxruntime {ort.__version__}; "
-          "out err = ||logits - float|| / ||float|| on the eval set; latency = candidate / float, batch 1, 1 thread")
+    print(
+        f"gptq / binarize, groups of {GROUP}, asymmetric, packed storage (onnxshrink); onnxruntime {ort.__version__}; "
+        "out err = ||logits - float|| / ||float|| on the eval set; latency = candidate / float, batch 1, 1 thread"
+    )
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
     print("-|-".join("-" * w for w in widths))
     for row in rows:

@@ -43,7 +43,11 @@ onnx.save_model(q.model.model, sys.argv[2], save_as_external_data=True, location
 def jobs(model: Path, out: Path, calibration: Path | None = None) -> list[tuple[str, list[str]]]:
     py = sys.executable
     shrink = [py, "-m", "onnxshrink", str(model), "--no-validate", "-q", "-o", str(out)]
-    gptq = [("onnxshrink gptq 4-bit, 32 rows", [*shrink, "--plugin", "gptq", "--data", str(calibration)])] if calibration else []
+    gptq = (
+        [("onnxshrink gptq 4-bit, 32 rows", [*shrink, "--plugin", "gptq", "--data", str(calibration)])]
+        if calibration
+        else []
+    )
     return [
         ("onnx load + save (I/O floor)", [py, "-c", textwrap.dedent(IO_FLOOR), str(model), str(out)]),
         ("onnxshrink weight_prune 50%", [*shrink, "--plugin", "weight_prune:sparsity=0.5"]),

@@ -25,7 +25,9 @@ CHAINS = {
 
 
 def main() -> None:
-    header = f"{'model':<12} | {'chain':<32} | {'size':>6} | {'cpu latency':>11} | {'cosine':>8} | {'accuracy':>17} | note"
+    header = (
+        f"{'model':<12} | {'chain':<32} | {'size':>6} | {'cpu latency':>11} | {'cosine':>8} | {'accuracy':>17} | note"
+    )
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:

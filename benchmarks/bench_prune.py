@@ -21,8 +21,8 @@ import onnx
 import onnxruntime as ort
 
 from onnxshrink.plugin.method import PluginSpec
-from onnxshrink.run.pipeline import prepare_steps, run_steps
 from onnxshrink.plugin.registry import load_registry
+from onnxshrink.run.pipeline import prepare_steps, run_steps
 from onnxshrink.toolkit.runtime import cpu_session
 from onnxshrink.validate.latency import interleave
 
@@ -32,12 +32,20 @@ LATENCY_BATCHES = (1, 32)
 
 CANDIDATES: list[tuple[str, str, dict[str, str]]] = [
     *(
-        (f"channels {int(s * 100)}%{' + reconstruct' if rec else ''}", "weight_prune", {"structured": "channel", "sparsity": str(s), "reconstruct": str(rec).lower()})
+        (
+            f"channels {int(s * 100)}%{' + reconstruct' if rec else ''}",
+            "weight_prune",
+            {"structured": "channel", "sparsity": str(s), "reconstruct": str(rec).lower()},
+        )
         for rec in (False, True)
         for s in (0.25, 0.5, 0.75)
     ),
     ("dead channels (|a| = 0)", "activation_prune", {}),
-    ("quietest 25% (any group) + reconstruct", "activation_prune", {"ratio": "0.25", "after": "any", "reconstruct": "true"}),
+    (
+        "quietest 25% (any group) + reconstruct",
+        "activation_prune",
+        {"ratio": "0.25", "after": "any", "reconstruct": "true"},
+    ),
     ("1 residual block (influence)", "layer_prune", {"n": "1"}),
 ]
 
@@ -45,7 +53,9 @@ CANDIDATES: list[tuple[str, str, dict[str, str]]] = [
 def latency_ratio(baseline: onnx.ModelProto, candidate: onnx.ModelProto, feed: dict[str, np.ndarray]) -> float:
     """Median candidate time / median baseline time, calls interleaved A B A B after warm-up."""
     a, b = cpu_session(baseline), cpu_session(candidate)
-    times_a, times_b = interleave(lambda: a.run(None, feed), lambda: b.run(None, feed), warmup=10, repeats=60, min_time_s=0.4, max_repeats=2000)
+    times_a, times_b = interleave(
+        lambda: a.run(None, feed), lambda: b.run(None, feed), warmup=10, repeats=60, min_time_s=0.4, max_repeats=2000
+    )
     return statistics.median(times_b) / statistics.median(times_a)
 
 
@@ -63,8 +73,21 @@ def bench_model(name: str, registry) -> list[dict]:
     evaluation = np.load(MODELS / f"{name}_eval.npz")
     calibration = [{"input": np.load(MODELS / f"{name}_calib.npz")["input"]}]
     latency_feeds = {n: {"input": evaluation["input"][:n]} for n in LATENCY_BATCHES}
-    base = {"bytes": model.ByteSize(), "params": parameters(model), "accuracy": accuracy(model, evaluation["input"], evaluation["labels"])}
-    rows = [{"model": name, "method": "float32 baseline", **base, "latency": {n: 1.0 for n in LATENCY_BATCHES}, "seconds": 0.0, "note": ""}]
+    base = {
+        "bytes": model.ByteSize(),
+        "params": parameters(model),
+        "accuracy": accuracy(model, evaluation["input"], evaluation["labels"]),
+    }
+    rows = [
+        {
+            "model": name,
+            "method": "float32 baseline",
+            **base,
+            "latency": {n: 1.0 for n in LATENCY_BATCHES},
+            "seconds": 0.0,
+            "note": "",
+        }
+    ]
     for label, method, options in CANDIDATES:
         candidate = onnx.ModelProto()
         candidate.CopyFrom(model)
@@ -99,9 +122,21 @@ def print_table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    headers = ["model", "method", "params ratio", "size ratio", *(f"latency ratio, batch {n}" for n in LATENCY_BATCHES), "accuracy", "Δ accuracy (pts)", "prune s", "note"]
+    headers = [
+        "model",
+        "method",
+        "params ratio",
+        "size ratio",
+        *(f"latency ratio, batch {n}" for n in LATENCY_BATCHES),
+        "accuracy",
+        "Δ accuracy (pts)",
+        "prune s",
+        "note",
+    ]
     base = {r["model"]: r for r in rows if r["method"] == "float32 baseline"}
-    table = Table(title=f"structured pruning (onnxruntime {ort.__version__}, CPU EP, 1 thread; latency = candidate / float32 median, interleaved)")
+    table = Table(
+        title=f"structured pruning (onnxruntime {ort.__version__}, CPU EP, 1 thread; latency = candidate / float32 median, interleaved)"
+    )
     for h in headers:
         table.add_column(h, justify="left" if h in ("model", "method", "note") else "right")
     for r in rows:

@@ -47,7 +47,9 @@ def latency_ratio(baseline: onnx.ModelProto, candidate: onnx.ModelProto, feed: d
     from onnxshrink.validate.latency import interleave
 
     a, b = _session(baseline), _session(candidate)
-    times_a, times_b = interleave(lambda: a.run(None, feed), lambda: b.run(None, feed), warmup=20, repeats=200, min_time_s=0.6, max_repeats=5000)
+    times_a, times_b = interleave(
+        lambda: a.run(None, feed), lambda: b.run(None, feed), warmup=20, repeats=200, min_time_s=0.6, max_repeats=5000
+    )
     return statistics.median(times_b) / statistics.median(times_a)
 
 
@@ -77,8 +79,8 @@ def _in_temp_folder():
 
 def onnxshrink_candidate(options: dict[str, str]) -> Callable:
     from onnxshrink.plugin.method import PluginSpec
-    from onnxshrink.run.pipeline import prepare_steps, run_steps
     from onnxshrink.plugin.registry import load_registry
+    from onnxshrink.run.pipeline import prepare_steps, run_steps
 
     def make(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], path: Path) -> onnx.ModelProto:
         out = onnx.ModelProto()
@@ -128,7 +130,9 @@ def ort_static(model, feeds, path):
 def ort_matmulnbits(model, feeds, path):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(onnx.ModelProto.FromString(model.SerializeToString()), bits=4, block_size=INT4_BLOCK, is_symmetric=True)
+    quantizer = MatMulNBitsQuantizer(
+        onnx.ModelProto.FromString(model.SerializeToString()), bits=4, block_size=INT4_BLOCK, is_symmetric=True
+    )
     quantizer.process()
     return quantizer.model.model
 
@@ -161,7 +165,16 @@ def bench_model(name: str) -> list[dict]:
     feeds = _batches(calibration["input"], input_name, CALIB_BATCH)
     latency_feeds = {n: {input_name: evaluation["input"][:n]} for n in LATENCY_BATCHES}
     base_acc = accuracy(model, evaluation["input"], evaluation["labels"])
-    rows = [{"model": name, "method": "float32", "bytes": model.ByteSize(), "latency": {n: 1.0 for n in LATENCY_BATCHES}, "accuracy": base_acc, "note": ""}]
+    rows = [
+        {
+            "model": name,
+            "method": "float32",
+            "bytes": model.ByteSize(),
+            "latency": {n: 1.0 for n in LATENCY_BATCHES},
+            "accuracy": base_acc,
+            "note": "",
+        }
+    ]
     for label, make in CANDIDATES:
         row = {"model": name, "method": label}
         try:
@@ -175,9 +188,16 @@ def bench_model(name: str) -> list[dict]:
                 note=_note(stats),
             )
         except ImportError as exc:
-            row.update(bytes=None, latency=None, accuracy=None, note=f"skipped: needs the {exc.name or 'missing'} package")
+            row.update(
+                bytes=None, latency=None, accuracy=None, note=f"skipped: needs the {exc.name or 'missing'} package"
+            )
         except Exception as exc:  # noqa: BLE001 - a quantizer that fails is a result, shown in the table
-            row.update(bytes=None, latency=None, accuracy=None, note=f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
+            row.update(
+                bytes=None,
+                latency=None,
+                accuracy=None,
+                note=f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}",
+            )
         rows.append(row)
     return rows
 
@@ -197,7 +217,16 @@ def print_table(rows: list[dict]) -> None:
         from rich.table import Table
     except ImportError:  # pragma: no cover - rich is a dependency
         Console = None
-    headers = ["model", "method", "size (bytes)", "size ratio", *(f"latency ratio, batch {n}" for n in LATENCY_BATCHES), "accuracy", "Δ accuracy (pts)", "note"]
+    headers = [
+        "model",
+        "method",
+        "size (bytes)",
+        "size ratio",
+        *(f"latency ratio, batch {n}" for n in LATENCY_BATCHES),
+        "accuracy",
+        "Δ accuracy (pts)",
+        "note",
+    ]
     base = {r["model"]: r for r in rows if r["method"] == "float32"}
     cells = []
     for r in rows:
@@ -222,7 +251,9 @@ def print_table(rows: list[dict]) -> None:
         for c in cells:
             print(" | ".join(c))
         return
-    table = Table(title=f"int_quant vs onnxruntime.quantization (onnxruntime {ort.__version__}, CPU EP, 1 thread; latency = candidate / float32 median, interleaved)")
+    table = Table(
+        title=f"int_quant vs onnxruntime.quantization (onnxruntime {ort.__version__}, CPU EP, 1 thread; latency = candidate / float32 median, interleaved)"
+    )
     for h in headers:
         table.add_column(h, justify="right" if h not in ("model", "method", "note") else "left")
     for c in cells:

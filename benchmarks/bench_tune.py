@@ -31,9 +31,9 @@ REPORTS = os.environ.get("ONNXSHRINK_BENCH_TUNE_REPORTS")  # a folder to keep ea
 
 def int_quant_default(model: Path, data: Path, workdir: Path) -> dict:
     """int_quant with no options, measured like a trial, then timed alone against the baseline."""
-    from onnxshrink.validate.gate import evaluate_gates, parse_gate
     from onnxshrink.tune.timing import evaluation_feeds, latency_ratios, time_candidates
     from onnxshrink.tune.trial import run_isolated
+    from onnxshrink.validate.gate import evaluate_gates, parse_gate
 
     spec = {"number": 0, "chain": [{"plugin": "int_quant", "options": {}}], "model": str(model), "data": str(data),
             "input_shapes": {}, "seed": 0, "gates": GATES, "workdir": str(workdir), "keep": True}

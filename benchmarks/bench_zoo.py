@@ -172,13 +172,30 @@ def run_chain(model: ZooModel, chain: Chain, calibration_npz: Path, folder: Path
     cmd = [*onnxshrink_command(), str(model.path)]
     for step in chain.steps:
         cmd += ["--plugin", step]
-    cmd += ["--data", str(calibration_npz), "--no-validate", "--seed", "0", "-o", str(output), "--report", str(report_path), "-q"]
+    cmd += [
+        "--data",
+        str(calibration_npz),
+        "--no-validate",
+        "--seed",
+        "0",
+        "-o",
+        str(output),
+        "--report",
+        str(report_path),
+        "-q",
+    ]
     started = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=folder)
     except subprocess.TimeoutExpired:
-        return {"status": "timeout", "exit_code": None, "seconds": round(time.perf_counter() - started, 1),
-                "error": f"no result within {timeout_s:g} s", "output": None, "report": None}
+        return {
+            "status": "timeout",
+            "exit_code": None,
+            "seconds": round(time.perf_counter() - started, 1),
+            "error": f"no result within {timeout_s:g} s",
+            "output": None,
+            "report": None,
+        }
     seconds = round(time.perf_counter() - started, 1)
     lines = [ln for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
     report = None
@@ -262,7 +279,11 @@ def declared_outputs(path: str | os.PathLike) -> list[tuple[str, int, tuple]]:
     result = []
     for o in model.graph.output:
         t = o.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim) if t.HasField("shape") else None
+        dims = (
+            tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
+            if t.HasField("shape")
+            else None
+        )
         result.append((o.name, t.elem_type, dims))
     return result
 
@@ -291,7 +312,11 @@ def latency_ratio(original: Path, output: Path, feed: dict[str, np.ndarray]) -> 
 
     a, b = session(original), session(output)
     times_a, times_b = interleave(
-        lambda: a.run(None, feed), lambda: b.run(None, feed), LATENCY_WARMUP, LATENCY_REPEATS, min_time_s=LATENCY_MIN_TIME_S
+        lambda: a.run(None, feed),
+        lambda: b.run(None, feed),
+        LATENCY_WARMUP,
+        LATENCY_REPEATS,
+        min_time_s=LATENCY_MIN_TIME_S,
     )
     return statistics.median(times_b) / statistics.median(times_a)
 
@@ -384,7 +409,18 @@ def _sorted(rows: list[dict], chains: list[Chain]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["model"], order.get(r["chain"], len(order))))
 
 
-COLUMNS = ("model", "method / recipe", "exit", "valid", "size", "cpu latency", "worst cosine", "worst output", "seconds", "note")
+COLUMNS = (
+    "model",
+    "method / recipe",
+    "exit",
+    "valid",
+    "size",
+    "cpu latency",
+    "worst cosine",
+    "worst output",
+    "seconds",
+    "note",
+)
 
 
 def _cells(row: dict) -> list[str]:
@@ -396,7 +432,18 @@ def _cells(row: dict) -> list[str]:
     lat = f"{row['latency_ratio']:.3f}x" if "latency_ratio" in row else "-"
     cos = f"{row['worst_cosine']:.5f}" if "worst_cosine" in row else "-"
     note = row.get("error") or row.get("invalid_reason") or row.get("outputs_mismatch") or row.get("note") or ""
-    return [row["model"], row["chain"], exit_cell, valid, size, lat, cos, str(row.get("worst_output", "-")), f"{row['seconds']:.1f}", note]
+    return [
+        row["model"],
+        row["chain"],
+        exit_cell,
+        valid,
+        size,
+        lat,
+        cos,
+        str(row.get("worst_output", "-")),
+        f"{row['seconds']:.1f}",
+        note,
+    ]
 
 
 def header() -> str:
@@ -418,13 +465,21 @@ def markdown_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_zoo.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", help="comma-separated zoo model names (default: all)")
-    parser.add_argument("--methods", help="comma-separated methods or row labels (default: every built-in method and recipe)")
-    parser.add_argument("--chains", help="comma-separated exact row labels, e.g. 'int_quant,weight_prune > sparse_store'")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per shrink run (default %(default)s)")
+    parser.add_argument(
+        "--methods", help="comma-separated methods or row labels (default: every built-in method and recipe)"
+    )
+    parser.add_argument(
+        "--chains", help="comma-separated exact row labels, e.g. 'int_quant,weight_prune > sparse_store'"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per shrink run (default %(default)s)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="shrink runs at once (default 1)")
     parser.add_argument("--json", type=Path, help="write every row, with per-output cosines and step stats, here")
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown here (for docs/benchmarks.md)")
-    parser.add_argument("--from-json", type=Path, help="run nothing: print (and --markdown) the rows of an earlier --json")
+    parser.add_argument(
+        "--from-json", type=Path, help="run nothing: print (and --markdown) the rows of an earlier --json"
+    )
     args = parser.parse_args([] if argv is None else argv)
     if args.from_json:
         rows = json.loads(args.from_json.read_text())
@@ -459,7 +514,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     started = time.perf_counter()
-    print(f"zoo: {zoo}, {len(names)} models x {len(chains)} chains, timeout {args.timeout:g} s, jobs {args.jobs}", flush=True)
+    print(
+        f"zoo: {zoo}, {len(names)} models x {len(chains)} chains, timeout {args.timeout:g} s, jobs {args.jobs}",
+        flush=True,
+    )
 
     def write(rows: list[dict]) -> None:  # after every row, so that a cut-short run keeps what it measured
         if args.json:

@@ -70,9 +70,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut: nn.Module | None = None
         if c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
             # bn2.bias and the shortcut BN's bias are summed by the Add, so they get identical
             # gradients; starting both at zero they would stay bit-identical and the exporter
             # would deduplicate them into an Identity node. A different start avoids that.
@@ -90,9 +88,7 @@ class DigitsResNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
         self.layer1 = nn.Sequential(BasicBlock(32, 32), BasicBlock(32, 32))
         self.layer2 = nn.Sequential(BasicBlock(32, 64), BasicBlock(64, 64))
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -109,9 +105,7 @@ class DigitsMLP(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)
-        )
+        self.net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -208,9 +202,7 @@ def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int64)
-    x_tr, x_ev, y_tr, y_ev = train_test_split(
-        x, y, test_size=0.25, random_state=0, stratify=y
-    )
+    x_tr, x_ev, y_tr, y_ev = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
     return x_tr, x_ev, y_tr, y_ev
 
 
@@ -347,13 +339,10 @@ def main(argv: list[str]) -> int:
         model = ctor()
         train(model, x_tr.reshape(shape), y_tr, **kw)
         with torch.no_grad():
-            torch_acc = float(
-                (model(torch.from_numpy(x_ev.reshape(shape))).argmax(1).numpy() == y_ev).mean()
-            )
+            torch_acc = float((model(torch.from_numpy(x_ev.reshape(shape))).argmax(1).numpy() == y_ev).mean())
 
         onnx_path = OUT_DIR / f"{name}.onnx"
-        export(model, torch.from_numpy(x_ev[:2].reshape(shape)), onnx_path,
-               keep_batchnorm=(name == "cnn"))
+        export(model, torch.from_numpy(x_ev[:2].reshape(shape)), onnx_path, keep_batchnorm=(name == "cnn"))
         x_eval = np.ascontiguousarray(x_ev.reshape(shape), dtype=np.float32)
         x_calib = np.ascontiguousarray(x_tr[calib_idx].reshape(shape), dtype=np.float32)
         save_npz(OUT_DIR / f"{name}_eval.npz", input=x_eval, labels=y_ev)
@@ -368,18 +357,25 @@ def main(argv: list[str]) -> int:
         sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
         opset = {o.domain: o.version for o in proto.opset_import}.get("", None)
         rows.append((name, acc, torch_acc, params, init_elems, size, opset, proto.ir_version, sha))
-        print(f"[{name}] trained+exported in {time.perf_counter() - t:.1f}s "
-              f"(torch acc {torch_acc:.4f}, onnxruntime acc {acc:.4f})", flush=True)
+        print(
+            f"[{name}] trained+exported in {time.perf_counter() - t:.1f}s "
+            f"(torch acc {torch_acc:.4f}, onnxruntime acc {acc:.4f})",
+            flush=True,
+        )
 
     print()
     print(f"eval split: {len(y_ev)} samples, train split: {len(y_tr)}, calib: {N_CALIB} (from train)")
     print()
-    print("| model | file | eval accuracy (onnxruntime) | trainable params | initializer elements "
-          "| file size (bytes) | opset | IR |")
+    print(
+        "| model | file | eval accuracy (onnxruntime) | trainable params | initializer elements "
+        "| file size (bytes) | opset | IR |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, acc, _, params, init_elems, size, opset, ir, _ in rows:
-        print(f"| {name} | models/{name}.onnx | {acc:.4f} ({round(acc * len(y_ev))}/{len(y_ev)}) "
-              f"| {params:,} | {init_elems:,} | {size:,} | {opset} | {ir} |")
+        print(
+            f"| {name} | models/{name}.onnx | {acc:.4f} ({round(acc * len(y_ev))}/{len(y_ev)}) "
+            f"| {params:,} | {init_elems:,} | {size:,} | {opset} | {ir} |"
+        )
     print()
     for name, *_, sha in rows:
         print(f"sha256 {name}.onnx {sha}")
@@ -387,8 +383,10 @@ def main(argv: list[str]) -> int:
     for name, ops in histograms.items():
         print(f"ops {name}: {dict(sorted(ops.items()))}")
     print()
-    print(f"versions: torch {torch.__version__}, onnx {onnx.__version__}, "
-          f"onnxruntime {ort.__version__}, numpy {np.__version__}")
+    print(
+        f"versions: torch {torch.__version__}, onnx {onnx.__version__}, "
+        f"onnxruntime {ort.__version__}, numpy {np.__version__}"
+    )
     print(f"total build time {time.perf_counter() - t0:.1f}s")
 
     failed = [r[0] for r in rows if r[1] < ACCURACY_FLOOR[r[0]]]

@@ -37,8 +37,6 @@ def write_model(tmp_path):
     return _write
 
 
-
-
 @pytest.fixture
 def cli():
     """Run the CLI in-process: cli('model.onnx', '--plugin', 'weight_prune')."""
@@ -67,4 +65,3 @@ def cli_subprocess():
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     return _run
-

@@ -47,7 +47,11 @@ def collected_test_names(folder=TESTS) -> set[str]:
         if path.name == "test_meta.py":
             continue
         tree = ast.parse(path.read_text(), filename=str(path))
-        names |= {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test_")}
+        names |= {
+            node.name
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test_")
+        }
     return names
 
 
@@ -98,7 +102,9 @@ def test_the_rules_fail_for_a_hook_added_without_test_and_docs(tmp_path):
 
     (tmp_path / "test_validators.py").write_text("def test_hook_register_validators_reject_nan():\n    pass\n")
     assert untested(["register_validators"], collected_test_names(tmp_path)) == []
-    assert untested(["register", "register_methods"], {"test_hook_register_methods"}) == ["register"]  # longest name wins
+    assert untested(["register", "register_methods"], {"test_hook_register_methods"}) == [
+        "register"
+    ]  # longest name wins
     assert undocumented(["register_validators"], "## Hooks\n### `register_validators(register)`\n") == []
 
 
@@ -117,7 +123,9 @@ def test_every_builtin_method_is_listed_with_documented_options(cli):
     builtins = {m["name"]: m for m in listing["methods"] if m["builtin"]}
     assert set(builtins) == builtin_method_names() and builtins
     for name, method in builtins.items():
-        assert method["kind"] in onnxshrink.KINDS and method["summary"] and method["doc"].startswith(method["summary"]), name
+        assert (
+            method["kind"] in onnxshrink.KINDS and method["summary"] and method["doc"].startswith(method["summary"])
+        ), name
         assert (method["distribution"], method["version"], method["plugin"]) != ("", "", ""), name
         assert method["distribution"] == "onnxshrink" and method["version"] == onnxshrink.__version__, name
         for option in method["options"]:
@@ -127,16 +135,22 @@ def test_every_builtin_method_is_listed_with_documented_options(cli):
             assert "default" in option, f"{where} has no default"
             default = option["default"]
             if default is not None:
-                assert isinstance(default, OPTION_TYPES[option["type"]]), f"{where} default {default!r} is not a {option['type']}"
+                assert isinstance(default, OPTION_TYPES[option["type"]]), (
+                    f"{where} default {default!r} is not a {option['type']}"
+                )
                 if "choices" in option:
-                    assert all(v in option["choices"] for v in (default if isinstance(default, list) else [default])), where
+                    assert all(v in option["choices"] for v in (default if isinstance(default, list) else [default])), (
+                        where
+                    )
     text = cli("plugins")
     assert text.exit_code == 0 and all(f"{name} (" in text.stdout for name in builtins)
 
 
 @pytest.mark.parametrize("name", onnxshrink.__all__)
 def test_every_public_name_is_in_the_guide(name):
-    assert re.search(rf"`[^`\n]*(?<!\w){re.escape(name)}(?!\w)[^`\n]*`", GUIDE), f"onnxshrink.{name} is not mentioned (in backticks) in docs/plugin-authors.md"
+    assert re.search(rf"`[^`\n]*(?<!\w){re.escape(name)}(?!\w)[^`\n]*`", GUIDE), (
+        f"onnxshrink.{name} is not mentioned (in backticks) in docs/plugin-authors.md"
+    )
 
 
 def test_every_conformance_check_is_in_the_guide():
@@ -153,12 +167,18 @@ def test_every_plugin_environment_variable_is_in_the_guide():
 
 def fenced_blocks(markdown: str) -> list[tuple[str, str, str]]:
     """(language, code, the comment line just before the fence or "") for every fenced block."""
-    pattern = re.compile(r"(?:^<!-- (?P<note>[^\n]*) -->\n)?^```(?P<lang>\w*)\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
+    pattern = re.compile(
+        r"(?:^<!-- (?P<note>[^\n]*) -->\n)?^```(?P<lang>\w*)\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL
+    )
     return [(m["lang"], m["code"], m["note"] or "") for m in pattern.finditer(markdown)]
 
 
 def test_guide_excerpts_of_the_example_are_its_real_code():
-    excerpts = [(note.removeprefix("example: ").strip(), code) for _, code, note in fenced_blocks(GUIDE) if note.startswith("example: ")]
+    excerpts = [
+        (note.removeprefix("example: ").strip(), code)
+        for _, code, note in fenced_blocks(GUIDE)
+        if note.startswith("example: ")
+    ]
     assert len(excerpts) >= 6
     for path, code in excerpts:
         source = (EXAMPLE / path).read_text()
@@ -166,7 +186,9 @@ def test_guide_excerpts_of_the_example_are_its_real_code():
 
 
 def test_guide_python_examples_are_valid_python():
-    blocks = [code for lang, code, note in fenced_blocks(GUIDE) if lang == "python" and not note.startswith("example: ")]
+    blocks = [
+        code for lang, code, note in fenced_blocks(GUIDE) if lang == "python" and not note.startswith("example: ")
+    ]
     assert len(blocks) >= 4
     for code in blocks:
         ast.parse(code)

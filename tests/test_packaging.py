@@ -22,7 +22,9 @@ def test_wheel_contents(tmp_path):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"onnxshrink", "onnxshrink_plugins"}  # never a top-level 'plugins' package
     assert "onnxshrink_plugins/weight_prune.py" in names
-    assert {"onnxshrink/reports/assets/chart.umd.min.js", "onnxshrink/reports/assets/LICENSE-chart.js.md"} <= set(names)  # the HTML report's inlined chart library
+    assert {"onnxshrink/reports/assets/chart.umd.min.js", "onnxshrink/reports/assets/LICENSE-chart.js.md"} <= set(
+        names
+    )  # the HTML report's inlined chart library
     [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[onnxshrink]" in text and "weight_prune = onnxshrink_plugins.weight_prune" in text

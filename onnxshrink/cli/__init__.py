@@ -12,8 +12,9 @@ import json
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 from rich.console import Console
@@ -69,7 +70,14 @@ def traceback_option(func: Callable[..., Any]) -> Callable[..., Any]:
         _State.traceback = _State.traceback or value
         return value
 
-    return click.option("--traceback", is_flag=True, expose_value=False, callback=remember, is_eager=True, help="Show the full Python traceback on errors.")(func)
+    return click.option(
+        "--traceback",
+        is_flag=True,
+        expose_value=False,
+        callback=remember,
+        is_eager=True,
+        help="Show the full Python traceback on errors.",
+    )(func)
 
 
 class DefaultGroup(click.Group):
@@ -81,7 +89,9 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        formatter.write_usage("onnxshrink", "MODEL --plugin NAME[:key=value,...] [OPTIONS]\n       onnxshrink COMMAND [ARGS]...")
+        formatter.write_usage(
+            "onnxshrink", "MODEL --plugin NAME[:key=value,...] [OPTIONS]\n       onnxshrink COMMAND [ARGS]..."
+        )
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -136,10 +146,28 @@ def _validation_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "more axis is a stack, axis 0 separating feeds. Methods that calibrate take the first half of the feeds, "
             "fidelity and latency the rest. Without --data, synthetic inputs the model runs on are made.",
         ),
-        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224", help="Shape of an input's synthetic data (repeatable); its named dims hold for every input sharing them."),
-        click.option("--providers", default=None, metavar="cpu,cuda,tensorrt", help="Execution providers to time (default: cpu). Missing ones are reported unavailable."),
-        click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads for timing (default 1)."),
-        click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed runs per model and provider (default 20)."),
+        click.option(
+            "--input-shape",
+            "input_shapes",
+            multiple=True,
+            metavar="NAME=1x3x224x224",
+            help="Shape of an input's synthetic data (repeatable); its named dims hold for every input sharing them.",
+        ),
+        click.option(
+            "--providers",
+            default=None,
+            metavar="cpu,cuda,tensorrt",
+            help="Execution providers to time (default: cpu). Missing ones are reported unavailable.",
+        ),
+        click.option(
+            "--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads for timing (default 1)."
+        ),
+        click.option(
+            "--repeats",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Timed runs per model and provider (default 20).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -148,13 +176,35 @@ def _validation_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _gate_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--gate", "gates", multiple=True, metavar="'METRIC[EP] OP NUMBER'", help="A release check, e.g. 'size_ratio<=0.5' or 'latency_ratio[cpu]<=1.0' (repeatable). See docs/gate.md."),
-        click.option("--allow-unavailable", is_flag=True, default=None, help="A check on an execution provider that is not available passes (and the report says so)."),
-        click.option("--strict-latency", is_flag=True, default=None, help="A latency check passes only when its whole 95% interval meets the threshold (default: an interval straddling it is 'inconclusive' and passes)."),
+        click.option(
+            "--gate",
+            "gates",
+            multiple=True,
+            metavar="'METRIC[EP] OP NUMBER'",
+            help="A release check, e.g. 'size_ratio<=0.5' or 'latency_ratio[cpu]<=1.0' (repeatable). See docs/gate.md.",
+        ),
+        click.option(
+            "--allow-unavailable",
+            is_flag=True,
+            default=None,
+            help="A check on an execution provider that is not available passes (and the report says so).",
+        ),
+        click.option(
+            "--strict-latency",
+            is_flag=True,
+            default=None,
+            help="A latency check passes only when its whole 95% interval meets the threshold (default: an interval straddling it is 'inconclusive' and passes).",
+        ),
         click.option("--junit", type=click.Path(path_type=Path), help="Write the gate checks as JUnit XML."),
         click.option("--report", "report_json", type=click.Path(path_type=Path), help="Write the JSON report here."),
-        click.option("--markdown", type=click.Path(path_type=Path), help="Write a Markdown summary (for a pull-request comment)."),
-        click.option("--html", type=click.Path(path_type=Path), help="Write a self-contained HTML report with charts (one file, works offline)."),
+        click.option(
+            "--markdown", type=click.Path(path_type=Path), help="Write a Markdown summary (for a pull-request comment)."
+        ),
+        click.option(
+            "--html",
+            type=click.Path(path_type=Path),
+            help="Write a self-contained HTML report with charts (one file, works offline).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -181,12 +231,33 @@ def _providers(value: str | None) -> list[str] | None:
 
 @main.command("shrink")
 @click.argument("model", type=click.Path(path_type=Path), required=False)
-@click.option("--plugin", "-p", "plugins", multiple=True, metavar="NAME[:k=v,...]", help="A method to apply; repeat for a chain (applied in order).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model (default: <stem>.shrunk.onnx beside the input).")
-@click.option("--recipe", type=click.Path(path_type=Path), help="A TOML recipe with the chain, data, providers, gates and outputs; flags override it.")
+@click.option(
+    "--plugin",
+    "-p",
+    "plugins",
+    multiple=True,
+    metavar="NAME[:k=v,...]",
+    help="A method to apply; repeat for a chain (applied in order).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Output model (default: <stem>.shrunk.onnx beside the input).",
+)
+@click.option(
+    "--recipe",
+    type=click.Path(path_type=Path),
+    help="A TOML recipe with the chain, data, providers, gates and outputs; flags override it.",
+)
 @click.option("--seed", type=int, default=None, help="Seed for every random choice (default 0).")
 @_validation_options
-@click.option("--no-validate", is_flag=True, default=None, help="Skip validation (size is still reported); for huge models and quick runs.")
+@click.option(
+    "--no-validate",
+    is_flag=True,
+    default=None,
+    help="Skip validation (size is still reported); for huge models and quick runs.",
+)
 @_gate_options
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @traceback_option
@@ -242,7 +313,11 @@ def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | 
     except OnnxShrinkError as exc:  # no job yet: the reports named on the command line still say why
         write_error_reports(
             {"schema": REPORT_SCHEMA, "tool": tool_info(), "input": {"path": str(model) if model else None}},
-            exc.exit_code, exc.message, json_path=flags["report_json"], junit_path=flags["junit"], markdown_path=flags["markdown"],
+            exc.exit_code,
+            exc.message,
+            json_path=flags["report_json"],
+            junit_path=flags["junit"],
+            markdown_path=flags["markdown"],
         )
         raise
     report = shrink(job, **_progress_and_log(quiet))
@@ -258,7 +333,16 @@ def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | 
 @click.option("--html", type=click.Path(path_type=Path), help="Also write a self-contained HTML report with charts.")
 @traceback_option
 @handle_errors
-def bench_command(models: tuple[Path, ...], as_json: bool, html: Path | None, data: Path | None, input_shapes: tuple[str, ...], providers: str | None, threads: int | None, repeats: int | None) -> int:
+def bench_command(
+    models: tuple[Path, ...],
+    as_json: bool,
+    html: Path | None,
+    data: Path | None,
+    input_shapes: tuple[str, ...],
+    providers: str | None,
+    threads: int | None,
+    repeats: int | None,
+) -> int:
     """Measure one model (size and latency) or compare two: BASELINE CANDIDATE (size, latency, fidelity).
 
     Works on any two models, e.g. another tool's output against its input.
@@ -300,7 +384,23 @@ def bench_command(models: tuple[Path, ...], as_json: bool, html: Path | None, da
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @traceback_option
 @handle_errors
-def gate_command(baseline: Path, candidate: Path, quiet: bool, gates: tuple[str, ...], allow_unavailable: bool | None, strict_latency: bool | None, junit: Path | None, report_json: Path | None, markdown: Path | None, html: Path | None, data: Path | None, input_shapes: tuple[str, ...], providers: str | None, threads: int | None, repeats: int | None) -> int:
+def gate_command(
+    baseline: Path,
+    candidate: Path,
+    quiet: bool,
+    gates: tuple[str, ...],
+    allow_unavailable: bool | None,
+    strict_latency: bool | None,
+    junit: Path | None,
+    report_json: Path | None,
+    markdown: Path | None,
+    html: Path | None,
+    data: Path | None,
+    input_shapes: tuple[str, ...],
+    providers: str | None,
+    threads: int | None,
+    repeats: int | None,
+) -> int:
     """Validate CANDIDATE against BASELINE and apply the --gate checks (exit 1 when one fails)."""
     from onnxshrink.cli.console import gate_table, print_validation
     from onnxshrink.run.measure import gate_models
@@ -365,29 +465,123 @@ def report_command(report_file: Path, html: Path) -> int:
 
 @main.command("tune")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), help="Data (.npz or folder): methods calibrate on the first half of the feeds, fidelity is judged on the rest.")
-@click.option("--gate", "gates", multiple=True, required=True, metavar="'METRIC[EP] OP NUMBER'", help="A check every chosen model must pass (repeatable), e.g. 'cosine>=0.99', 'latency_ratio[cpu]<=1.0'.")
-@click.option("--objective", type=click.Choice(["size"]), default="size", show_default=True, help="What to minimize among models that pass the gate.")
-@click.option("--time", "time_budget", default="10m", show_default=True, metavar="DURATION", help="Time budget for the whole run: 90s, 10m, 1h.")
-@click.option("--trials", type=click.IntRange(min=1), default=None, help="Stop after this many trials (whichever comes first with --time).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Trials at a time (default 1; with --ray: the cluster's CPUs).")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]", help="Run trials as Ray tasks: --ray starts a local Ray runtime, --ray ADDRESS joins a cluster (pip install 'onnxshrink[ray]').")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="The chosen model (default: <stem>.tuned.onnx beside MODEL); written only when a model passed.")
-@click.option("--report", "report_json", type=click.Path(path_type=Path), help="Write the tune report (every trial, the Pareto front, the choice) as JSON.")
-@click.option("--plugin", "-p", "plugins", multiple=True, metavar="NAME[:k=v,...]", help="Search only these methods (repeatable); options given are fixed.")
-@click.option("--space", "space_file", type=click.Path(path_type=Path), help="A TOML file with the chains and option ranges to search (docs/tune.md).")
-@click.option("--resume", type=click.Path(path_type=Path), help="Continue from an earlier --report: its trials are replayed into the search.")
-@click.option("--html", type=click.Path(path_type=Path), help="Also write the tune report as a self-contained HTML page (Pareto front, every trial).")
-@click.option("--save-recipe", type=click.Path(path_type=Path), help="Write the chosen chain as a recipe that `onnxshrink --recipe` rebuilds byte-identically.")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Data (.npz or folder): methods calibrate on the first half of the feeds, fidelity is judged on the rest.",
+)
+@click.option(
+    "--gate",
+    "gates",
+    multiple=True,
+    required=True,
+    metavar="'METRIC[EP] OP NUMBER'",
+    help="A check every chosen model must pass (repeatable), e.g. 'cosine>=0.99', 'latency_ratio[cpu]<=1.0'.",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["size"]),
+    default="size",
+    show_default=True,
+    help="What to minimize among models that pass the gate.",
+)
+@click.option(
+    "--time",
+    "time_budget",
+    default="10m",
+    show_default=True,
+    metavar="DURATION",
+    help="Time budget for the whole run: 90s, 10m, 1h.",
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many trials (whichever comes first with --time).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Trials at a time (default 1; with --ray: the cluster's CPUs).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run trials as Ray tasks: --ray starts a local Ray runtime, --ray ADDRESS joins a cluster (pip install 'onnxshrink[ray]').",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="The chosen model (default: <stem>.tuned.onnx beside MODEL); written only when a model passed.",
+)
+@click.option(
+    "--report",
+    "report_json",
+    type=click.Path(path_type=Path),
+    help="Write the tune report (every trial, the Pareto front, the choice) as JSON.",
+)
+@click.option(
+    "--plugin",
+    "-p",
+    "plugins",
+    multiple=True,
+    metavar="NAME[:k=v,...]",
+    help="Search only these methods (repeatable); options given are fixed.",
+)
+@click.option(
+    "--space",
+    "space_file",
+    type=click.Path(path_type=Path),
+    help="A TOML file with the chains and option ranges to search (docs/tune.md).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    help="Continue from an earlier --report: its trials are replayed into the search.",
+)
+@click.option(
+    "--html",
+    type=click.Path(path_type=Path),
+    help="Also write the tune report as a self-contained HTML page (Pareto front, every trial).",
+)
+@click.option(
+    "--save-recipe",
+    type=click.Path(path_type=Path),
+    help="Write the chosen chain as a recipe that `onnxshrink --recipe` rebuilds byte-identically.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the search and of every method.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224", help="Fix dynamic dimensions of an input (repeatable).")
-@click.option("--trial-timeout", default=None, metavar="DURATION", help="Time limit per trial (default: a third of --time, at least 60 s).")
-@click.option("--trial-memory", default=None, metavar="SIZE", help="Address-space limit per trial, e.g. 4G (default: twice memory / jobs, at least 4G; none on Ray).")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=1x3x224x224",
+    help="Fix dynamic dimensions of an input (repeatable).",
+)
+@click.option(
+    "--trial-timeout",
+    default=None,
+    metavar="DURATION",
+    help="Time limit per trial (default: a third of --time, at least 60 s).",
+)
+@click.option(
+    "--trial-memory",
+    default=None,
+    metavar="SIZE",
+    help="Address-space limit per trial, e.g. 4G (default: twice memory / jobs, at least 4G; none on Ray).",
+)
 @click.option("--allow-unavailable", is_flag=True, help="A latency check on a provider that is not available passes.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @traceback_option
 @handle_errors
-def tune_command(model: Path, quiet: bool, plugins: tuple[str, ...], ray_address: str | None, time_budget: str, **flags: Any) -> int:
+def tune_command(
+    model: Path, quiet: bool, plugins: tuple[str, ...], ray_address: str | None, time_budget: str, **flags: Any
+) -> int:
     """Search chains of methods and their options for the smallest model that passes every --gate.
 
     \b
@@ -449,28 +643,46 @@ def plugins_command(as_json: bool) -> int:
 
     registry = default_registry()
     methods = [info.describe() for _, info in sorted(registry.methods.items())]
-    errors = [{"plugin": e.plugin, "distribution": e.distribution, "version": e.version, "error": e.message} for e in registry.errors]
+    errors = [
+        {"plugin": e.plugin, "distribution": e.distribution, "version": e.version, "error": e.message}
+        for e in registry.errors
+    ]
     if as_json:
-        click.echo(json.dumps({"methods": methods, "errors": errors, "skipped": registry.skipped}, indent=2, default=str))
+        click.echo(
+            json.dumps({"methods": methods, "errors": errors, "skipped": registry.skipped}, indent=2, default=str)
+        )
         return ExitCode.OK
     console = _console()
     for m in methods:
-        console.print(Text(f"{m['name']} ({m['kind']}) from {m['distribution']} {m['version']}: {m['summary']}", style="bold"))
+        console.print(
+            Text(f"{m['name']} ({m['kind']}) from {m['distribution']} {m['version']}: {m['summary']}", style="bold")
+        )
         table = Table(show_header=True, box=None, padding=(0, 2))
         for col in ("option", "type", "default", "doc"):
             table.add_column(col)
         for opt in m["options"]:
             doc = opt["doc"] + (f" One of: {', '.join(map(str, opt['choices']))}." if "choices" in opt else "")
             doc += f" Only with {opt['condition']}." if opt.get("condition") else ""
-            table.add_row(opt["name"], opt["type"], repr(opt["default"]) if opt["default"] is not None else "-", Text(doc))
+            table.add_row(
+                opt["name"], opt["type"], repr(opt["default"]) if opt["default"] is not None else "-", Text(doc)
+            )
         console.print(table)
         if m["search_space"]:
-            console.print(Text(f"  tune searches: {search_space_text(m['search_space'], m['search_fixed'])}", style="dim"))
+            console.print(
+                Text(f"  tune searches: {search_space_text(m['search_space'], m['search_fixed'])}", style="dim")
+            )
         console.print()
     for e in errors:
-        console.print(Text(f"broken plugin {e['plugin']} ({e['distribution']} {e['version']}): {e['error']}", style="red"))
+        console.print(
+            Text(f"broken plugin {e['plugin']} ({e['distribution']} {e['version']}): {e['error']}", style="red")
+        )
     if registry.skipped:
-        console.print(Text(f"not loaded (ONNXSHRINK_LOAD_PLUGINS / ONNXSHRINK_BLOCK_PLUGINS): {', '.join(registry.skipped)}", style="dim"))
+        console.print(
+            Text(
+                f"not loaded (ONNXSHRINK_LOAD_PLUGINS / ONNXSHRINK_BLOCK_PLUGINS): {', '.join(registry.skipped)}",
+                style="dim",
+            )
+        )
     return ExitCode.OK
 
 
@@ -506,7 +718,9 @@ def inspect_command(model: Path, as_json: bool) -> int:
         return ExitCode.OK
     console = _console()
     size = info["size"]
-    console.print(f"[bold]{info['path']}[/]  IR {info['ir_version']}  opsets {info['opsets']}  producer {info['producer'] or '-'}")
+    console.print(
+        f"[bold]{info['path']}[/]  IR {info['ir_version']}  opsets {info['opsets']}  producer {info['producer'] or '-'}"
+    )
     console.print(
         f"file {human_bytes(size['file_bytes'])}  compressed {human_bytes(size['compressed_bytes'])}  "
         f"parameters {size['params']:,}  non-zeros {size['nonzeros']:,}"

@@ -54,10 +54,24 @@ def size_table(before: dict[str, Any], after: dict[str, Any]) -> Table:
     table = Table(title="Model", title_justify="left")
     for col in ("", "before", "after", "ratio"):
         table.add_column(col, justify="right" if col else "left")
-    table.add_row("file size", human_bytes(before["file_bytes"]), human_bytes(after["file_bytes"]), _ratio(before["file_bytes"], after["file_bytes"]))
-    table.add_row("compressed", human_bytes(before["compressed_bytes"]), human_bytes(after["compressed_bytes"]), _ratio(before["compressed_bytes"], after["compressed_bytes"]))
-    table.add_row("parameters", f"{before['params']:,}", f"{after['params']:,}", _ratio(before["params"], after["params"]))
-    table.add_row("non-zeros", f"{before['nonzeros']:,}", f"{after['nonzeros']:,}", _ratio(before["nonzeros"], after["nonzeros"]))
+    table.add_row(
+        "file size",
+        human_bytes(before["file_bytes"]),
+        human_bytes(after["file_bytes"]),
+        _ratio(before["file_bytes"], after["file_bytes"]),
+    )
+    table.add_row(
+        "compressed",
+        human_bytes(before["compressed_bytes"]),
+        human_bytes(after["compressed_bytes"]),
+        _ratio(before["compressed_bytes"], after["compressed_bytes"]),
+    )
+    table.add_row(
+        "parameters", f"{before['params']:,}", f"{after['params']:,}", _ratio(before["params"], after["params"])
+    )
+    table.add_row(
+        "non-zeros", f"{before['nonzeros']:,}", f"{after['nonzeros']:,}", _ratio(before["nonzeros"], after["nonzeros"])
+    )
     sp = lambda s: f"{1 - s['nonzeros'] / s['params']:.1%}" if s["params"] else "-"  # noqa: E731
     table.add_row("sparsity", sp(before), sp(after), "")
     return table
@@ -79,8 +93,12 @@ def steps_table(steps: list[dict[str, Any]]) -> Table:
     table.add_column("summary")
     for step in steps:
         stats = step["stats"]
-        summary = ", ".join(f"{k}={_num(v)}" for k, v in stats.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool))
-        options = ", ".join(f"{k}={v}" for k, v in _non_default(step["plugin"], step["options"]).items()) or "(defaults)"
+        summary = ", ".join(
+            f"{k}={_num(v)}" for k, v in stats.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+        )
+        options = (
+            ", ".join(f"{k}={v}" for k, v in _non_default(step["plugin"], step["options"]).items()) or "(defaults)"
+        )
         table.add_row(step["plugin"], Text(options), f"{step['seconds']:.3f}", Text(summary))
     return table
 
@@ -88,7 +106,16 @@ def steps_table(steps: list[dict[str, Any]]) -> Table:
 def latency_table(latency: dict[str, Any]) -> tuple[Table, list[str]]:
     """The latency table and the notes to print under it (reasons, errors, noise warnings)."""
     table = Table(title="Latency (ms, median of interleaved runs)", title_justify="left")
-    for col in ("provider", "status", "baseline", "candidate", "ratio", "95% interval", "baseline p90", "candidate p90"):
+    for col in (
+        "provider",
+        "status",
+        "baseline",
+        "candidate",
+        "ratio",
+        "95% interval",
+        "baseline p90",
+        "candidate p90",
+    ):
         table.add_column(col, justify="left" if col in ("provider", "status") else "right")
     notes = []
     for ep, entry in latency.items():
@@ -100,7 +127,16 @@ def latency_table(latency: dict[str, Any]) -> tuple[Table, list[str]]:
         b, c = entry["baseline"], entry["candidate"]
         interval = entry.get("ratio_ci")
         shown = f"{interval[0]:.3f}-{interval[1]:.3f}x" if interval and None not in interval else ""
-        table.add_row(ep, status, _num(b["median_ms"]), _num(c["median_ms"]), f"{entry['ratio']:.3f}x" if entry.get("ratio") is not None else "-", shown, _num(b["p90_ms"]), _num(c["p90_ms"]))
+        table.add_row(
+            ep,
+            status,
+            _num(b["median_ms"]),
+            _num(c["median_ms"]),
+            f"{entry['ratio']:.3f}x" if entry.get("ratio") is not None else "-",
+            shown,
+            _num(b["p90_ms"]),
+            _num(c["p90_ms"]),
+        )
         if entry.get("ratio") is None:
             notes.append(f"{ep}: no ratio: a timed run read 0 ns on the clock ({entry.get('clock', 'unknown')})")
         if entry.get("warning"):
@@ -113,8 +149,15 @@ def fidelity_table(fidelity: dict[str, Any]) -> Table:
     for col in ("output", "worst cosine", "mean cosine", "max abs error", "rel error", "SNR dB", "top-1 agreement"):
         table.add_column(col, justify="left" if col == "output" else "right")
     for name, m in fidelity.get("outputs", {}).items():
-        table.add_row(name, _num(m.get("cosine"), 6), _num(m.get("cosine_mean"), 6), _num(m.get("max_abs_error")), _num(m.get("rel_error")),
-                      _num(m.get("snr_db")), _num(m.get("top1_agreement")))
+        table.add_row(
+            name,
+            _num(m.get("cosine"), 6),
+            _num(m.get("cosine_mean"), 6),
+            _num(m.get("max_abs_error")),
+            _num(m.get("rel_error")),
+            _num(m.get("snr_db")),
+            _num(m.get("top1_agreement")),
+        )
     acc = fidelity.get("accuracy")
     if acc:
         table.caption = f"accuracy on labels: {acc['baseline']:.4f} -> {acc['candidate']:.4f} (drop {acc['drop']:+.4f})"
@@ -126,7 +169,9 @@ def gate_table(gate: dict[str, Any]) -> Table:
     for col in ("check", "value", "result", "reason"):
         table.add_column(col)
     for check in gate["checks"]:
-        table.add_row(Text(check["expr"]), _num(check.get("value"), 6), check["status"], Text(check.get("reason") or ""))
+        table.add_row(
+            Text(check["expr"]), _num(check.get("value"), 6), check["status"], Text(check.get("reason") or "")
+        )
     return table
 
 
@@ -160,6 +205,7 @@ HEARTBEAT_EVERY_S = 10.0  # off a terminal, a long step prints a line this often
 
 class _Counted:
     """A progress task that counts what was done (and moves a bar, when there is one)."""
+
     def __init__(self) -> None:
         self.done = 0.0
         self.moved: Any = None
@@ -186,6 +232,7 @@ class Heartbeat:
     """The lines a long step leaves in a log that is not a terminal (CI): one when it has run for
     ``SUMMARY_AFTER_S``, one every ``HEARTBEAT_EVERY_S`` while it runs, and one at the end with the time
     and the throughput. ``tick(now)`` says which line is due; a daemon thread asks it twice a second."""
+
     def __init__(self, description: str, task: _Counted, total: float | None, unit: str, started: float):
         self.description, self.task, self.total, self.unit = description, task, total, unit
         self.started = started
@@ -248,6 +295,7 @@ def _heartbeat_thread(console: Console, beat: Heartbeat) -> Iterator[None]:
 
 class _AmountColumn(ProgressColumn):
     """Bytes done (and total) for byte tasks, N of M for counted ones."""
+
     def __init__(self) -> None:
         super().__init__()
         self._bytes, self._items = DownloadColumn(), MofNCompleteColumn()
@@ -274,7 +322,14 @@ _LIVE: dict[int, list[Any]] = {}  # id(console) -> [Progress, open tasks]: neste
 def _shared_progress(console: Console) -> Iterator[Progress]:
     entry = _LIVE.get(id(console))
     if entry is None:
-        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), _AmountColumn(), _SpeedColumn(), TimeElapsedColumn()]
+        columns = [
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            _AmountColumn(),
+            _SpeedColumn(),
+            TimeElapsedColumn(),
+        ]
         progress = Progress(*columns, console=console, transient=True)
         progress.start()
         entry = _LIVE[id(console)] = [progress, 0]
@@ -340,7 +395,9 @@ def print_bench(result: dict[str, Any], console: Console) -> None:
             table.add_row(ep, entry.get("status", "?"), "", "", "", "")
             notes.append(f"{ep}: {entry.get('reason') or entry.get('error') or ''}")
             continue
-        table.add_row(ep, "ok", _num(entry["median_ms"]), _num(entry["p90_ms"]), _num(entry["min_ms"]), _num(entry["runs"]))
+        table.add_row(
+            ep, "ok", _num(entry["median_ms"]), _num(entry["p90_ms"]), _num(entry["min_ms"]), _num(entry["runs"])
+        )
         if entry.get("warning"):
             notes.append(f"{ep}: {entry['warning']}")
     console.print(table)

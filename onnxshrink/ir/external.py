@@ -60,7 +60,9 @@ def external_source(tensor: onnx.TensorProto) -> tuple[Path, int, int]:
     """(file, offset, length) of an external tensor's data, resolved in the current folder."""
     folder = _FOLDER.get()
     if folder is None:
-        raise RuntimeError(f"tensor {tensor.name!r} keeps its data in an external file, but no folder is set (onnxshrink.ir.external.external_data_dir)")
+        raise RuntimeError(
+            f"tensor {tensor.name!r} keeps its data in an external file, but no folder is set (onnxshrink.ir.external.external_data_dir)"
+        )
     info = {entry.key: entry.value for entry in tensor.external_data}
     path = folder / info["location"]
     offset = int(info.get("offset", "0"))
@@ -95,9 +97,18 @@ def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
 
 
 _PLAIN = {
-    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
-    onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32,
-    onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL,
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.UINT32,
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT64,
+    onnx.TensorProto.BOOL,
 }
 
 
@@ -199,7 +210,9 @@ def planned_data_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name: str, advance: Callable[[int], None] | None = None) -> bool:
+def write_with_external_data(
+    model: onnx.ModelProto, model_path: Path, data_name: str, advance: Callable[[int], None] | None = None
+) -> bool:
     """Write ``model_path`` and ``<folder>/<data_name>`` by streaming tensor by tensor.
 
     Tensors of at least ``INLINE_LIMIT`` bytes go to the data file in a fixed order (the model's own),

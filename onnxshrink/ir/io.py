@@ -22,14 +22,28 @@ from onnx import external_data_helper
 
 from onnxshrink.errors import InvalidModelError, UsageError, one_line
 from onnxshrink.ir.external import external_tensors, planned_data_bytes, write_with_external_data
-from onnxshrink.ir.tensors import element_count, inline_bytes, raw_nbytes, stored_items, stored_tensors, type_name, typed_values
+from onnxshrink.ir.tensors import (
+    element_count,
+    inline_bytes,
+    raw_nbytes,
+    stored_items,
+    stored_tensors,
+    type_name,
+    typed_values,
+)
 from onnxshrink.ir.walk import iter_graphs
 
 _T = onnx.TensorProto
 # The repeated field holding values that are not in raw_data (int32_data for every other type).
 _TYPED_FIELD = {
-    _T.FLOAT: "float_data", _T.COMPLEX64: "float_data", _T.DOUBLE: "double_data", _T.COMPLEX128: "double_data",
-    _T.INT64: "int64_data", _T.UINT32: "uint64_data", _T.UINT64: "uint64_data", _T.STRING: "string_data",
+    _T.FLOAT: "float_data",
+    _T.COMPLEX64: "float_data",
+    _T.DOUBLE: "double_data",
+    _T.COMPLEX128: "double_data",
+    _T.INT64: "int64_data",
+    _T.UINT32: "uint64_data",
+    _T.UINT64: "uint64_data",
+    _T.STRING: "string_data",
 }
 
 
@@ -71,7 +85,10 @@ def read_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
         if size == 0:
             raise _fail(p, "empty file, not an ONNX model")
         if size > PROTOBUF_LIMIT:  # refused before reading: protobuf cannot parse it anyway
-            raise _fail(p, f"{_human(size)} is over protobuf's 2 GiB limit for an .onnx file; large models keep their weights in external data")
+            raise _fail(
+                p,
+                f"{_human(size)} is over protobuf's 2 GiB limit for an .onnx file; large models keep their weights in external data",
+            )
         with open(p, "rb") as fh:
             data = fh.read()
     except OSError as exc:
@@ -130,16 +147,24 @@ def _external_references(model: onnx.ModelProto, path: Path) -> list[tuple[Path,
 def _external_reference(tensor: onnx.TensorProto, path: Path, base: Path) -> tuple[Path, int]:
     where = f"tensor {tensor.name!r}"
     info = {entry.key: entry.value for entry in tensor.external_data}
-    if not all(isinstance(text, str) for item in info.items() for text in item):  # protobuf hands back bytes for bad UTF-8
+    if not all(
+        isinstance(text, str) for item in info.items() for text in item
+    ):  # protobuf hands back bytes for bad UTF-8
         raise _fail(path, f"{where}: external data fields are not valid UTF-8")
     unknown = sorted(set(info) - EXTERNAL_DATA_KEYS)
     if unknown:  # onnx would ignore it (a mangled "offset" then reads from offset 0)
-        raise _fail(path, f"{where}: unknown external data key {unknown[0]!r}; known keys: {', '.join(sorted(EXTERNAL_DATA_KEYS))}")
+        raise _fail(
+            path,
+            f"{where}: unknown external data key {unknown[0]!r}; known keys: {', '.join(sorted(EXTERNAL_DATA_KEYS))}",
+        )
     location = info.get("location", "")
     if not location:
         raise _fail(path, f"{where} has external data without a location")
     if os.path.isabs(location) or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
-        raise _fail(path, f"{where}: external data location {location!r} is absolute; only paths inside the model's folder are allowed")
+        raise _fail(
+            path,
+            f"{where}: external data location {location!r} is absolute; only paths inside the model's folder are allowed",
+        )
     target = (base / location).resolve()
     if target != base and base not in target.parents:
         raise _fail(path, f"{where}: external data location {location!r} leaves the model's folder")
@@ -161,7 +186,9 @@ def _external_reference(tensor: onnx.TensorProto, path: Path, base: Path) -> tup
     _check_dims(path, tensor)
     expected = raw_nbytes(tensor)
     if expected is not None and length != expected:
-        raise _fail(path, f"{where}: external data length {length} does not match its shape and type ({expected} bytes)")
+        raise _fail(
+            path, f"{where}: external data length {length} does not match its shape and type ({expected} bytes)"
+        )
     return target, length
 
 
@@ -227,12 +254,16 @@ def _check_memory(path: Path, model: onnx.ModelProto, external: list[tuple[Path,
     needed, limit = external_bytes + sparse_bytes, memory_limit()
     if needed > limit:
         what = " and ".join(
-            part for part in (
+            part
+            for part in (
                 f"{_human(external_bytes)} of external data" if external_bytes else "",
                 f"{_human(sparse_bytes)} of dense sparse tensors" if sparse_bytes else "",
-            ) if part
+            )
+            if part
         )
-        raise _fail(path, f"loading needs {what}, more than this machine's {_human(limit)} of memory; refused before reading")
+        raise _fail(
+            path, f"loading needs {what}, more than this machine's {_human(limit)} of memory; refused before reading"
+        )
 
 
 def _human(n: int) -> str:
@@ -251,7 +282,10 @@ def _check_structure(path: Path, model: onnx.ModelProto) -> None:
         seen: set[str] = set()
         for node in g.node:
             if node.name and node.name in seen:
-                raise _fail(path, f"node name {node.name!r} is used by more than one node in graph {g.name!r} (ONNX requires unique node names)")
+                raise _fail(
+                    path,
+                    f"node name {node.name!r} is used by more than one node in graph {g.name!r} (ONNX requires unique node names)",
+                )
             seen.add(node.name)
     for kind in ("input", "output"):
         for value in getattr(model.graph, kind):
@@ -261,7 +295,10 @@ def _check_structure(path: Path, model: onnx.ModelProto) -> None:
             if not tensor.elem_type:
                 raise _fail(path, f"graph {kind} {value.name!r} has no element type")
             if not tensor.HasField("shape"):
-                raise _fail(path, f"graph {kind} {value.name!r} has no shape (ONNX requires one for graph inputs and outputs; its dimensions may be unknown)")
+                raise _fail(
+                    path,
+                    f"graph {kind} {value.name!r} has no shape (ONNX requires one for graph inputs and outputs; its dimensions may be unknown)",
+                )
 
 
 def load_model(path: str | os.PathLike, *, check: bool = True, load_external: bool = True) -> LoadedModel:
@@ -278,7 +315,16 @@ def load_model(path: str | os.PathLike, *, check: bool = True, load_external: bo
     files = sorted({target for target, _ in references})
     # loading reads all external data; editing lazily still reads one tensor at a time
     _check_memory(p, model, references if load_external else sorted(references, key=lambda r: r[1])[-1:])
-    sparse = next((t for item in stored_items(model) if isinstance(item, onnx.SparseTensorProto) for t in (item.values, item.indices) if t.data_location == _T.EXTERNAL), None)
+    sparse = next(
+        (
+            t
+            for item in stored_items(model)
+            if isinstance(item, onnx.SparseTensorProto)
+            for t in (item.values, item.indices)
+            if t.data_location == _T.EXTERNAL
+        ),
+        None,
+    )
     if sparse is not None:  # onnx does not load those; onnxruntime would read them later, unchecked
         raise _fail(p, f"tensor {sparse.name!r}: external data is not supported in this place (sparse tensor)")
     if files and load_external:
@@ -288,7 +334,9 @@ def load_model(path: str | os.PathLike, *, check: bool = True, load_external: bo
             raise _fail(p, f"cannot read external data: {exc}") from None
         left = next((t for t in stored_tensors(model) if t.data_location == _T.EXTERNAL), None)
         if left is not None:  # e.g. a sparse tensor: onnx does not load those, onnxruntime would read it later
-            raise _fail(p, f"tensor {left.name!r}: external data is not supported in this place (sparse tensor or the like)")
+            raise _fail(
+                p, f"tensor {left.name!r}: external data is not supported in this place (sparse tensor or the like)"
+            )
     if check:
         try:
             onnx.checker.check_model(str(p))
@@ -403,7 +451,9 @@ def save_model(
         if external_data:
             data_name = out.name + ".data"
             with progress(planned_data_bytes(model)) if progress else contextlib.nullcontext() as task:
-                wrote_data = write_with_external_data(model, tmpdir / out.name, data_name, task.advance if task else None)
+                wrote_data = write_with_external_data(
+                    model, tmpdir / out.name, data_name, task.advance if task else None
+                )
             written = [folder / data_name, out] if wrote_data else [out]
         else:
             with open(tmpdir / out.name, "wb") as fh:

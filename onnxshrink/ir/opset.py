@@ -22,7 +22,9 @@ def upgrade_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
         converted = version_converter.convert_version(model, version)
     except Exception as exc:  # noqa: BLE001 - the converter raises bare RuntimeErrors
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"onnx.version_converter cannot convert opset {model_opset(model)} to {version}: {reason}") from None
+        raise ValueError(
+            f"onnx.version_converter cannot convert opset {model_opset(model)} to {version}: {reason}"
+        ) from None
     needed_ir = min((row[1] for row in helper.VERSION_TABLE if row[2] >= version), default=converted.ir_version)
     converted.ir_version = max(converted.ir_version, needed_ir)
     return converted

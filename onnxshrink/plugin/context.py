@@ -77,11 +77,15 @@ class Context:
             self._calibration_cache = list(self._calibration()) if self._calibration else []
         return self._calibration_cache
 
-    def run(self, model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], output_names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
+    def run(
+        self, model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], output_names: Sequence[str] | None = None
+    ) -> list[dict[str, np.ndarray]]:
         """Run ``model`` on the CPU EP over ``feeds``; one dict of outputs per feed."""
         return runtime.run_model(model, feeds, output_names)
 
-    def activations(self, model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    def activations(
+        self, model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]
+    ) -> dict[str, list[np.ndarray]]:
         """Values of intermediate tensors ``names`` on each feed (the model is not modified)."""
         return runtime.intermediate_values(model, names, feeds)
 
@@ -89,7 +93,9 @@ class Context:
         """A runner that takes ``model`` forward piece by piece over ``feeds`` (see :class:`~onnxshrink.SegmentRunner`)."""
         return SegmentRunner(model, feeds)
 
-    def progress(self, description: str, total: float | None = None, unit: str = "") -> contextlib.AbstractContextManager[ProgressTask]:
+    def progress(
+        self, description: str, total: float | None = None, unit: str = ""
+    ) -> contextlib.AbstractContextManager[ProgressTask]:
         if unit not in ("", "B"):
             raise ValueError(f"progress unit must be '' (items) or 'B' (bytes), not {unit!r}")
         return self._progress(f"{self.plugin}: {description}" if self.plugin else description, total, unit)
@@ -100,4 +106,3 @@ class Context:
     def warn(self, message: str) -> None:
         self.warnings.append(message)
         self.log(f"warning: {message}")
-

@@ -61,7 +61,9 @@ class Option:
 
     def condition(self) -> str:
         """``only_with`` in words (``mode=static or auto and calibration=percentile``); "" when unset."""
-        return " and ".join(f"{key}=" + " or ".join(_value_text(v) for v in allowed) for key, allowed in self.only_with or ())
+        return " and ".join(
+            f"{key}=" + " or ".join(_value_text(v) for v in allowed) for key, allowed in self.only_with or ()
+        )
 
     def unmet_condition(self, values: Mapping[str, Any]) -> str | None:
         """The first ``only_with`` key whose value in ``values`` is not allowed, or None."""
@@ -214,7 +216,9 @@ class Options(dict):
         return cls(**{**{k: v for k, v in self.items() if k in names}, **fields})
 
     def _read_only(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"the options of method {self._method!r} are read-only; use options.replace(...) or dict(options)")
+        raise TypeError(
+            f"the options of method {self._method!r} are read-only; use options.replace(...) or dict(options)"
+        )
 
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only  # type: ignore[assignment]
 
@@ -267,11 +271,15 @@ class Method:
             if key not in known:
                 listing = ", ".join(sorted(known)) or "(none)"
                 raise UsageError(f"{where}: unknown option {key!r}; known options: {listing}")
-        values = Options({o.name: (o.parse(raw[o.name], where) if o.name in raw else o.default) for o in cls.options}, cls.name)
+        values = Options(
+            {o.name: (o.parse(raw[o.name], where) if o.name in raw else o.default) for o in cls.options}, cls.name
+        )
         for opt in cls.options:
             unmet = opt.unmet_condition(values) if opt.name in raw else None
             if unmet is not None:
-                raise UsageError(f"{where}: option {opt.name!r} only applies to {opt.condition()} ({unmet}={_value_text(values[unmet])})")
+                raise UsageError(
+                    f"{where}: option {opt.name!r} only applies to {opt.condition()} ({unmet}={_value_text(values[unmet])})"
+                )
         cls.check_options(values, given=set(raw))
         return values
 
@@ -375,7 +383,9 @@ def check_method_class(cls: Any) -> str | None:
     return check_search_space(cls)
 
 
-def check_search_space(cls: type[Method], space: tuple[Tunable, ...] | None = None, fixed: dict[str, Any] | None = None) -> str | None:
+def check_search_space(
+    cls: type[Method], space: tuple[Tunable, ...] | None = None, fixed: dict[str, Any] | None = None
+) -> str | None:
     """Why ``cls.search_space``/``search_fixed`` (or the ``space``/``fixed`` given) do not fit its
     options, or None when they do."""
     space = cls.search_space if space is None else space

@@ -145,7 +145,9 @@ def load_registry(*, trace: bool | None = None) -> Registry:
     block = _env_list("ONNXSHRINK_BLOCK_PLUGINS") or set()
     origin: dict[str, tuple[str, str]] = {}
 
-    eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (_dist_of(e)[0] != BUILTIN_DISTRIBUTION, e.name))
+    eps = sorted(
+        metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (_dist_of(e)[0] != BUILTIN_DISTRIBUTION, e.name)
+    )
     for ep in eps:
         dist, version = _dist_of(ep)
         if ep.name in origin:
@@ -156,7 +158,9 @@ def load_registry(*, trace: bool | None = None) -> Registry:
         try:
             plugin = ep.load()
         except Exception as exc:  # noqa: BLE001 - any import failure is reported, naming the plugin
-            registry.errors.append(LoadError(ep.name, dist, version, f"failed to import {ep.value}: {type(exc).__name__}: {exc}"))
+            registry.errors.append(
+                LoadError(ep.name, dist, version, f"failed to import {ep.value}: {type(exc).__name__}: {exc}")
+            )
             continue
         try:
             pm.register(plugin, name=ep.name)
@@ -181,7 +185,9 @@ def _collect_methods(registry: Registry, plugin_name: str, dist: str, version: s
     try:
         caller(register=pending.append)
     except Exception as exc:  # noqa: BLE001
-        registry.errors.append(LoadError(plugin_name, dist, version, f"register_methods raised {type(exc).__name__}: {exc}"))
+        registry.errors.append(
+            LoadError(plugin_name, dist, version, f"register_methods raised {type(exc).__name__}: {exc}")
+        )
         return
     for cls in pending:
         problem = check_method_class(cls)

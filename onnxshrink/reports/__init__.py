@@ -17,7 +17,18 @@ from onnxshrink.reports._atomic import atomic_write_text
 from onnxshrink.reports.junit import junit_error_xml, junit_xml, write_junit
 from onnxshrink.reports.markdown import render_markdown, write_markdown
 
-__all__ = ["atomic_write_text", "json_safe", "junit_error_xml", "junit_xml", "render_markdown", "report_json", "write_json", "write_junit", "write_markdown", "write_reports"]
+__all__ = [
+    "atomic_write_text",
+    "json_safe",
+    "junit_error_xml",
+    "junit_xml",
+    "render_markdown",
+    "report_json",
+    "write_json",
+    "write_junit",
+    "write_markdown",
+    "write_reports",
+]
 
 
 def json_safe(value: Any) -> Any:

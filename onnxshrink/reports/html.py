@@ -51,7 +51,9 @@ def report_kind(report: Mapping[str, Any]) -> str:
             return "compare"
         if "model" in report:
             return "bench"
-    raise UsageError(f"not an onnxshrink report (schema {schema!r}): expected onnxshrink.report/1 from shrink, gate or bench, or {TUNE_SCHEMA}")
+    raise UsageError(
+        f"not an onnxshrink report (schema {schema!r}): expected onnxshrink.report/1 from shrink, gate or bench, or {TUNE_SCHEMA}"
+    )
 
 
 def render_html(report: Mapping[str, Any]) -> str:
@@ -78,9 +80,13 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         report = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"report {str(path)!r} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise UsageError(
+            f"report {str(path)!r} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     if not isinstance(report, dict):
-        raise UsageError(f"report {str(path)!r} is not an onnxshrink report: expected a JSON object, got {type(report).__name__}")
+        raise UsageError(
+            f"report {str(path)!r} is not an onnxshrink report: expected a JSON object, got {type(report).__name__}"
+        )
     try:
         report_kind(report)
     except UsageError as exc:
@@ -91,4 +97,3 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
 def write_html(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Render ``report`` and write it to ``path`` atomically."""
     return atomic_write_text(path, render_html(report))
-

@@ -44,7 +44,13 @@ def asset(name: str) -> str:
 
 def script_json(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    for char, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for char, escaped in (
+        ("&", "\\u0026"),
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(char, escaped)
     return text
 
@@ -74,24 +80,26 @@ class Page:
         page_script = asset("report.js")
         scripts = [ERROR_HOOK, library, page_script]
         csp = f"default-src 'none'; script-src {' '.join(csp_hash(s) for s in scripts)}; style-src 'unsafe-inline'; img-src data:"
-        return "\n".join([
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8">',
-            f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{esc(title)}</title>",
-            f"<style>{asset('report.css')}</style>",
-            f"<script>{ERROR_HOOK}</script>",
-            "</head><body><main>",
-            *self.parts,
-            '<pre id="render-status"></pre>',
-            "</main>",
-            f'<script type="application/json" id="report-data">{script_json({"charts": self.charts})}</script>',
-            f"<script>{library}</script>",
-            f"<script>{page_script}</script>",
-            "</body></html>",
-            "",
-        ])
+        return "\n".join(
+            [
+                "<!DOCTYPE html>",
+                '<html lang="en"><head><meta charset="utf-8">',
+                f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
+                '<meta name="viewport" content="width=device-width, initial-scale=1">',
+                f"<title>{esc(title)}</title>",
+                f"<style>{asset('report.css')}</style>",
+                f"<script>{ERROR_HOOK}</script>",
+                "</head><body><main>",
+                *self.parts,
+                '<pre id="render-status"></pre>',
+                "</main>",
+                f'<script type="application/json" id="report-data">{script_json({"charts": self.charts})}</script>',
+                f"<script>{library}</script>",
+                f"<script>{page_script}</script>",
+                "</body></html>",
+                "",
+            ]
+        )
 
 
 def page_title(report: Mapping[str, Any], kind: str) -> str:
@@ -146,9 +154,16 @@ def cell(text: str, sort: Any = None, cls: str = "") -> str:
     return f"<td{attrs}>{text}</td>"
 
 
-def html_table(header: Sequence[str], rows: Sequence[str], *, sortable: bool = False, numeric: Sequence[int] = (), scroll: bool = False) -> str:
+def html_table(
+    header: Sequence[str],
+    rows: Sequence[str],
+    *,
+    sortable: bool = False,
+    numeric: Sequence[int] = (),
+    scroll: bool = False,
+) -> str:
     head = "".join(f'<th{" class=num" if i in numeric else ""} scope="col">{esc(h)}</th>' for i, h in enumerate(header))
-    table = f'<table{" class=sortable" if sortable else ""}><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    table = f"<table{' class=sortable' if sortable else ''}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     return f'<div class="scroll">{table}</div>' if scroll else table
 
 
@@ -170,12 +185,20 @@ def model_paths(report: Mapping[str, Any]) -> tuple[str | None, str | None]:
         return report["model"].get("path"), None
     if "model" in report:
         return report.get("model"), None
-    baseline = (report.get("input") or {}).get("path") if isinstance(report.get("input"), Mapping) else report.get("baseline")
-    candidate = (report.get("output") or {}).get("path") if isinstance(report.get("output"), Mapping) else report.get("candidate")
+    baseline = (
+        (report.get("input") or {}).get("path") if isinstance(report.get("input"), Mapping) else report.get("baseline")
+    )
+    candidate = (
+        (report.get("output") or {}).get("path")
+        if isinstance(report.get("output"), Mapping)
+        else report.get("candidate")
+    )
     return baseline, candidate
 
 
-def histogram(series: Mapping[str, Sequence[float]], bins: int = HISTOGRAM_BINS, digits: int = 4) -> tuple[list[str], dict[str, list[int]]]:
+def histogram(
+    series: Mapping[str, Sequence[float]], bins: int = HISTOGRAM_BINS, digits: int = 4
+) -> tuple[list[str], dict[str, list[int]]]:
     """Shared bins over every series: labels (bin ranges) and counts per series."""
     values = [v for vs in series.values() for v in vs if is_num(v)]
     lo, hi = min(values), max(values)

@@ -26,18 +26,28 @@ def render_tune(page: Page, report: Mapping[str, Any]) -> None:
     trials = [t for t in report.get("trials") or [] if isinstance(t, Mapping)]
     pareto = set(report.get("pareto") or [])
     chosen = report.get("chosen")
-    page.add(f'<header class="top"><h1>onnxshrink tune report</h1><div class="paths"><code>{esc(model.get("path"))}</code> · {esc(human_bytes(model.get("file_bytes")))}</div></header>')
+    page.add(
+        f'<header class="top"><h1>onnxshrink tune report</h1><div class="paths"><code>{esc(model.get("path"))}</code> · {esc(human_bytes(model.get("file_bytes")))}</div></header>'
+    )
     by_number = {t.get("number"): t for t in trials}
     best = by_number.get(chosen)
     if best is not None:
         metrics = best.get("metrics") or {}
-        page.add(f'<div class="verdict pass"><span class="big">CHOSEN: TRIAL {esc(chosen)}</span><span>{esc(_chain_text(best.get("chain")))} · size ratio {esc(num(metrics.get("size_ratio")))} · cosine {esc(num(metrics.get("cosine"), 6))}</span></div>')
+        page.add(
+            f'<div class="verdict pass"><span class="big">CHOSEN: TRIAL {esc(chosen)}</span><span>{esc(_chain_text(best.get("chain")))} · size ratio {esc(num(metrics.get("size_ratio")))} · cosine {esc(num(metrics.get("cosine"), 6))}</span></div>'
+        )
     else:
-        page.add('<div class="verdict fail"><span class="big">NO TRIAL CHOSEN</span><span>No trial passed every gate.</span></div>')
+        page.add(
+            '<div class="verdict fail"><span class="big">NO TRIAL CHOSEN</span><span>No trial passed every gate.</span></div>'
+        )
     ok = [t for t in trials if t.get("status") == "ok"]
     tiles = [
         tile("trials", str(len(trials)), f"{len(ok)} ok, {sum(1 for t in trials if t.get('passed'))} passed the gates"),
-        tile("objective", str(report.get("objective") or "—"), "gates: " + "; ".join(str(g) for g in report.get("gates") or []) or "none"),
+        tile(
+            "objective",
+            str(report.get("objective") or "—"),
+            "gates: " + "; ".join(str(g) for g in report.get("gates") or []) or "none",
+        ),
         tile("Pareto front", str(len(pareto)), "trials no other beats on both axes"),
         tile("search time", f"{num(report.get('seconds'), 3)} s"),
     ]
@@ -50,11 +60,25 @@ def render_tune(page: Page, report: Mapping[str, Any]) -> None:
         y = latency.get("cpu", next(iter(latency.values()), None)) if use_latency else metrics.get("cosine")
         if not (is_num(metrics.get("size_ratio")) and is_num(y)):
             continue
-        points.append({"x": metrics["size_ratio"], "y": y, "trial": t.get("number"), "cosine": metrics.get("cosine") if is_num(metrics.get("cosine")) else None, "pareto": t.get("number") in pareto, "chosen": t.get("number") == chosen, "chain": _chain_text(t.get("chain"))})
+        points.append(
+            {
+                "x": metrics["size_ratio"],
+                "y": y,
+                "trial": t.get("number"),
+                "cosine": metrics.get("cosine") if is_num(metrics.get("cosine")) else None,
+                "pareto": t.get("number") in pareto,
+                "chosen": t.get("number") == chosen,
+                "chain": _chain_text(t.get("chain")),
+            }
+        )
     body = ""
     if points:
         y_title = "latency ratio (cpu)" if use_latency else "cosine"
-        body = page.chart({"kind": "pareto", "points": points, "x_title": "size ratio", "y_title": y_title}, f"size ratio against {y_title}, coloured by cosine (red low, teal high)", 380)
+        body = page.chart(
+            {"kind": "pareto", "points": points, "x_title": "size ratio", "y_title": y_title},
+            f"size ratio against {y_title}, coloured by cosine (red low, teal high)",
+            380,
+        )
     rows = []
     for t in trials:
         metrics = t.get("metrics") or {}
@@ -63,18 +87,38 @@ def render_tune(page: Page, report: Mapping[str, Any]) -> None:
         number = t.get("number")
         flags = ("chosen" if number == chosen else "") + (" Pareto" if number in pareto else "")
         status = str(t.get("status"))
-        rows.append(f'<tr{" class=chosen" if number == chosen else ""}>' + "".join([
-            cell(esc(number), number, "num"),
-            cell(esc(_chain_text(t.get("chain"))), cls="mono"),
-            cell(badge(status) + (f' <span class="warn">{esc(t.get("error"))}</span>' if t.get("error") else "")),
-            cell(badge("pass" if t.get("passed") else "fail", "yes" if t.get("passed") else "no")),
-            cell(esc(num(metrics.get("size_ratio"))), metrics.get("size_ratio"), "num"),
-            cell(esc(human_bytes(metrics.get("file_bytes"))), metrics.get("file_bytes"), "num"),
-            cell(esc(num(metrics.get("cosine"), 7)), metrics.get("cosine"), "num"),
-            cell(esc(num(lat)), lat, "num"),
-            cell(esc(num(t.get("seconds"), 3)), t.get("seconds"), "num"),
-            cell(esc(flags.strip())),
-        ]) + "</tr>")
-    body += "<h3>Every trial</h3>" + html_table(["#", "chain", "status", "passed", "size ratio", "file", "cosine", "latency ratio", "seconds", ""], rows, sortable=True, numeric=(0, 4, 5, 6, 7, 8), scroll=True)
-    page.add(section("Search: the Pareto front", body, "Each point is a trial that ran; the front holds the trials no other beats on both size and latency. Click a column to sort."))
+        rows.append(
+            f"<tr{' class=chosen' if number == chosen else ''}>"
+            + "".join(
+                [
+                    cell(esc(number), number, "num"),
+                    cell(esc(_chain_text(t.get("chain"))), cls="mono"),
+                    cell(
+                        badge(status) + (f' <span class="warn">{esc(t.get("error"))}</span>' if t.get("error") else "")
+                    ),
+                    cell(badge("pass" if t.get("passed") else "fail", "yes" if t.get("passed") else "no")),
+                    cell(esc(num(metrics.get("size_ratio"))), metrics.get("size_ratio"), "num"),
+                    cell(esc(human_bytes(metrics.get("file_bytes"))), metrics.get("file_bytes"), "num"),
+                    cell(esc(num(metrics.get("cosine"), 7)), metrics.get("cosine"), "num"),
+                    cell(esc(num(lat)), lat, "num"),
+                    cell(esc(num(t.get("seconds"), 3)), t.get("seconds"), "num"),
+                    cell(esc(flags.strip())),
+                ]
+            )
+            + "</tr>"
+        )
+    body += "<h3>Every trial</h3>" + html_table(
+        ["#", "chain", "status", "passed", "size ratio", "file", "cosine", "latency ratio", "seconds", ""],
+        rows,
+        sortable=True,
+        numeric=(0, 4, 5, 6, 7, 8),
+        scroll=True,
+    )
+    page.add(
+        section(
+            "Search: the Pareto front",
+            body,
+            "Each point is a trial that ran; the front holds the trials no other beats on both size and latency. Click a column to sort.",
+        )
+    )
     page.add(f"<footer>onnxshrink report ({esc(report.get('schema'))}) · charts: Chart.js (MIT), inlined</footer>")

@@ -84,7 +84,9 @@ def _properties(report: Mapping[str, Any] | None, gate: Mapping[str, Any]) -> li
     return props
 
 
-def junit_xml(gate_section: Mapping[str, Any], *, suite_name: str = "onnxshrink.gate", report: Mapping[str, Any] | None = None) -> str:
+def junit_xml(
+    gate_section: Mapping[str, Any], *, suite_name: str = "onnxshrink.gate", report: Mapping[str, Any] | None = None
+) -> str:
     """The JUnit XML text for a report's ``gate`` section."""
     checks = list(gate_section.get("checks") or [])
     failures = sum(1 for c in checks if not c.get("passed"))
@@ -98,10 +100,16 @@ def junit_xml(gate_section: Mapping[str, Any], *, suite_name: str = "onnxshrink.
         ET.SubElement(props, "property", {"name": _clean(name), "value": _clean(value)})
 
     for check in checks:
-        case = ET.SubElement(suite, "testcase", {"name": _clean(check.get("expr")), "classname": _clean(suite_name), "time": "0"})
+        case = ET.SubElement(
+            suite, "testcase", {"name": _clean(check.get("expr")), "classname": _clean(suite_name), "time": "0"}
+        )
         details = _clean(_details(check))
         if not check.get("passed"):
-            failure = ET.SubElement(case, "failure", {"message": _clean(_failure_message(check)), "type": _clean(check.get("status") or "fail")})
+            failure = ET.SubElement(
+                case,
+                "failure",
+                {"message": _clean(_failure_message(check)), "type": _clean(check.get("status") or "fail")},
+            )
             failure.text = _clean(check.get("reason") or "")
         elif check.get("status") == "unavailable":
             ET.SubElement(case, "skipped", {"message": _clean(check.get("reason") or "provider unavailable; allowed")})

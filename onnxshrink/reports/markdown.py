@@ -90,7 +90,11 @@ def _header(report: Mapping[str, Any]) -> list[str]:
     gate = report.get("gate")
     error = report.get("error")
     if isinstance(error, Mapping):
-        lines = [f"## ❌ onnxshrink: ERROR (exit {_cell(error.get('exit_code'))})", "", _cell(error.get("message") or "")]
+        lines = [
+            f"## ❌ onnxshrink: ERROR (exit {_cell(error.get('exit_code'))})",
+            "",
+            _cell(error.get("message") or ""),
+        ]
     elif isinstance(gate, Mapping):
         checks = gate.get("checks") or []
         passed = sum(1 for c in checks if c.get("passed"))
@@ -109,7 +113,10 @@ def _header(report: Mapping[str, Any]) -> list[str]:
     baseline = _section(report, "input", "baseline").get("path")
     candidate = _section(report, "output", "candidate").get("path")
     if baseline or candidate:
-        lines += ["", f"**Baseline** {_code(baseline) if baseline else DASH} → **Candidate** {_code(candidate) if candidate else DASH}"]
+        lines += [
+            "",
+            f"**Baseline** {_code(baseline) if baseline else DASH} → **Candidate** {_code(candidate) if candidate else DASH}",
+        ]
     return lines
 
 
@@ -120,13 +127,15 @@ def _gate(report: Mapping[str, Any]) -> list[str]:
     rows = []
     for check in gate.get("checks") or []:
         status = str(check.get("status") or ("pass" if check.get("passed") else "fail"))
-        rows.append([
-            _STATUS_ICON.get(status, "❔"),
-            _code(check.get("expr")),
-            _num(check.get("value"), 6),
-            _STATUS_TEXT.get(status, _cell(status)),
-            _cell(check.get("reason") or ""),
-        ])
+        rows.append(
+            [
+                _STATUS_ICON.get(status, "❔"),
+                _code(check.get("expr")),
+                _num(check.get("value"), 6),
+                _STATUS_TEXT.get(status, _cell(status)),
+                _cell(check.get("reason") or ""),
+            ]
+        )
     lines = ["### Gate", ""]
     if not rows:
         return lines + ["_No checks._"]
@@ -169,22 +178,34 @@ def _latency(validation: Mapping[str, Any]) -> list[str]:
         status = entry.get("status", "ok")
         if status == "ok":
             base, cand = entry.get("baseline") or {}, entry.get("candidate") or {}
-            rows.append([
-                _code(ep), "ok",
-                _ms(base.get("median_ms")), _ms(cand.get("median_ms")),
-                _ms(base.get("p90_ms")), _ms(cand.get("p90_ms")),
-                _ratio(entry.get("ratio")),
-            ])
+            rows.append(
+                [
+                    _code(ep),
+                    "ok",
+                    _ms(base.get("median_ms")),
+                    _ms(cand.get("median_ms")),
+                    _ms(base.get("p90_ms")),
+                    _ms(cand.get("p90_ms")),
+                    _ratio(entry.get("ratio")),
+                ]
+            )
             if entry.get("warning"):
                 notes.append(f"- ⚠️ {_code(ep)}: {_cell(entry['warning'])}")
         else:
             why = entry.get("reason") or entry.get("error") or "no reason given"
             rows.append([_code(ep), f"{_cell(status)}: {_cell(why)}", DASH, DASH, DASH, DASH, DASH])
-    lines = ["### Latency", ""] + _table(["provider", "status", "baseline median", "candidate median", "baseline p90", "candidate p90", "ratio"], rows)
+    lines = ["### Latency", ""] + _table(
+        ["provider", "status", "baseline median", "candidate median", "baseline p90", "candidate p90", "ratio"], rows
+    )
     return lines + ([""] + notes if notes else [])
 
 
-_FIDELITY_ROWS = (("cosine", "cosine similarity"), ("max_abs_error", "max abs error"), ("rel_error", "relative error"), ("top1_agreement", "top-1 agreement"))
+_FIDELITY_ROWS = (
+    ("cosine", "cosine similarity"),
+    ("max_abs_error", "max abs error"),
+    ("rel_error", "relative error"),
+    ("top1_agreement", "top-1 agreement"),
+)
 
 
 def _fidelity(validation: Mapping[str, Any]) -> list[str]:
@@ -194,14 +215,21 @@ def _fidelity(validation: Mapping[str, Any]) -> list[str]:
     rows = [[label, _num(fidelity.get(key), 6)] for key, label in _FIDELITY_ROWS if key in fidelity]
     accuracy = fidelity.get("accuracy")
     if isinstance(accuracy, Mapping):
-        rows.append(["accuracy", f"{_num(accuracy.get('baseline'))} → {_num(accuracy.get('candidate'))} (drop {_num(accuracy.get('drop'))})"])
+        rows.append(
+            [
+                "accuracy",
+                f"{_num(accuracy.get('baseline'))} → {_num(accuracy.get('candidate'))} (drop {_num(accuracy.get('drop'))})",
+            ]
+        )
     else:
         rows.append(["accuracy", "_no labels in the data_"])
     lines = ["### Fidelity", "", "Worst over outputs, candidate vs baseline.", ""] + _table(["metric", "value"], rows)
 
     outputs = fidelity.get("outputs")
     if isinstance(outputs, Mapping) and len(outputs) > 1:
-        per = [[_code(name)] + [_num((o or {}).get(key), 6) for key, _ in _FIDELITY_ROWS] for name, o in outputs.items()]
+        per = [
+            [_code(name)] + [_num((o or {}).get(key), 6) for key, _ in _FIDELITY_ROWS] for name, o in outputs.items()
+        ]
         lines += ["", "<details><summary>Per output</summary>", ""]
         lines += _table(["output"] + [label for _, label in _FIDELITY_ROWS], per)
         lines += ["", "</details>"]
@@ -232,7 +260,10 @@ def _steps(report: Mapping[str, Any]) -> list[str]:
     steps = report.get("steps")
     if not steps:
         return []
-    rows = [[str(i + 1), _code(s.get("plugin")), _options(s.get("options")), _num(s.get("seconds"), 3)] for i, s in enumerate(steps)]
+    rows = [
+        [str(i + 1), _code(s.get("plugin")), _options(s.get("options")), _num(s.get("seconds"), 3)]
+        for i, s in enumerate(steps)
+    ]
     return ["### Steps", ""] + _table(["#", "plugin", "options", "seconds"], rows)
 
 
@@ -247,7 +278,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     blocks.append(_steps(report))
     tool = _section(report, "tool")
     if tool.get("version"):
-        blocks.append([f"<sub>{_cell(tool.get('name') or 'onnxshrink')} {_cell(tool['version'])} · {_cell(report.get('schema') or '')}</sub>"])
+        blocks.append(
+            [
+                f"<sub>{_cell(tool.get('name') or 'onnxshrink')} {_cell(tool['version'])} · {_cell(report.get('schema') or '')}</sub>"
+            ]
+        )
     return "\n\n".join("\n".join(b) for b in blocks if b) + "\n"
 
 

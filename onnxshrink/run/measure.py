@@ -38,8 +38,16 @@ def bench(
     if len(models) == 1:
         result = bench_single(models[0], dataset, providers, threads=threads, repeats=repeats, progress=log)
         return {"schema": REPORT_SCHEMA, "tool": tool_info(), "model": str(models[0]), **result}
-    validation = validate(models[0], models[1], dataset, providers=tuple(providers), threads=threads, repeats=repeats, progress=log)
-    return {"schema": REPORT_SCHEMA, "tool": tool_info(), "baseline": str(models[0]), "candidate": str(models[1]), "validation": validation}
+    validation = validate(
+        models[0], models[1], dataset, providers=tuple(providers), threads=threads, repeats=repeats, progress=log
+    )
+    return {
+        "schema": REPORT_SCHEMA,
+        "tool": tool_info(),
+        "baseline": str(models[0]),
+        "candidate": str(models[1]),
+        "validation": validation,
+    }
 
 
 def gate_models(

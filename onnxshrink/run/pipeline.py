@@ -26,6 +26,7 @@ from onnxshrink.toolkit.tidy import tidy_model
 @dataclass
 class PreparedStep:
     """A method with its validated options, ready to run."""
+
     info: MethodInfo
     options: dict[str, Any]
 
@@ -110,7 +111,9 @@ def run_steps(
             ctx.warn(f"{runtime_problem}{kept}; outputs are checked with onnx.checker only")
         started = time.perf_counter()
         try:
-            with (progress or no_progress)(step.name, None, ""):  # off a terminal: start/heartbeat/end lines for long steps
+            with (progress or no_progress)(
+                step.name, None, ""
+            ):  # off a terminal: start/heartbeat/end lines for long steps
                 stats = step.info.cls().apply(model, Options(step.options, step.name), ctx)
         except OnnxShrinkError:
             raise
@@ -163,7 +166,9 @@ def check_saved(path: str, plugins: Sequence[str]) -> None:
     except Exception as exc:  # noqa: BLE001
         raise PluginError(chain, f"produced an invalid model: {one_line(exc)}") from exc
     options = session_options()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # load, not fold: memory stays ~ the file
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )  # load, not fold: memory stays ~ the file
     # Prepacking only re-lays out MatMul weights for speed (about 1 s per GB); graph, types, shapes,
     # kernels and every external tensor's location and length are still checked without it.
     options.add_session_config_entry("session.disable_prepacking", "1")
@@ -185,17 +190,28 @@ def interface_signature(model: onnx.ModelProto) -> Signature:
     Inputs that are also initializers (weights older exporters list as inputs) are not part of it: a
     caller need not feed them, and a method may make them plain constants.
     """
+
     def describe(values: Sequence[onnx.ValueInfoProto]) -> list[tuple[str, str, tuple[int | None, ...] | None]]:
         out = []
         for v in values:
             t = v.type.tensor_type
-            dtype = onnx.TensorProto.DataType.Name(t.elem_type) if v.type.HasField("tensor_type") else str(v.type.WhichOneof("value"))
-            shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim) if t.HasField("shape") else None
+            dtype = (
+                onnx.TensorProto.DataType.Name(t.elem_type)
+                if v.type.HasField("tensor_type")
+                else str(v.type.WhichOneof("value"))
+            )
+            shape = (
+                tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim)
+                if t.HasField("shape")
+                else None
+            )
             out.append((v.name, dtype, shape))
         return out
 
     initializers = {t.name for t in model.graph.initializer}
-    required = [v for v in model.graph.input if v.name not in initializers]  # weights listed as inputs may become constants
+    required = [
+        v for v in model.graph.input if v.name not in initializers
+    ]  # weights listed as inputs may become constants
     return {"input": describe(required), "output": describe(model.graph.output), "inferred": inferred_outputs(model)}
 
 
@@ -265,14 +281,23 @@ def _check_inferred_outputs(before: dict, after: dict, model: onnx.ModelProto, p
             continue
         want, (elem, dims) = declared.type.tensor_type, now
         if want.elem_type and elem != want.elem_type:
-            raise PluginError(plugin, f"changed graph output {declared.name!r}: it now holds {onnx.TensorProto.DataType.Name(elem)}, the model declares {onnx.TensorProto.DataType.Name(want.elem_type)}")
+            raise PluginError(
+                plugin,
+                f"changed graph output {declared.name!r}: it now holds {onnx.TensorProto.DataType.Name(elem)}, the model declares {onnx.TensorProto.DataType.Name(want.elem_type)}",
+            )
         if dims is None or not want.HasField("shape"):
             continue
         if len(want.shape.dim) != len(dims):
-            raise PluginError(plugin, f"changed graph output {declared.name!r}: it now has rank {len(dims)}, the model declares rank {len(want.shape.dim)}")
+            raise PluginError(
+                plugin,
+                f"changed graph output {declared.name!r}: it now has rank {len(dims)}, the model declares rank {len(want.shape.dim)}",
+            )
         for i, (w, g) in enumerate(zip(want.shape.dim, dims)):
             if w.dim_value > 0 and g > 0 and w.dim_value != g:
-                raise PluginError(plugin, f"changed graph output {declared.name!r}: dim {i} is now {g}, the model declares {w.dim_value}")
+                raise PluginError(
+                    plugin,
+                    f"changed graph output {declared.name!r}: dim {i} is now {g}, the model declares {w.dim_value}",
+                )
 
 
 def _without_output_types(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -319,8 +344,6 @@ def check_model(model: onnx.ModelProto, plugin: str, *, runtime: bool = True, st
             cpu_session(model)
         except Exception as exc:  # noqa: BLE001
             raise PluginError(plugin, f"produced a model onnxruntime cannot load: {one_line(exc)}") from exc
-
-
 
 
 def _runtime_problem(model: onnx.ModelProto) -> str | None:

@@ -95,13 +95,23 @@ class Recipe:
 
 # The schema: table → key → expected TOML type. Anything else is an unknown key.
 RECIPE_KEYS: dict[str, dict[str, str]] = {
-    "": {"model": "string", "output": "string", "seed": "integer", "steps": "array", "data": "table", "validate": "table", "gate": "table", "report": "table"},
+    "": {
+        "model": "string",
+        "output": "string",
+        "seed": "integer",
+        "steps": "array",
+        "data": "table",
+        "validate": "table",
+        "gate": "table",
+        "report": "table",
+    },
     "steps[]": {"plugin": "string", "options": "table"},
     "data": {"path": "string", "input_shapes": "table"},
     "validate": {"enabled": "boolean", "providers": "array", "threads": "integer", "repeats": "integer"},
     "gate": {"checks": "array", "allow_unavailable": "boolean", "strict_latency": "boolean"},
     "report": {"json": "string", "junit": "string", "markdown": "string", "html": "string"},
 }
+
 
 def _toml_type(value: Any) -> str:
     if isinstance(value, bool):

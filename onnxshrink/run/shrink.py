@@ -52,7 +52,9 @@ def job_from(
     base = load_recipe(recipe) if recipe else Recipe()
     job = merge_cli(base, {**(overrides or {}), "model": model, "steps": steps})
     if job.model is None:
-        raise UsageError("missing MODEL; usage: onnxshrink MODEL --plugin NAME[:key=value,...] (or a recipe with model = ...)")
+        raise UsageError(
+            "missing MODEL; usage: onnxshrink MODEL --plugin NAME[:key=value,...] (or a recipe with model = ...)"
+        )
     return job
 
 
@@ -129,7 +131,11 @@ def _report_paths(job: Recipe) -> dict[str, Any]:
 
 
 def _run(
-    job: Recipe, report: dict[str, Any], registry: Registry, progress: ProgressFactory | None, log: Callable[[str], None]
+    job: Recipe,
+    report: dict[str, Any],
+    registry: Registry,
+    progress: ProgressFactory | None,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     registry.raise_for_errors()
     if not job.steps:
@@ -169,7 +175,9 @@ def _run(
             )
             report["steps"] = [r.to_dict() for r in results]
             saving = (lambda total: progress(f"saving {output.name}", total, "B")) if progress else None
-            written = save_model(loaded.model, staged, external_data=True if loaded.uses_external_data else None, progress=saving)
+            written = save_model(
+                loaded.model, staged, external_data=True if loaded.uses_external_data else None, progress=saving
+            )
         del loaded  # the edited tensors: free them before onnxruntime loads the output
         if lazy:
             with _step(progress, "checking the output (onnx.checker, onnxruntime)"):
@@ -196,7 +204,9 @@ def _run(
                 )
             report["validation"] = _unstage(validation, stage, output.parent)
         if checks:
-            report["gate"] = evaluate_gates(checks, report, allow_unavailable=job.allow_unavailable, strict_latency=job.strict_latency)
+            report["gate"] = evaluate_gates(
+                checks, report, allow_unavailable=job.allow_unavailable, strict_latency=job.strict_latency
+            )
         write_reports(report, json_path=job.report_json, junit_path=job.junit, markdown_path=job.markdown)
         if job.html:
             write_html(report, job.html)

@@ -49,7 +49,14 @@ from onnxshrink.ir.external import external_data_dir, inline_all
 from onnxshrink.ir.io import load_model
 from onnxshrink.plugin.method import Method, check_method_class
 from onnxshrink.plugin.registry import MethodInfo, Registry, load_registry
-from onnxshrink.run.pipeline import PreparedStep, StepResult, check_interface, interface_signature, passes_full_check, run_steps
+from onnxshrink.run.pipeline import (
+    PreparedStep,
+    StepResult,
+    check_interface,
+    interface_signature,
+    passes_full_check,
+    run_steps,
+)
 from onnxshrink.testing.reference_graphs import EXTERNAL_DATA_GRAPHS, HARD_GRAPHS, REFERENCE_GRAPHS
 from onnxshrink.toolkit.runtime import cpu_session
 from onnxshrink.toolkit.tidy import tidy_model
@@ -123,7 +130,9 @@ class ConformanceReport:
 
     def __str__(self) -> str:
         hard = [r for r in self.results if r.hard]
-        lines = [f"{self.method}: {len(self.changed)} of {len(self.results)} graphs changed ({len(self.hard_changed)} of {len(hard)} hard ones), all checks passed"]
+        lines = [
+            f"{self.method}: {len(self.changed)} of {len(self.results)} graphs changed ({len(self.hard_changed)} of {len(hard)} hard ones), all checks passed"
+        ]
         if hard and not self.hard_changed and self.hard_graphs_intended_unchanged:
             lines.append(f"  no hard graph changed, as intended: {self.hard_graphs_intended_unchanged}")
         for r in self.results:
@@ -170,7 +179,9 @@ def check_method(
     try:
         values = cls.validate_options(dict(options or {}))
     except UsageError as exc:
-        raise ConformanceError(cls.name, "(options)", "documented options", f"the options given do not validate: {exc}") from None
+        raise ConformanceError(
+            cls.name, "(options)", "documented options", f"the options given do not validate: {exc}"
+        ) from None
     if hard_graphs_intended_unchanged is not None and not str(hard_graphs_intended_unchanged).strip():
         raise ValueError("hard_graphs_intended_unchanged needs the reason, in words")
     step = PreparedStep(info, values)
@@ -181,11 +192,18 @@ def check_method(
         shutil.rmtree(folder, ignore_errors=True)
     report = ConformanceReport(cls.name, values, results, hard_graphs_intended_unchanged)
     if require_change and results and not report.changed:
-        raise ConformanceError(cls.name, "every graph", "changes something", f"the method changed none of {len(results)} graphs: {report.skipped}")
+        raise ConformanceError(
+            cls.name,
+            "every graph",
+            "changes something",
+            f"the method changed none of {len(results)} graphs: {report.skipped}",
+        )
     hard = {r.graph: f"{r.outcome}: {r.reason}" for r in results if r.hard}
     if hard and not report.hard_changed and hard_graphs_intended_unchanged is None:
         raise ConformanceError(
-            cls.name, "the hard graphs", "changes a hard graph",
+            cls.name,
+            "the hard graphs",
+            "changes a hard graph",
             f"the method changed none of the hard graphs {hard} (with options {values}); pass options that make it act "
             "on them, or hard_graphs_intended_unchanged='why' when leaving them alone is right",
         )
@@ -207,7 +225,9 @@ def run_method(
     info = _method_info(method, registry)
     step = PreparedStep(info, info.cls.validate_options(dict(options or {})))
     calibration = list(feeds) if feeds is not None else synthetic_feeds(model, seed=seed)
-    [result] = run_steps(model, [step], seed=seed, calibration=lambda: calibration, calibration_is_synthetic=feeds is None)
+    [result] = run_steps(
+        model, [step], seed=seed, calibration=lambda: calibration, calibration_is_synthetic=feeds is None
+    )
     return result
 
 
@@ -224,13 +244,22 @@ def check_options_documented(method: type[Method]) -> None:
         try:
             parsed = opt.parse(opt.default, where)
         except UsageError as exc:
-            raise ConformanceError(name, "(class)", "documented options", f"default of option {opt.name!r} is not a legal value: {exc}") from None
+            raise ConformanceError(
+                name, "(class)", "documented options", f"default of option {opt.name!r} is not a legal value: {exc}"
+            ) from None
         if not _same_value(parsed, opt.default):
-            raise ConformanceError(name, "(class)", "documented options", f"default of option {opt.name!r} is {opt.default!r}, not a {opt.type_name}")
+            raise ConformanceError(
+                name,
+                "(class)",
+                "documented options",
+                f"default of option {opt.name!r} is {opt.default!r}, not a {opt.type_name}",
+            )
     try:
         method.validate_options({})
     except UsageError as exc:
-        raise ConformanceError(name, "(class)", "documented options", f"the default options do not validate: {exc}") from None
+        raise ConformanceError(
+            name, "(class)", "documented options", f"the default options do not validate: {exc}"
+        ) from None
 
 
 def shipped_models(folder: str | Path | None = None) -> list[Path]:
@@ -242,7 +271,9 @@ def shipped_models(folder: str | Path | None = None) -> list[Path]:
     return sorted(Path(folder).glob("*.onnx")) if folder is not None and Path(folder).is_dir() else []
 
 
-def synthetic_feeds(model: onnx.ModelProto, count: int = CALIBRATION_FEEDS, *, dynamic: int = DYNAMIC_SIZES[0], seed: int = 0) -> list[dict[str, np.ndarray]]:
+def synthetic_feeds(
+    model: onnx.ModelProto, count: int = CALIBRATION_FEEDS, *, dynamic: int = DYNAMIC_SIZES[0], seed: int = 0
+) -> list[dict[str, np.ndarray]]:
     """``count`` random feeds for the model's inputs: floats in [0, 1), integers in {0, 1}, every
     dynamic dimension set to ``dynamic``."""
     rng = np.random.default_rng([seed, dynamic])
@@ -296,7 +327,9 @@ def _check_case_here(step: PreparedStep, case: _Case, seed: int) -> GraphResult:
 
     first = _clone(original)
     try:
-        [result] = run_steps(first, [step], seed=seed, calibration=lambda: feeds, calibration_is_synthetic=case.synthetic)
+        [result] = run_steps(
+            first, [step], seed=seed, calibration=lambda: feeds, calibration_is_synthetic=case.synthetic
+        )
     except (UsageError, InvalidModelError) as exc:  # exit 2: the method refuses this model, with a reason
         _check_untouched(original, original_bytes, feeds, feeds_copy, fail)
         return GraphResult(label, "refused", exc.message, hard=case.hard)
@@ -318,13 +351,23 @@ def _check_case_here(step: PreparedStep, case: _Case, seed: int) -> GraphResult:
 
     second = _clone(original)
     try:
-        run_steps(second, [step], seed=seed, calibration=lambda: _copy_feeds(feeds_copy), calibration_is_synthetic=case.synthetic)
+        run_steps(
+            second,
+            [step],
+            seed=seed,
+            calibration=lambda: _copy_feeds(feeds_copy),
+            calibration_is_synthetic=case.synthetic,
+        )
     except OnnxShrinkError as exc:
         raise fail("deterministic", f"the second run failed where the first succeeded: {exc.message}") from None
     if _bytes(first) != first_bytes:
-        raise fail("deterministic", "the second run changed the first run's model (the method keeps state between runs)")
+        raise fail(
+            "deterministic", "the second run changed the first run's model (the method keeps state between runs)"
+        )
     if _bytes(second) != first_bytes:
-        raise fail("deterministic", f"two runs with seed {seed} gave different models{_first_difference(first, second)}")
+        raise fail(
+            "deterministic", f"two runs with seed {seed} gave different models{_first_difference(first, second)}"
+        )
 
     tidied = _clone(original)
     tidy_model(tidied)
@@ -336,14 +379,28 @@ def _check_case_here(step: PreparedStep, case: _Case, seed: int) -> GraphResult:
 
 def _check_untouched(original, original_bytes, feeds, feeds_copy, fail) -> None:
     if _bytes(original) != original_bytes:
-        raise fail("input not mutated", "the model object handed to the kit was modified (the method edited a model it was not given)")
+        raise fail(
+            "input not mutated",
+            "the model object handed to the kit was modified (the method edited a model it was not given)",
+        )
     for index, (feed, kept) in enumerate(zip(feeds, feeds_copy)):
         if set(feed) != set(kept):
-            raise fail("input not mutated", f"calibration feed {index} had its keys changed from {sorted(kept)} to {sorted(feed)}")
+            raise fail(
+                "input not mutated",
+                f"calibration feed {index} had its keys changed from {sorted(kept)} to {sorted(feed)}",
+            )
         for key, value in kept.items():
             now = feed[key]
-            if not (isinstance(now, np.ndarray) and now.dtype == value.dtype and now.shape == value.shape and np.array_equal(now, value, equal_nan=_is_float(value))):
-                raise fail("input not mutated", f"calibration feed {index} input {key!r} was modified in place (the feeds are shared by every step of a chain)")
+            if not (
+                isinstance(now, np.ndarray)
+                and now.dtype == value.dtype
+                and now.shape == value.shape
+                and np.array_equal(now, value, equal_nan=_is_float(value))
+            ):
+                raise fail(
+                    "input not mutated",
+                    f"calibration feed {index} input {key!r} was modified in place (the feeds are shared by every step of a chain)",
+                )
 
 
 def _check_valid(model: onnx.ModelProto, *, strict: bool, fail) -> None:
@@ -371,7 +428,10 @@ def _check_runs(original: onnx.ModelProto, out: onnx.ModelProto, case: _Case, se
     except Exception as exc:  # noqa: BLE001
         raise fail("runs in onnxruntime", f"cannot create a session: {_first_line(exc)}") from None
     names = [o.name for o in reference.get_outputs()]
-    probes = [(f"dynamic dimensions = {size}", synthetic_feeds(original, 1, dynamic=size, seed=seed)[0]) for size in DYNAMIC_SIZES]
+    probes = [
+        (f"dynamic dimensions = {size}", synthetic_feeds(original, 1, dynamic=size, seed=seed)[0])
+        for size in DYNAMIC_SIZES
+    ]
     if not case.synthetic:
         probes.insert(0, ("calibration data", case.calibration(original)[0]))
     for what, feed in probes:
@@ -382,11 +442,16 @@ def _check_runs(original: onnx.ModelProto, out: onnx.ModelProto, case: _Case, se
         try:
             got = candidate.run(names, feed)
         except Exception as exc:  # noqa: BLE001
-            raise fail("runs in onnxruntime", f"the output fails on {what} where the original runs: {_first_line(exc)}") from None
+            raise fail(
+                "runs in onnxruntime", f"the output fails on {what} where the original runs: {_first_line(exc)}"
+            ) from None
         for name, e, g in zip(names, expected, got):
             e, g = np.asarray(e), np.asarray(g)
             if e.dtype != g.dtype or e.shape != g.shape:
-                raise fail("runs in onnxruntime", f"output {name!r} on {what} is {g.dtype}{list(g.shape)}, the original gives {e.dtype}{list(e.shape)}")
+                raise fail(
+                    "runs in onnxruntime",
+                    f"output {name!r} on {what} is {g.dtype}{list(g.shape)}, the original gives {e.dtype}{list(e.shape)}",
+                )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -430,7 +495,14 @@ def _external_builder(build: Callable[[], onnx.ModelProto], folder: Path) -> Cal
         path = folder / "model.onnx"
         if not path.exists():
             folder.mkdir(parents=True, exist_ok=True)
-            onnx.save_model(build(), path, save_as_external_data=True, all_tensors_to_one_file=True, location="model.data", size_threshold=0)
+            onnx.save_model(
+                build(),
+                path,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location="model.data",
+                size_threshold=0,
+            )
         return load_model(path, load_external=False).model
 
     return load

@@ -70,7 +70,14 @@ def conv_bn_residual(batch: int | str = "batch", seed: int = 0, channels: int = 
                 numpy_helper.from_array((1 + 0.1 * rng.random(c)).astype(np.float32), f"{prefix}.var"),
             ]
         )
-        nodes.append(helper.make_node("BatchNormalization", [x, f"{prefix}.scale", f"{prefix}.bias", f"{prefix}.mean", f"{prefix}.var"], [y], name=prefix))
+        nodes.append(
+            helper.make_node(
+                "BatchNormalization",
+                [x, f"{prefix}.scale", f"{prefix}.bias", f"{prefix}.mean", f"{prefix}.var"],
+                [y],
+                name=prefix,
+            )
+        )
 
     bn("stem_bn", "s", "s_bn")
     nodes.append(helper.make_node("Relu", ["s_bn"], ["x0"], name="stem_relu"))
@@ -79,7 +86,9 @@ def conv_bn_residual(batch: int | str = "batch", seed: int = 0, channels: int = 
     bn("block.bn1", "b1", "b1_bn")
     nodes.append(helper.make_node("Relu", ["b1_bn"], ["b1_r"], name="block.relu1"))
     inits.append(numpy_helper.from_array(_w(rng, c, c, 3, 3), "block.conv2.weight"))
-    nodes.append(helper.make_node("Conv", ["b1_r", "block.conv2.weight"], ["b2"], name="block.conv2", pads=[1, 1, 1, 1]))
+    nodes.append(
+        helper.make_node("Conv", ["b1_r", "block.conv2.weight"], ["b2"], name="block.conv2", pads=[1, 1, 1, 1])
+    )
     bn("block.bn2", "b2", "b2_bn")
     nodes += [
         helper.make_node("Add", ["b2_bn", "x0"], ["res"], name="block.add"),
@@ -170,7 +179,10 @@ def initializer_as_input(seed: int = 0) -> onnx.ModelProto:
     nodes = [helper.make_node("MatMul", ["input", "W"], ["output"], name="mm")]
     return _model(
         nodes,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16]), helper.make_tensor_value_info("W", TensorProto.FLOAT, [16, 16])],
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16]),
+            helper.make_tensor_value_info("W", TensorProto.FLOAT, [16, 16]),
+        ],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 16])],
         [numpy_helper.from_array(_w(rng, 16, 16), "W")],
     )
@@ -188,7 +200,10 @@ def fp16_mlp(seed: int = 0) -> onnx.ModelProto:
         nodes,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT16, ["batch", 16])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT16, ["batch", 8])],
-        [numpy_helper.from_array(_w(rng, 16, 32).astype(np.float16), "W1"), numpy_helper.from_array(_w(rng, 32, 8).astype(np.float16), "W2")],
+        [
+            numpy_helper.from_array(_w(rng, 16, 32).astype(np.float16), "W1"),
+            numpy_helper.from_array(_w(rng, 32, 8).astype(np.float16), "W2"),
+        ],
     )
 
 
@@ -231,7 +246,10 @@ def attention_with_mask(seed: int = 0) -> onnx.ModelProto:
     ]
     return _model(
         nodes,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8, d]), helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", 8])],
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8, d]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", 8]),
+        ],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 8, d])],
         inits,
     )
@@ -262,7 +280,10 @@ def detection_head(seed: int = 0) -> onnx.ModelProto:
     return _model(
         nodes,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4, 8, 8])],
-        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["batch", 7, 8, 8]), helper.make_tensor_value_info("refined", TensorProto.FLOAT, ["batch", 6, 8, 8])],
+        [
+            helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["batch", 7, 8, 8]),
+            helper.make_tensor_value_info("refined", TensorProto.FLOAT, ["batch", 6, 8, 8]),
+        ],
         inits,
     )
 
@@ -281,7 +302,11 @@ def contrib_op_weight(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 16])],
         [numpy_helper.from_array(_w(rng, 16, 32), "W1"), numpy_helper.from_array(_w(rng, 32, 16), "W2")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)], producer_name="onnxshrink-tests")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+        producer_name="onnxshrink-tests",
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
@@ -347,7 +372,10 @@ def loop_subgraph(seed: int = 0) -> onnx.ModelProto:
             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
             helper.make_tensor_value_info("state", TensorProto.FLOAT, ["batch", 16]),
         ],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("state_out", TensorProto.FLOAT, ["batch", 16])],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, ["batch", 16]),
+        ],
         [numpy_helper.from_array(_w(rng, 16, 16), "W_body")],
     )
     nodes = [helper.make_node("Loop", ["trip_count", "keep_going", "input"], ["output"], name="loop", body=body)]
@@ -445,19 +473,48 @@ def tiny_transformer(seed: int = 0, d: int = 32, heads: int = 4, ff: int = 64, b
         p = f"blocks.{b}"
         n = layernorm(f"{p}.ln1", x)
         q, k, v = (
-            node("Transpose", [node("Reshape", [linear(f"{p}.attn.{t}", n, d, d), const(f"{p}.attn.{t}_shape", split_shape)], f"{p}.attn.{t}_heads")], f"{p}.attn.{t}_t", perm=[0, 2, 1, 3])
+            node(
+                "Transpose",
+                [
+                    node(
+                        "Reshape",
+                        [linear(f"{p}.attn.{t}", n, d, d), const(f"{p}.attn.{t}_shape", split_shape)],
+                        f"{p}.attn.{t}_heads",
+                    )
+                ],
+                f"{p}.attn.{t}_t",
+                perm=[0, 2, 1, 3],
+            )
             for t in ("q", "k", "v")
         )
         kt = node("Transpose", [k], f"{p}.attn.kT", perm=[0, 1, 3, 2])
-        scores = node("Mul", [node("MatMul", [q, kt], f"{p}.attn.qk"), const(f"{p}.attn.scale", np.array(head_dim**-0.5, np.float32))], f"{p}.attn.scores")
+        scores = node(
+            "Mul",
+            [node("MatMul", [q, kt], f"{p}.attn.qk"), const(f"{p}.attn.scale", np.array(head_dim**-0.5, np.float32))],
+            f"{p}.attn.scores",
+        )
         probs = node("Softmax", [scores], f"{p}.attn.probs", axis=-1)
-        context = node("Transpose", [node("MatMul", [probs, v], f"{p}.attn.context")], f"{p}.attn.context_t", perm=[0, 2, 1, 3])
-        merged = node("Reshape", [context, const(f"{p}.attn.merge_shape", np.array([-1, tokens, d], np.int64))], f"{p}.attn.merged")
+        context = node(
+            "Transpose", [node("MatMul", [probs, v], f"{p}.attn.context")], f"{p}.attn.context_t", perm=[0, 2, 1, 3]
+        )
+        merged = node(
+            "Reshape",
+            [context, const(f"{p}.attn.merge_shape", np.array([-1, tokens, d], np.int64))],
+            f"{p}.attn.merged",
+        )
         x = node("Add", [x, linear(f"{p}.attn.proj", merged, d, d)], f"{p}.residual1")
         h = linear(f"{p}.fc1", layernorm(f"{p}.ln2", x), d, ff)
-        erf = node("Erf", [node("Div", [h, const(f"{p}.sqrt2", np.array(2**0.5, np.float32))], f"{p}.gelu.div")], f"{p}.gelu.erf")
+        erf = node(
+            "Erf",
+            [node("Div", [h, const(f"{p}.sqrt2", np.array(2**0.5, np.float32))], f"{p}.gelu.div")],
+            f"{p}.gelu.erf",
+        )
         gate = node("Add", [erf, const(f"{p}.one", np.array(1.0, np.float32))], f"{p}.gelu.add")
-        gelu = node("Mul", [node("Mul", [h, gate], f"{p}.gelu.mul"), const(f"{p}.half", np.array(0.5, np.float32))], f"{p}.gelu.out")
+        gelu = node(
+            "Mul",
+            [node("Mul", [h, gate], f"{p}.gelu.mul"), const(f"{p}.half", np.array(0.5, np.float32))],
+            f"{p}.gelu.out",
+        )
         x = node("Add", [x, linear(f"{p}.fc2", gelu, ff, d)], f"{p}.residual2")
     pooled = node("ReduceMean", [layernorm("ln", x)], "pooled", axes=[1], keepdims=0)
     head_w, head_b = const("head.weight", _w(rng, 10, d, scale=d**-0.5)), const("head.bias", _w(rng, 10, scale=0.02))

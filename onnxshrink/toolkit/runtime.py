@@ -51,21 +51,29 @@ def cpu_session(model: onnx.ModelProto | bytes | str, threads: int = 1) -> ort.I
     if external_tensors(model):
         model = inline_copy(model)
     if model.ByteSize() < PROTOBUF_SAFE_BYTES:
-        return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"]
+        )
     with tempfile.TemporaryDirectory(prefix="onnxshrink-run-") as folder:
         path = os.path.join(folder, "model.onnx")
         onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
         return ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
 
 
-def run_model(model: onnx.ModelProto | bytes | str, feeds: Sequence[dict[str, np.ndarray]], output_names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
+def run_model(
+    model: onnx.ModelProto | bytes | str,
+    feeds: Sequence[dict[str, np.ndarray]],
+    output_names: Sequence[str] | None = None,
+) -> list[dict[str, np.ndarray]]:
     """Outputs of ``model`` for each feed, as ``{output name: array}``."""
     sess = cpu_session(model)
     names = list(output_names) if output_names else [o.name for o in sess.get_outputs()]
     return [dict(zip(names, sess.run(names, dict(feed)))) for feed in feeds]
 
 
-def intermediate_values(model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+def intermediate_values(
+    model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]
+) -> dict[str, list[np.ndarray]]:
     """Values of the main graph's tensors ``names`` on each feed, by exposing them as outputs of a copy."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

@@ -26,10 +26,6 @@ from onnxshrink.toolkit.runtime import cpu_session
 Override = Callable[[], np.ndarray]
 
 
-
-
-
-
 class SegmentRunner:
     """Runs ``model``'s main graph forward over ``feeds`` (one dict of graph inputs per sample).
 
@@ -41,7 +37,12 @@ class SegmentRunner:
     between requests.
     """
 
-    def __init__(self, model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], overrides: Mapping[str, Override] | None = None):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        feeds: Sequence[Mapping[str, np.ndarray]],
+        overrides: Mapping[str, Override] | None = None,
+    ):
         self.model = model
         self.feeds = [dict(f) for f in feeds]
         self.overrides: dict[str, Override] = dict(overrides or {})
@@ -77,7 +78,9 @@ class SegmentRunner:
     def _constants(self) -> dict[str, onnx.TensorProto | onnx.NodeProto]:
         """Main-graph initializers (not fed) and Constant nodes, by the name they define."""
         graph = self.model.graph
-        found: dict[str, onnx.TensorProto | onnx.NodeProto] = {t.name: t for t in graph.initializer if t.name not in self._values}
+        found: dict[str, onnx.TensorProto | onnx.NodeProto] = {
+            t.name: t for t in graph.initializer if t.name not in self._values
+        }
         for node in graph.node:
             if node.output and constant_value(node) is not None:
                 found[node.output[0]] = node
@@ -97,7 +100,9 @@ class SegmentRunner:
             seen.add(name)
             node, position = index.producer(name), index.position(name)
             if node is None:
-                raise UsageError(f"tensor {name!r} is neither a graph input given in the data nor produced by a node of the main graph")
+                raise UsageError(
+                    f"tensor {name!r} is neither a graph input given in the data nor produced by a node of the main graph"
+                )
             if position not in chosen:
                 chosen[position] = node
                 stack.extend(node_reads(node))
@@ -191,6 +196,8 @@ def _override_tensor(override: Override, data_type: int, name: str) -> onnx.Tens
 
 def _value_info(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
     if not isinstance(value, np.ndarray):
-        raise UsageError(f"tensor {name!r} is a {type(value).__name__}, not a tensor: this model cannot be run piece by piece")
+        raise UsageError(
+            f"tensor {name!r} is a {type(value).__name__}, not a tensor: this model cannot be run piece by piece"
+        )
     elem = helper.np_dtype_to_tensor_dtype(value.dtype)
     return helper.make_tensor_value_info(name, elem, [None] * value.ndim)

@@ -37,12 +37,6 @@ def from_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-
-
-
-
-
-
 def tidy_graph(graph: onnx.GraphProto, keep_unused_initializers: bool = False) -> None:
     """Remove dead nodes and unused initializers, then sort nodes topologically (stable), recursively."""
     for node in graph.node:

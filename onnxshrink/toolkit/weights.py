@@ -95,7 +95,15 @@ class WeightTensor:
         values = values.astype(dtype, copy=False)
         if dtype.kind in "fiub":  # plain numpy layout (not bfloat16 or float8): raw bytes as they are
             proto = self.proto
-            for field_name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "external_data", "data_location"):
+            for field_name in (
+                "float_data",
+                "int32_data",
+                "int64_data",
+                "double_data",
+                "uint64_data",
+                "external_data",
+                "data_location",
+            ):
                 proto.ClearField(field_name)
             proto.raw_data = np.ascontiguousarray(values).astype(dtype.newbyteorder("<"), copy=False).tobytes()
             proto.name = proto.name or self.name

@@ -108,8 +108,6 @@ def _say(progress: Progress, msg: str) -> None:
         progress(msg)
 
 
-
-
 def _skipped(providers: Sequence[str]) -> dict:
     return {ep: {"status": "skipped", "reason": "latency measurement switched off"} for ep in providers}
 
@@ -145,8 +143,17 @@ def validate(
 
     if measure_latency:
         lat = _latency.measure_latency(
-            baseline_path, candidate_path, dataset.feeds, eps, threads=threads, warmup=warmup, repeats=repeats,
-            min_time_s=min_time_s, trt_cache_dir=trt_cache_dir, progress=progress, ci_width=ci_width,
+            baseline_path,
+            candidate_path,
+            dataset.feeds,
+            eps,
+            threads=threads,
+            warmup=warmup,
+            repeats=repeats,
+            min_time_s=min_time_s,
+            trt_cache_dir=trt_cache_dir,
+            progress=progress,
+            ci_width=ci_width,
             time_budget_s=time_budget_s,
         )
     else:
@@ -165,10 +172,23 @@ def _fidelity(baseline_path, candidate_path, dataset: DataSet, threads: int) -> 
     try:
         base_out = run_model(baseline_path, dataset.feeds, threads=threads)
     except Exception as e:
-        raise UsageError(f"baseline model {str(baseline_path)!r} cannot run on the data {dataset.source or '(synthetic)'}: {one_line(e)}") from None
+        raise UsageError(
+            f"baseline model {str(baseline_path)!r} cannot run on the data {dataset.source or '(synthetic)'}: {one_line(e)}"
+        ) from None
     has_labels = dataset.labels is not None
-    failed = {"status": "failed", "outputs": {}, "cosine": None, "cosine_mean": None, "max_abs_error": None, "rel_error": None,
-              "snr_db": None, "top1_agreement": None, "exact_match": None, "labels": has_labels, "warnings": []}
+    failed = {
+        "status": "failed",
+        "outputs": {},
+        "cosine": None,
+        "cosine_mean": None,
+        "max_abs_error": None,
+        "rel_error": None,
+        "snr_db": None,
+        "top1_agreement": None,
+        "exact_match": None,
+        "labels": has_labels,
+        "warnings": [],
+    }
     try:
         cand_out = run_model(candidate_path, dataset.feeds, threads=threads)
     except Exception as e:
@@ -209,7 +229,14 @@ def bench_single(
     _say(progress, "measuring size")
     size = measure_size(model_path)
     lat = _latency.measure_latency_single(
-        model_path, dataset.feeds, eps, threads=threads, warmup=warmup, repeats=repeats, min_time_s=min_time_s,
-        trt_cache_dir=trt_cache_dir, progress=progress,
+        model_path,
+        dataset.feeds,
+        eps,
+        threads=threads,
+        warmup=warmup,
+        repeats=repeats,
+        min_time_s=min_time_s,
+        trt_cache_dir=trt_cache_dir,
+        progress=progress,
     )
     return {"data": dataset.summary(), "size": size, "latency": lat}

@@ -68,6 +68,7 @@ Feed = dict[str, np.ndarray]
 @dataclass
 class InputSpec:
     """A required graph input: name, numpy dtype, ONNX type name and shape (None = dynamic dim)."""
+
     name: str
     dtype: np.dtype
     type_name: str
@@ -77,6 +78,7 @@ class InputSpec:
 @dataclass
 class DataSet:
     """Feeds ready to run, with labels aligned to samples."""
+
     feeds: list[Feed]
     labels: np.ndarray | None = None
     source: str | None = None
@@ -106,9 +108,7 @@ class DataSet:
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     """Required inputs of the main graph (graph inputs that are not also initializers)."""
-    init_names = {t.name for t in model.graph.initializer} | {
-        s.values.name for s in model.graph.sparse_initializer
-    }
+    init_names = {t.name for t in model.graph.initializer} | {s.values.name for s in model.graph.sparse_initializer}
     specs = []
     for vi in model.graph.input:
         if vi.name in init_names:
@@ -185,7 +185,9 @@ def load_feeds(
         raise UsageError(f"data file {str(path)!r} does not exist")
     warnings: list[str] = []
     if input_shapes:
-        warnings.append(f"input shapes for {sorted(input_shapes)} ignored: the shapes come from the data in {str(path)!r}")
+        warnings.append(
+            f"input shapes for {sorted(input_shapes)} ignored: the shapes come from the data in {str(path)!r}"
+        )
     parts: list[tuple[list[Feed], list[int], np.ndarray | None, str]] = []
     if path.is_dir():
         npz = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".npz")
@@ -212,7 +214,9 @@ def load_feeds(
     with_labels = [p[3] for p in parts if p[2] is not None]
     if with_labels and len(with_labels) != len(parts):
         missing = [p[3] for p in parts if p[2] is None]
-        raise UsageError(f"data files {missing[:3]} have no 'labels' array while {with_labels[:1]} has one; give labels in all or none")
+        raise UsageError(
+            f"data files {missing[:3]} have no 'labels' array while {with_labels[:1]} has one; give labels in all or none"
+        )
     feeds: list[Feed] = []
     counts: list[int] = []
     labels_parts: list[np.ndarray] = []
@@ -246,10 +250,14 @@ def _check_keys(arrays: dict[str, np.ndarray], specs: list[InputSpec], where: st
     found = sorted(arrays)
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise UsageError(f"data {where!r} has no array for graph input(s) {missing}; keys found: {found}; inputs required: {names}")
+        raise UsageError(
+            f"data {where!r} has no array for graph input(s) {missing}; keys found: {found}; inputs required: {names}"
+        )
     extra = [k for k in found if k not in names and k != LABELS_KEY]
     if extra:
-        raise UsageError(f"data {where!r} has key(s) {extra} that are not graph inputs; inputs required: {names} (plus optional 'labels')")
+        raise UsageError(
+            f"data {where!r} has key(s) {extra} that are not graph inputs; inputs required: {names} (plus optional 'labels')"
+        )
 
 
 def _check_dtype(arr: np.ndarray, spec: InputSpec, where: str, warnings: list[str]) -> np.ndarray:
@@ -260,7 +268,9 @@ def _check_dtype(arr: np.ndarray, spec: InputSpec, where: str, warnings: list[st
         if note not in warnings:
             warnings.append(note)
         return arr.astype(np.float32)
-    raise UsageError(f"data {where!r}: input {spec.name!r} has dtype {arr.dtype}, the model expects {spec.type_name} ({spec.dtype})")
+    raise UsageError(
+        f"data {where!r}: input {spec.name!r} has dtype {arr.dtype}, the model expects {spec.type_name} ({spec.dtype})"
+    )
 
 
 def _normalize(
@@ -331,7 +341,9 @@ def _split_batch(arrays: dict[str, np.ndarray], specs: list[InputSpec], batch_si
     n = lengths.pop()
     if n <= batch_size:
         return [arrays]
-    return [{k: np.ascontiguousarray(a[i : i + batch_size]) for k, a in arrays.items()} for i in range(0, n, batch_size)]
+    return [
+        {k: np.ascontiguousarray(a[i : i + batch_size]) for k, a in arrays.items()} for i in range(0, n, batch_size)
+    ]
 
 
 def _samples_in(feed: Feed, specs: list[InputSpec]) -> int:
@@ -386,7 +398,9 @@ def _synthetic(
         given = input_shapes.get(spec.name)
         if spec.shape is None:
             if given is None:
-                raise UsageError(f"graph input {spec.name!r} has no declared shape; give one with --input-shape {spec.name}=DIMS")
+                raise UsageError(
+                    f"graph input {spec.name!r} has no declared shape; give one with --input-shape {spec.name}=DIMS"
+                )
             continue
         if given is None:
             continue
@@ -396,7 +410,9 @@ def _synthetic(
             )
         for i, (want, got) in enumerate(zip(spec.shape, given)):
             if want is not None and want != got:
-                raise UsageError(f"input shape for {spec.name!r}: dim {i} is {got}, the model declares {want} (expected {_fmt_shape(spec.shape)})")
+                raise UsageError(
+                    f"input shape for {spec.name!r}: dim {i} is {got}, the model declares {want} (expected {_fmt_shape(spec.shape)})"
+                )
 
     runner, warnings = None, [SYNTHETIC_WARNING]
     if probe:
@@ -412,7 +428,9 @@ def _synthetic(
             warnings.append(f"input {spec.name!r}: all ones (a mask)")
         elif np.issubdtype(spec.dtype, np.integer):
             where = f"indices of Gather {hints.index_node!r}" if hints.index_bound else "no table found to bound it"
-            warnings.append(f"input {spec.name!r}: integers in [0, {hints.index_bound or synthetic.DEFAULT_INT_HIGH}) ({where})")
+            warnings.append(
+                f"input {spec.name!r}: integers in [0, {hints.index_bound or synthetic.DEFAULT_INT_HIGH}) ({where})"
+            )
 
     rng = np.random.default_rng(seed)
     per_feed = _samples_from_shapes(specs, shapes)
@@ -437,7 +455,9 @@ def check_runs(model: onnx.ModelProto, dataset: DataSet) -> None:
         runner(dataset.feeds[0])
     except Exception as exc:  # noqa: BLE001
         shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in dataset.feeds[0].items())
-        raise UsageError(f"the model does not run on the data {dataset.source!r} (first feed: {shapes}): {one_line(exc, 400)}") from None
+        raise UsageError(
+            f"the model does not run on the data {dataset.source!r} (first feed: {shapes}): {one_line(exc, 400)}"
+        ) from None
 
 
 def _probe_runner(model: onnx.ModelProto):
@@ -469,7 +489,10 @@ def split_calibration(dataset: DataSet, fraction: float = 0.5) -> tuple[DataSet,
     if n <= 1:
         note = "only one feed: calibration and evaluation use the same data, so fidelity may look better than it is"
         warnings = [*dataset.warnings, note]
-        return (replace(dataset, role="calibration", warnings=warnings), replace(dataset, role="evaluation", warnings=warnings))
+        return (
+            replace(dataset, role="calibration", warnings=warnings),
+            replace(dataset, role="evaluation", warnings=warnings),
+        )
     k = min(max(math.floor(n * fraction), 1), n - 1)
     split_at = sum(dataset.samples_per_feed[:k])
 

@@ -171,14 +171,20 @@ def _feed_metrics(b: np.ndarray, c: np.ndarray) -> tuple[dict, int, bool]:
     if mismatch:
         return {"cosine": 0.0, "rel_error": math.inf, "max_abs_error": math.inf}, mismatch, True
     bb, cc = bf[both], cf[both]
-    metrics = {"cosine": cosine(bb, cc), "rel_error": rel_error(bb, cc), "max_abs_error": float(np.abs(cc - bb).max()) if bb.size else 0.0}
+    metrics = {
+        "cosine": cosine(bb, cc),
+        "rel_error": rel_error(bb, cc),
+        "max_abs_error": float(np.abs(cc - bb).max()) if bb.size else 0.0,
+    }
     return metrics, 0, not (fin_b.all() and fin_c.all())
 
 
 def _compare_one(name: str, base: list[np.ndarray], cand: list[np.ndarray], producer: str | None = None) -> dict:
     for i, (b, c) in enumerate(zip(base, cand)):
         if b.shape != c.shape:
-            raise UsageError(f"output {name!r} on feed {i}: candidate shape {list(c.shape)} differs from baseline {list(b.shape)}")
+            raise UsageError(
+                f"output {name!r} on feed {i}: candidate shape {list(c.shape)} differs from baseline {list(b.shape)}"
+            )
     first = base[0]
     eq = np.concatenate([np.asarray(b == c).reshape(-1) for b, c in zip(base, cand)]) if base else np.zeros(0, bool)
     why_not = class_scores_reason(name, first, producer)
@@ -242,7 +248,11 @@ def _accuracy(name: str, base: list[np.ndarray], cand: list[np.ndarray], labels:
 
 
 def compare_outputs(
-    base_outputs: Outputs, cand_outputs: Outputs, labels: np.ndarray | None = None, *, producers: Mapping[str, str] | None = None
+    base_outputs: Outputs,
+    cand_outputs: Outputs,
+    labels: np.ndarray | None = None,
+    *,
+    producers: Mapping[str, str] | None = None,
 ) -> dict:
     """Per-output metrics under ``outputs`` plus the summary keys described in the module docstring.
 
@@ -255,7 +265,9 @@ def compare_outputs(
     names = list(base_outputs[0])
     missing = [n for n in names if n not in cand_outputs[0]]
     if missing:
-        raise UsageError(f"candidate lacks output(s) {missing} that the baseline has; candidate outputs: {list(cand_outputs[0])}")
+        raise UsageError(
+            f"candidate lacks output(s) {missing} that the baseline has; candidate outputs: {list(cand_outputs[0])}"
+        )
     per: dict[str, dict] = {}
     for n in names:
         b = [np.asarray(o[n]) for o in base_outputs]
@@ -268,7 +280,9 @@ def compare_outputs(
         "outputs": per,
         "cosine": min(m["cosine"] for m in floats) if floats else None,
         "cosine_mean": min(m["cosine_mean"] for m in floats) if floats else None,
-        "max_abs_error": max((m["max_abs_error"] for m in per.values() if m["max_abs_error"] is not None), default=None),
+        "max_abs_error": max(
+            (m["max_abs_error"] for m in per.values() if m["max_abs_error"] is not None), default=None
+        ),
         "rel_error": max(m["rel_error"] for m in floats) if floats else None,
         "snr_db": min(m["snr_db"] for m in floats) if floats else None,
         "top1_agreement": min(m["top1_agreement"] for m in classes) if classes else None,

@@ -70,20 +70,76 @@ class Metric:
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("size_ratio", "validation.size.size_ratio", "candidate / baseline bytes on disk (the .onnx plus its external data)"),
+        Metric(
+            "size_ratio",
+            "validation.size.size_ratio",
+            "candidate / baseline bytes on disk (the .onnx plus its external data)",
+        ),
         Metric("params_ratio", "validation.size.params_ratio", "candidate / baseline stored parameter count"),
         Metric("nonzeros_ratio", "validation.size.nonzeros_ratio", "candidate / baseline count of non-zero parameters"),
-        Metric("compressed_ratio", "validation.size.compressed_ratio", "candidate / baseline zlib-compressed size of the weights"),
-        Metric("latency_ratio", "validation.latency.<ep>.ratio", "candidate / baseline latency on that provider (median of paired ratios, < 1 is faster), judged by its 95% interval ratio_ci", per_provider=True),
-        Metric("latency_ms", "validation.latency.<ep>.candidate.median_ms", "candidate median latency on that provider, in milliseconds, judged by its 95% interval median_ci_ms", per_provider=True),
-        Metric("cosine", "validation.fidelity.cosine", "cosine similarity of candidate vs baseline outputs, per feed; the worst feed of the worst output (or of [output])", per_output=True),
-        Metric("cosine_mean", "validation.fidelity.cosine_mean", "cosine similarity averaged over feeds; the worst output (or [output])", per_output=True),
-        Metric("max_abs_error", "validation.fidelity.max_abs_error", "largest absolute difference between candidate and baseline outputs (worst output, or [output])", per_output=True),
-        Metric("rel_error", "validation.fidelity.rel_error", "relative L2 error ||c - b|| / max(||b||, floor), per feed; the worst feed of the worst output (or [output])", per_output=True),
-        Metric("snr_db", "validation.fidelity.snr_db", "signal-to-noise ratio 10 log10(||b||^2 / ||c - b||^2) in dB, per feed; the worst (or [output])", per_output=True),
-        Metric("top1_agreement", "validation.fidelity.top1_agreement", "fraction of rows where candidate and baseline agree on the arg-max class (outputs shaped like class scores only; worst, or [output])", per_output=True),
-        Metric("accuracy", "validation.fidelity.accuracy.candidate", "candidate task accuracy against the labels in the data (0-1)"),
-        Metric("accuracy_drop", "validation.fidelity.accuracy.drop", "baseline accuracy - candidate accuracy, as a fraction (0.01 = one point)"),
+        Metric(
+            "compressed_ratio",
+            "validation.size.compressed_ratio",
+            "candidate / baseline zlib-compressed size of the weights",
+        ),
+        Metric(
+            "latency_ratio",
+            "validation.latency.<ep>.ratio",
+            "candidate / baseline latency on that provider (median of paired ratios, < 1 is faster), judged by its 95% interval ratio_ci",
+            per_provider=True,
+        ),
+        Metric(
+            "latency_ms",
+            "validation.latency.<ep>.candidate.median_ms",
+            "candidate median latency on that provider, in milliseconds, judged by its 95% interval median_ci_ms",
+            per_provider=True,
+        ),
+        Metric(
+            "cosine",
+            "validation.fidelity.cosine",
+            "cosine similarity of candidate vs baseline outputs, per feed; the worst feed of the worst output (or of [output])",
+            per_output=True,
+        ),
+        Metric(
+            "cosine_mean",
+            "validation.fidelity.cosine_mean",
+            "cosine similarity averaged over feeds; the worst output (or [output])",
+            per_output=True,
+        ),
+        Metric(
+            "max_abs_error",
+            "validation.fidelity.max_abs_error",
+            "largest absolute difference between candidate and baseline outputs (worst output, or [output])",
+            per_output=True,
+        ),
+        Metric(
+            "rel_error",
+            "validation.fidelity.rel_error",
+            "relative L2 error ||c - b|| / max(||b||, floor), per feed; the worst feed of the worst output (or [output])",
+            per_output=True,
+        ),
+        Metric(
+            "snr_db",
+            "validation.fidelity.snr_db",
+            "signal-to-noise ratio 10 log10(||b||^2 / ||c - b||^2) in dB, per feed; the worst (or [output])",
+            per_output=True,
+        ),
+        Metric(
+            "top1_agreement",
+            "validation.fidelity.top1_agreement",
+            "fraction of rows where candidate and baseline agree on the arg-max class (outputs shaped like class scores only; worst, or [output])",
+            per_output=True,
+        ),
+        Metric(
+            "accuracy",
+            "validation.fidelity.accuracy.candidate",
+            "candidate task accuracy against the labels in the data (0-1)",
+        ),
+        Metric(
+            "accuracy_drop",
+            "validation.fidelity.accuracy.drop",
+            "baseline accuracy - candidate accuracy, as a fraction (0.01 = one point)",
+        ),
     )
 }
 
@@ -161,7 +217,9 @@ def parse_gate(expr: str) -> GateCheck:
     if not isinstance(expr, str):
         raise UsageError(f"gate {expr!r}: expected a string like 'size_ratio<=0.5'")
     text = expr.strip()
-    usage = "use METRIC[SELECTOR] OP NUMBER, e.g. 'size_ratio<=0.5', 'latency_ratio[cpu]<=1.0' or 'cosine[logits]>=0.99'"
+    usage = (
+        "use METRIC[SELECTOR] OP NUMBER, e.g. 'size_ratio<=0.5', 'latency_ratio[cpu]<=1.0' or 'cosine[logits]>=0.99'"
+    )
     if not text:
         raise UsageError(f"empty gate expression; {usage}")
     match = _EXPR.match(text)
@@ -178,15 +236,21 @@ def parse_gate(expr: str) -> GateCheck:
         if spec.per_provider:
             provider = selector.strip().lower()
             if provider not in PROVIDERS:
-                raise UsageError(f"gate {text!r}: unknown provider {provider!r}; known providers: {', '.join(PROVIDERS)}")
+                raise UsageError(
+                    f"gate {text!r}: unknown provider {provider!r}; known providers: {', '.join(PROVIDERS)}"
+                )
         elif spec.per_output:
             output = selector.strip()
             if not output:
-                raise UsageError(f"gate {text!r}: empty [output]; name an output of the model, or drop the brackets for the worst output")
+                raise UsageError(
+                    f"gate {text!r}: empty [output]; name an output of the model, or drop the brackets for the worst output"
+                )
         else:
             per_provider = ", ".join(m.name for m in METRICS.values() if m.per_provider)
             per_output = ", ".join(m.name for m in METRICS.values() if m.per_output)
-            raise UsageError(f"gate {text!r}: metric {metric!r} takes no [selector]; [provider] goes with {per_provider}, [output] with {per_output}")
+            raise UsageError(
+                f"gate {text!r}: metric {metric!r} takes no [selector]; [provider] goes with {per_provider}, [output] with {per_output}"
+            )
     elif spec.per_provider:
         provider = DEFAULT_PROVIDER
 
@@ -300,13 +364,19 @@ def _output_value(check: GateCheck, fidelity: Mapping[str, Any]) -> Any:
     outputs = outputs if isinstance(outputs, Mapping) else {}
     entry = outputs.get(check.output)
     if not isinstance(entry, Mapping):
-        raise _Missing(f"the model has no output {check.output!r}; its outputs: {', '.join(map(repr, outputs)) or 'none'}")
+        raise _Missing(
+            f"the model has no output {check.output!r}; its outputs: {', '.join(map(repr, outputs)) or 'none'}"
+        )
     key = OUTPUT_METRICS[check.metric]
     value = entry.get(key, entry.get("cosine") if key == "cosine_worst" else None)
     if value is None:
         if check.metric == "top1_agreement":
-            raise _Missing(f"output {check.output!r} is not shaped like class scores ({entry.get('class_scores_rule') or 'see docs/report.md'}), so it has no top-1")
-        raise _Missing(f"{check.metric} is not defined for output {check.output!r} (dtype {entry.get('dtype')}: compare it with exact_match)")
+            raise _Missing(
+                f"output {check.output!r} is not shaped like class scores ({entry.get('class_scores_rule') or 'see docs/report.md'}), so it has no top-1"
+            )
+        raise _Missing(
+            f"{check.metric} is not defined for output {check.output!r} (dtype {entry.get('dtype')}: compare it with exact_match)"
+        )
     return value
 
 
@@ -329,9 +399,13 @@ def _value(check: GateCheck, report: Mapping[str, Any]) -> tuple[Any, str | None
             raise _Missing(f"the report has no validation.fidelity.{metric}")
         value = fidelity[metric]
         if value is None and metric == "top1_agreement":
-            raise _Missing("top1_agreement is null: no output is shaped like class scores (see the rule in docs/report.md), so there is no top-1 to compare")
+            raise _Missing(
+                "top1_agreement is null: no output is shaped like class scores (see the rule in docs/report.md), so there is no top-1 to compare"
+            )
         if value is None and metric in ("cosine", "cosine_mean", "rel_error", "snr_db"):
-            raise _Missing(f"{metric} is null: no output is a float tensor (compare integer outputs with max_abs_error)")
+            raise _Missing(
+                f"{metric} is null: no output is a float tensor (compare integer outputs with max_abs_error)"
+            )
         return value, None
     if metric == "accuracy":
         return _accuracy(report).get("candidate"), None
@@ -362,7 +436,9 @@ def _unavailable_reason(check: GateCheck, report: Mapping[str, Any]) -> str | No
     return None
 
 
-def _result(check: GateCheck, *, value: Any, passed: bool, status: str, reason: str, interval: list[float] | None = None) -> dict[str, Any]:
+def _result(
+    check: GateCheck, *, value: Any, passed: bool, status: str, reason: str, interval: list[float] | None = None
+) -> dict[str, Any]:
     result = {
         "expr": check.expr,
         "metric": check.metric,
@@ -408,7 +484,9 @@ def interval_verdict(op: str, threshold: float, lo: float, hi: float, *, strict:
     return "fail" if strict else "inconclusive"
 
 
-def evaluate_check(check: GateCheck, report: Mapping[str, Any], *, allow_unavailable: bool = False, strict_latency: bool = False) -> dict[str, Any]:
+def evaluate_check(
+    check: GateCheck, report: Mapping[str, Any], *, allow_unavailable: bool = False, strict_latency: bool = False
+) -> dict[str, Any]:
     """Evaluate one check against a report; the result is one entry of ``gate.checks``.
 
     Latency checks with an interval in the report are judged by ``interval_verdict``
@@ -416,8 +494,20 @@ def evaluate_check(check: GateCheck, report: Mapping[str, Any], *, allow_unavail
     unavailable = _unavailable_reason(check, report)
     if unavailable is not None:
         if allow_unavailable:
-            return _result(check, value=None, passed=True, status="unavailable", reason=f"{unavailable}; not checked, allowed by --allow-unavailable")
-        return _result(check, value=None, passed=False, status="fail", reason=f"{unavailable} (pass --allow-unavailable to accept this)")
+            return _result(
+                check,
+                value=None,
+                passed=True,
+                status="unavailable",
+                reason=f"{unavailable}; not checked, allowed by --allow-unavailable",
+            )
+        return _result(
+            check,
+            value=None,
+            passed=False,
+            status="fail",
+            reason=f"{unavailable} (pass --allow-unavailable to accept this)",
+        )
 
     try:
         value, note = _value(check, report)
@@ -425,11 +515,21 @@ def evaluate_check(check: GateCheck, report: Mapping[str, Any], *, allow_unavail
         return _result(check, value=None, passed=False, status="missing", reason=str(exc))
 
     if value is None:
-        return _result(check, value=None, passed=False, status="missing", reason=f"{check.metric} is null in the report; nothing to compare")
+        return _result(
+            check,
+            value=None,
+            passed=False,
+            status="missing",
+            reason=f"{check.metric} is null in the report; nothing to compare",
+        )
     if not _is_number(value):
-        return _result(check, value=None, passed=False, status="missing", reason=f"{check.metric} is {value!r}, not a number")
+        return _result(
+            check, value=None, passed=False, status="missing", reason=f"{check.metric} is {value!r}, not a number"
+        )
     if isinstance(value, float) and math.isnan(value):
-        return _result(check, value=value, passed=False, status="fail", reason=f"{check.metric} is NaN; NaN never passes")
+        return _result(
+            check, value=value, passed=False, status="fail", reason=f"{check.metric} is NaN; NaN never passes"
+        )
 
     shown, wanted = format_number(value), format_number(check.threshold)
     interval = _interval(check, report)
@@ -446,7 +546,9 @@ def evaluate_check(check: GateCheck, report: Mapping[str, Any], *, allow_unavail
     return _result(check, value=value, passed=passed, status=status, reason=reason)
 
 
-def _interval_result(check: GateCheck, value: float, interval: list[float], note: str | None, strict: bool) -> dict[str, Any]:
+def _interval_result(
+    check: GateCheck, value: float, interval: list[float], note: str | None, strict: bool
+) -> dict[str, Any]:
     lo, hi = interval
     verdict = interval_verdict(check.op, check.threshold, lo, hi, strict=strict)
     wanted = format_number(check.threshold)
@@ -468,7 +570,13 @@ def _short(value: float) -> str:
     return f"{value:.4g}"
 
 
-def evaluate_gates(checks: Iterable[GateCheck], report: Mapping[str, Any], *, allow_unavailable: bool = False, strict_latency: bool = False) -> dict[str, Any]:
+def evaluate_gates(
+    checks: Iterable[GateCheck],
+    report: Mapping[str, Any],
+    *,
+    allow_unavailable: bool = False,
+    strict_latency: bool = False,
+) -> dict[str, Any]:
     """The report's ``gate`` section: every check with its value, status and reason, and the verdict.
 
     ``status`` is ``pass``, ``fail`` (compared and failed, NaN, or an unavailable/failed provider
@@ -478,7 +586,9 @@ def evaluate_gates(checks: Iterable[GateCheck], report: Mapping[str, Any], *, al
     so) or ``missing`` (the report holds no value: validation skipped, no labels, a null value, with
     the reason). The gate passes when every check passed.
     """
-    results = [evaluate_check(c, report, allow_unavailable=allow_unavailable, strict_latency=strict_latency) for c in checks]
+    results = [
+        evaluate_check(c, report, allow_unavailable=allow_unavailable, strict_latency=strict_latency) for c in checks
+    ]
     return {
         "passed": all(r["passed"] for r in results),
         "allow_unavailable": bool(allow_unavailable),

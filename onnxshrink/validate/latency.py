@@ -60,7 +60,14 @@ from pathlib import Path
 import numpy as np
 
 from onnxshrink.errors import UsageError, one_line
-from onnxshrink.validate.providers import PROVIDERS, Session, make_session, parse_providers, placement_from_profile, provider_status
+from onnxshrink.validate.providers import (
+    PROVIDERS,
+    Session,
+    make_session,
+    parse_providers,
+    placement_from_profile,
+    provider_status,
+)
 
 SPREAD_LIMIT = 0.25
 DEFAULT_WARMUP = 3
@@ -119,7 +126,9 @@ def block_length(n: int) -> int:
     return max(1, int(round(n ** (1 / 3))))
 
 
-def bootstrap_medians(values: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+def bootstrap_medians(
+    values: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> np.ndarray:
     """Medians of ``resamples`` moving-block bootstrap resamples of ``values`` (a fixed-seed RNG)."""
     x = np.asarray(values, dtype=np.float64)
     n = x.size
@@ -133,14 +142,22 @@ def bootstrap_medians(values: Sequence[float], *, resamples: int = BOOTSTRAP_RES
     return np.median(x[index], axis=1)
 
 
-def median_interval(values: Sequence[float], confidence: float = CONFIDENCE, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+def median_interval(
+    values: Sequence[float],
+    confidence: float = CONFIDENCE,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
     """Percentile bootstrap interval ``(lo, hi)`` of the median of ``values``."""
     tail = (1 - confidence) / 2
     lo, hi = np.quantile(bootstrap_medians(values, resamples=resamples, seed=seed), [tail, 1 - tail])
     return float(lo), float(hi)
 
 
-def cluster_medians(values: Sequence[float], groups: Sequence[int], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+def cluster_medians(
+    values: Sequence[float], groups: Sequence[int], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> np.ndarray:
     """Medians of ``resamples`` two-stage bootstrap resamples: groups drawn with replacement, then the
     values inside each drawn group drawn with replacement (a fixed-seed RNG)."""
     x = np.asarray(values, dtype=np.float64)
@@ -152,13 +169,20 @@ def cluster_medians(values: Sequence[float], groups: Sequence[int], *, resamples
     out = np.empty(resamples)
     for r in range(resamples):
         picked = rng.integers(0, len(members), len(members))
-        out[r] = np.median(np.concatenate([members[k][rng.integers(0, members[k].size, members[k].size)] for k in picked]))
+        out[r] = np.median(
+            np.concatenate([members[k][rng.integers(0, members[k].size, members[k].size)] for k in picked])
+        )
     return out
 
 
 def ratio_interval(
-    baseline_ns: Sequence[float], candidate_ns: Sequence[float], confidence: float = CONFIDENCE, *,
-    groups: Sequence[int] | None = None, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+    baseline_ns: Sequence[float],
+    candidate_ns: Sequence[float],
+    confidence: float = CONFIDENCE,
+    *,
+    groups: Sequence[int] | None = None,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
 ) -> tuple[float, float, float]:
     """``(ratio, lo, hi)``: ``ratio`` is the median of the paired ratios candidate_i / baseline_i (taken
     in log space) over every round; ``[lo, hi]`` its percentile bootstrap interval from a fixed-seed
@@ -329,8 +353,6 @@ def spread_warning(stats: dict[str, dict]) -> str | None:
 # -------------------------------------------------------------------------------------- with ORT
 
 
-
-
 def _first_feed(feeds) -> dict[str, np.ndarray]:
     if isinstance(feeds, dict):
         return feeds
@@ -344,7 +366,9 @@ class _Prepared:
     """A session, profiled on its first run, plus the per-model facts for the report."""
 
     def __init__(self, model: str, provider: str, threads: int, cache_dir: str | None, profile_dir: str):
-        self.s: Session = make_session(model, provider, threads=threads, trt_cache_dir=cache_dir, profile_dir=profile_dir)
+        self.s: Session = make_session(
+            model, provider, threads=threads, trt_cache_dir=cache_dir, profile_dir=profile_dir
+        )
         self.nodes: dict[str, int] | None = None
         self.first_run_s = 0.0
 
@@ -359,7 +383,11 @@ class _Prepared:
             self.nodes = None
 
     def facts(self) -> dict:
-        out: dict = {"providers_used": self.s.providers_used, "session_create_s": self.s.create_s, "first_run_s": self.first_run_s}
+        out: dict = {
+            "providers_used": self.s.providers_used,
+            "session_create_s": self.s.create_s,
+            "first_run_s": self.first_run_s,
+        }
         if self.s.provider == "tensorrt":  # engines for dynamic shapes are built on the first run, not at load
             out["engine_build_s"] = self.s.create_s + self.first_run_s
         if self.nodes is not None:
@@ -370,9 +398,17 @@ class _Prepared:
 
 
 def _run_provider(
-    models: dict[str, str], feed: dict[str, np.ndarray], provider: str, threads: int, warmup: int, repeats: int,
-    min_time_s: float, max_repeats: int, trt_cache_dir: str | os.PathLike | None,
-    ci_width: float | None = None, time_budget_s: float = DEFAULT_TIME_BUDGET_S,
+    models: dict[str, str],
+    feed: dict[str, np.ndarray],
+    provider: str,
+    threads: int,
+    warmup: int,
+    repeats: int,
+    min_time_s: float,
+    max_repeats: int,
+    trt_cache_dir: str | os.PathLike | None,
+    ci_width: float | None = None,
+    time_budget_s: float = DEFAULT_TIME_BUDGET_S,
 ) -> dict:
     ok, reason = provider_status(provider)
     if not ok:
@@ -409,12 +445,28 @@ def _run_provider(
         try:
             if paired:
                 ta, tb, groups, stopped = session_blocks(
-                    new_pair, max(warmup - 1, 0), repeats, ci_width=ci_width, time_budget_s=time_budget_s,
-                    min_time_s=min_time_s, max_repeats=max_repeats, clock=clock, wall=time.perf_counter_ns,
+                    new_pair,
+                    max(warmup - 1, 0),
+                    repeats,
+                    ci_width=ci_width,
+                    time_budget_s=time_budget_s,
+                    min_time_s=min_time_s,
+                    max_repeats=max_repeats,
+                    clock=clock,
+                    wall=time.perf_counter_ns,
                 )
                 times = {"baseline": ta, "candidate": tb}
             else:
-                times = {next(iter(models)): time_one(calls[0], max(warmup - 1, 0), repeats, min_time_s=min_time_s, max_repeats=max_repeats, clock=clock)}
+                times = {
+                    next(iter(models)): time_one(
+                        calls[0],
+                        max(warmup - 1, 0),
+                        repeats,
+                        min_time_s=min_time_s,
+                        max_repeats=max_repeats,
+                        clock=clock,
+                    )
+                }
         except Exception as e:
             return {"status": "failed", "error": f"timed run on {provider}: {one_line(e)}"}
         per_model = {role: {**summarize(t), **prepared[role].facts()} for role, t in times.items()}
@@ -432,11 +484,25 @@ def _run_provider(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _ratio_facts(baseline_ns: list[int], candidate_ns: list[int], groups: list[int], stopped: str, ci_width: float | None, time_budget_s: float) -> dict:
+def _ratio_facts(
+    baseline_ns: list[int],
+    candidate_ns: list[int],
+    groups: list[int],
+    stopped: str,
+    ci_width: float | None,
+    time_budget_s: float,
+) -> dict:
     """``ratio``, ``ratio_ci``, ``confidence``, ``rounds``, ``stopped``, ``ci_target``, ``time_budget_s``
     (+ a private note when the time budget ended before the interval reached the width asked for)."""
-    facts: dict = {"rounds": len(baseline_ns), "sessions": len(set(groups)), "stopped": stopped, "confidence": CONFIDENCE, "ci_target": ci_width,
-                   "time_budget_s": time_budget_s if ci_width is not None else None, "order": "alternating (A B, B A, ...)"}
+    facts: dict = {
+        "rounds": len(baseline_ns),
+        "sessions": len(set(groups)),
+        "stopped": stopped,
+        "confidence": CONFIDENCE,
+        "ci_target": ci_width,
+        "time_budget_s": time_budget_s if ci_width is not None else None,
+        "order": "alternating (A B, B A, ...)",
+    }
     if not (_positive(baseline_ns) and _positive(candidate_ns)):
         return {**facts, "ratio": None, "ratio_ci": None}
     ratio, lo, hi = ratio_interval(baseline_ns, candidate_ns, groups=groups)
@@ -475,8 +541,17 @@ def measure_latency(
         if progress:
             progress(f"timing baseline and candidate on {ep}")
         r = _run_provider(
-            {"baseline": str(baseline_path), "candidate": str(candidate_path)}, feed, ep, threads, warmup, repeats,
-            min_time_s, max_repeats, trt_cache_dir, ci_width, time_budget_s,
+            {"baseline": str(baseline_path), "candidate": str(candidate_path)},
+            feed,
+            ep,
+            threads,
+            warmup,
+            repeats,
+            min_time_s,
+            max_repeats,
+            trt_cache_dir,
+            ci_width,
+            time_budget_s,
         )
         per_model = r.pop("_per_model", None)
         if per_model is not None:
@@ -505,7 +580,9 @@ def measure_latency_single(
     for ep in parse_providers(providers):
         if progress:
             progress(f"timing model on {ep}")
-        r = _run_provider({"model": str(model_path)}, feed, ep, threads, warmup, repeats, min_time_s, max_repeats, trt_cache_dir)
+        r = _run_provider(
+            {"model": str(model_path)}, feed, ep, threads, warmup, repeats, min_time_s, max_repeats, trt_cache_dir
+        )
         per_model = r.pop("_per_model", None)
         if per_model is not None:
             warning = r.pop("warning")

@@ -124,7 +124,9 @@ def make_session(
         Path(trt_cache_dir).mkdir(parents=True, exist_ok=True)
     source = model if isinstance(model, bytes) else str(model)
     t0 = time.perf_counter()
-    sess = ort.InferenceSession(source, session_options(threads, profile_dir=profile_dir), providers=provider_list(provider, trt_cache_dir))
+    sess = ort.InferenceSession(
+        source, session_options(threads, profile_dir=profile_dir), providers=provider_list(provider, trt_cache_dir)
+    )
     create_s = time.perf_counter() - t0
     used = sess.get_providers()
     if PROVIDERS[provider] not in used:
@@ -162,5 +164,10 @@ def placement_from_profile(profile_file: str) -> dict[str, int]:
         if ev.get("cat") == "Node":
             prov = ev.get("args", {}).get("provider")
             if prov:
-                seen[ev.get("name", "").removesuffix("_kernel_time").removesuffix("_fence_before").removesuffix("_fence_after")] = prov
+                seen[
+                    ev.get("name", "")
+                    .removesuffix("_kernel_time")
+                    .removesuffix("_fence_before")
+                    .removesuffix("_fence_after")
+                ] = prov
     return dict(sorted(Counter(seen.values()).items()))

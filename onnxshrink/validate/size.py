@@ -107,7 +107,7 @@ def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
         for node in fn.node:
             yield node
             for attr in node.attribute:
-                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                     for g, _ in iter_graphs(sub):
                         yield from g.node
 
@@ -138,7 +138,6 @@ def _counted(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto | list, 
                 yield list(attr.strings), len(attr.strings)
 
 
-
 def _is_external(t: onnx.TensorProto) -> bool:
     return isinstance(t, onnx.TensorProto) and t.data_location == onnx.TensorProto.EXTERNAL
 
@@ -148,18 +147,28 @@ def _external_file(t: onnx.TensorProto, model_path: Path, base: Path) -> Path:
     if not location:
         raise InvalidModelError(f"model {str(model_path)!r}: tensor {t.name!r} is external but names no location")
     if os.path.isabs(location):
-        raise InvalidModelError(f"model {str(model_path)!r}: tensor {t.name!r} has an absolute external-data path {location!r}")
+        raise InvalidModelError(
+            f"model {str(model_path)!r}: tensor {t.name!r} has an absolute external-data path {location!r}"
+        )
     target = (base / location).resolve()
     if base != target and base not in target.parents:
-        raise InvalidModelError(f"model {str(model_path)!r}: tensor {t.name!r} external-data path {location!r} leaves the model folder")
+        raise InvalidModelError(
+            f"model {str(model_path)!r}: tensor {t.name!r} external-data path {location!r} leaves the model folder"
+        )
     if not target.is_file():
-        raise InvalidModelError(f"model {str(model_path)!r}: external-data file {location!r} for tensor {t.name!r} does not exist")
+        raise InvalidModelError(
+            f"model {str(model_path)!r}: external-data file {location!r} for tensor {t.name!r} does not exist"
+        )
     return target
 
 
 # Float types whose value is zero exactly when the bits other than the sign are: count_nonzero on
 # those bits (integer compares) is several times faster than on the floats.
-_SIGN_FREE = {onnx.TensorProto.FLOAT: (np.uint32, 0x7FFFFFFF), onnx.TensorProto.FLOAT16: (np.uint16, 0x7FFF), onnx.TensorProto.DOUBLE: (np.uint64, 0x7FFFFFFFFFFFFFFF)}
+_SIGN_FREE = {
+    onnx.TensorProto.FLOAT: (np.uint32, 0x7FFFFFFF),
+    onnx.TensorProto.FLOAT16: (np.uint16, 0x7FFF),
+    onnx.TensorProto.DOUBLE: (np.uint64, 0x7FFFFFFFFFFFFFFF),
+}
 
 
 def _count_nonzero(values, base: Path, model_path: Path, buffer: np.ndarray | None = None) -> int:
@@ -175,7 +184,9 @@ def _count_nonzero(values, base: Path, model_path: Path, buffer: np.ndarray | No
         else:
             arr = numpy_helper.to_array(values)
     except Exception as e:
-        raise InvalidModelError(f"model {str(model_path)!r}: cannot read tensor {values.name!r}: {' '.join(str(e).split())}") from None
+        raise InvalidModelError(
+            f"model {str(model_path)!r}: cannot read tensor {values.name!r}: {' '.join(str(e).split())}"
+        ) from None
     if arr.dtype == object:
         return int(sum(1 for v in arr.reshape(-1) if v))
     try:

@@ -44,9 +44,41 @@ DEFAULT_INT_HIGH = 4
 MAX_TRIALS = 48
 MAX_SEARCH_S = 60.0
 
-_VALUE_OPS = {"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Transpose", "Slice", "Tile", "Concat", "CastLike"}
+_VALUE_OPS = {
+    "Cast",
+    "Identity",
+    "Unsqueeze",
+    "Squeeze",
+    "Reshape",
+    "Flatten",
+    "Expand",
+    "Transpose",
+    "Slice",
+    "Tile",
+    "Concat",
+    "CastLike",
+}
 _MASK_OPS = {"And", "Or", "Not", "Xor"}
-_UNARY_OPS = {"Cast", "Identity", "Relu", "Neg", "Abs", "Sqrt", "Exp", "Log", "Sigmoid", "Tanh", "Floor", "Ceil", "Round", "Dropout", "LeakyRelu", "Elu", "Softplus", "CastLike"}
+_UNARY_OPS = {
+    "Cast",
+    "Identity",
+    "Relu",
+    "Neg",
+    "Abs",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Sigmoid",
+    "Tanh",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Dropout",
+    "LeakyRelu",
+    "Elu",
+    "Softplus",
+    "CastLike",
+}
 _BROADCAST_OPS = {"Add", "Sub", "Mul", "Div"}
 _MAX_DEPTH = 16
 
@@ -91,7 +123,6 @@ class _Graph:
 
     def const(self, name: str) -> tuple[int, ...] | None:
         return self.const_shapes.get(name)
-
 
 
 def analyse(model: onnx.ModelProto, names: list[str]) -> dict[str, InputHints]:
@@ -167,7 +198,13 @@ def _trace_dims(graph: _Graph, tensor: str, axes: list[int | None], h: InputHint
             fix(1, other[1][0], label)
         elif op in ("BatchNormalization", "InstanceNormalization") and slot == 0 and other[1] and len(other[1]) == 1:
             fix(1, other[1][0], label)
-        elif op in ("LSTM", "GRU", "RNN") and slot == 0 and other[1] and len(other[1]) == 3 and not node_attribute(node, "layout", 0):
+        elif (
+            op in ("LSTM", "GRU", "RNN")
+            and slot == 0
+            and other[1]
+            and len(other[1]) == 3
+            and not node_attribute(node, "layout", 0)
+        ):
             fix(2, other[1][2], label)
         elif op == "LayerNormalization" and slot == 0 and other[1]:
             for k, size in enumerate(reversed(other[1])):
@@ -202,7 +239,9 @@ def random_input(rng: np.random.Generator, spec, shape: tuple[int, ...], hints: 
         return rng.integers(0, high, size=shape).astype(dt)
     if dt.kind in "fc" or dt.kind == "V" or "float" in dt.name:  # includes ml_dtypes bfloat16/float8
         return rng.standard_normal(size=shape).astype(np.float32).astype(dt)
-    raise UsageError(f"cannot synthesize data for graph input {spec.name!r} of type {spec.type_name}; give real data with --data")
+    raise UsageError(
+        f"cannot synthesize data for graph input {spec.name!r} of type {spec.type_name}; give real data with --data"
+    )
 
 
 def is_mask(spec, hints: InputHints) -> bool:
@@ -345,7 +384,9 @@ def _candidates(variables: dict[tuple, _Var]):
             yield {**{k: v.ladder[0] for k, v in variables.items()}, key: size}
 
 
-def _describe(notes: list[str], variables: dict[tuple, _Var], values: dict[tuple, int], trials: int, checked: bool) -> None:
+def _describe(
+    notes: list[str], variables: dict[tuple, _Var], values: dict[tuple, int], trials: int, checked: bool
+) -> None:
     searched = [f"{v.label}={values[k]}" for k, v in variables.items() if v.kind != "batch"]
     batch = [f"{v.label}={values[k]}" for k, v in variables.items() if v.kind == "batch"]
     parts = []
@@ -358,11 +399,21 @@ def _describe(notes: list[str], variables: dict[tuple, _Var], values: dict[tuple
         notes.append(f"dynamic dims chosen: {'; '.join(parts)} ({how})")
 
 
-def _nothing_runs(specs: list, variables: dict[tuple, _Var], tried: list[dict[str, tuple[int, ...]]], error: str | None) -> str:
+def _nothing_runs(
+    specs: list, variables: dict[tuple, _Var], tried: list[dict[str, tuple[int, ...]]], error: str | None
+) -> str:
     free = [name for v in variables.values() if v.kind != "batch" for name, _ in v.places]
-    name = free[0] if free else next((s.name for s in specs if np.issubdtype(s.dtype, np.integer)), specs[0].name if specs else "?")
+    name = (
+        free[0]
+        if free
+        else next((s.name for s in specs if np.issubdtype(s.dtype, np.integer)), specs[0].name if specs else "?")
+    )
     spec = next((s for s in specs if s.name == name), None)
-    declared = "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]" if spec is not None and spec.shape is not None else "?"
+    declared = (
+        "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
+        if spec is not None and spec.shape is not None
+        else "?"
+    )
     example = "x".join(str(d) for d in tried[0][name]) if tried and name in tried[0] else "DIMS"
     shapes = ", ".join(sorted({"x".join(map(str, t[name])) for t in tried if name in t}))[:200]
     return (

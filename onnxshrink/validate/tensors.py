@@ -106,7 +106,10 @@ class _Layers:
                 continue
             self.claimed.update(fresh)
             key = (layer, slot)
-            row = self.rows.setdefault(key, {"layer": node.name or layer, "op_type": node.op_type, "input": name, "tensors": [], "decoders": []})
+            row = self.rows.setdefault(
+                key,
+                {"layer": node.name or layer, "op_type": node.op_type, "input": name, "tensors": [], "decoders": []},
+            )
             row["tensors"] += fresh
             row["decoders"] += [o for o in self.decoders[name] if o not in row["decoders"]]
 
@@ -171,15 +174,17 @@ def tensor_breakdown(before: str | os.PathLike, after: str | os.PathLike | None 
         first = sides[0].rows.get(key) or sides[1].rows[key]
         b = sides[0].summary(key)
         a = sides[1].summary(key) if len(sides) > 1 else None
-        rows.append({
-            "layer": first["layer"],
-            "op_type": (sides[0].rows.get(key) or first)["op_type"],
-            "slot": key[1] if key[1] >= 0 else None,
-            "tensor": first["input"],
-            "shape": (b or a).pop("shape"),
-            "before": b,
-            "after": a,
-        })
+        rows.append(
+            {
+                "layer": first["layer"],
+                "op_type": (sides[0].rows.get(key) or first)["op_type"],
+                "slot": key[1] if key[1] >= 0 else None,
+                "tensor": first["input"],
+                "shape": (b or a).pop("shape"),
+                "before": b,
+                "after": a,
+            }
+        )
         if a is not None and "shape" in a:
             shape = a.pop("shape")
             if shape != rows[-1]["shape"]:
@@ -188,7 +193,14 @@ def tensor_breakdown(before: str | os.PathLike, after: str | os.PathLike | None 
         totals = by_op.setdefault(op, {"before": 0, "after": 0})
         totals["before"] += b["bytes"] if b else 0
         totals["after"] += a["bytes"] if a else 0
-    rows.sort(key=lambda r: (-(r["before"] or {}).get("bytes", 0), -(r["after"] or {}).get("bytes", 0), r["layer"], r["slot"] if r["slot"] is not None else -1))
+    rows.sort(
+        key=lambda r: (
+            -(r["before"] or {}).get("bytes", 0),
+            -(r["after"] or {}).get("bytes", 0),
+            r["layer"],
+            r["slot"] if r["slot"] is not None else -1,
+        )
+    )
     rest = rows[MAX_ROWS:]
     result: dict[str, Any] = {
         "rows": rows[:MAX_ROWS],
@@ -211,4 +223,3 @@ def tensor_breakdown(before: str | os.PathLike, after: str | os.PathLike | None 
         del result["other"]["after"]
         del result["unattributed"]["after"]
     return result
-

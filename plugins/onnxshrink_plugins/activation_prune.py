@@ -11,11 +11,36 @@ import onnxshrink
 from onnxshrink import Method, Option
 
 RELU_LIKE = frozenset(
-    {"Relu", "LeakyRelu", "PRelu", "ThresholdedRelu", "Clip", "Elu", "Selu", "Celu", "Gelu", "HardSwish", "Softplus", "Mish"}
+    {
+        "Relu",
+        "LeakyRelu",
+        "PRelu",
+        "ThresholdedRelu",
+        "Clip",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Gelu",
+        "HardSwish",
+        "Softplus",
+        "Mish",
+    }
 )
 # Ops that keep a channel that is zero everywhere at zero (so "dead after a ReLU" survives them).
 ZERO_PRESERVING = frozenset(
-    {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
+    {
+        "Flatten",
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "Dropout",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+    }
 )
 GATES = frozenset({"Erf", "Sigmoid", "Tanh"})
 
@@ -41,30 +66,37 @@ class ActivationPrune(Method):
     kind = "prune"
     options = (
         Option(
-            "threshold", float, 0.0,
+            "threshold",
+            float,
+            0.0,
             "Remove channels whose largest |activation| on the calibration data is at most this.",
             min=0.0,
         ),
         Option(
-            "ratio", float, None,
+            "ratio",
+            float,
+            None,
             "Instead of threshold: remove this fraction of each group's channels, lowest mean |activation| first.",
-            min=0.0, max=1.0,
+            min=0.0,
+            max=1.0,
         ),
         Option(
-            "after", str, "relu",
+            "after",
+            str,
+            "relu",
             "relu: only channels read after ReLU-like ops; any: every prunable channel group.",
             choices=("relu", "any"),
         ),
         Option("fold", bool, True, "Fold the removed channels' mean contribution into the consumers' biases."),
         Option(
-            "reconstruct", bool, False,
+            "reconstruct",
+            bool,
+            False,
             "Refit the consumers by least squares on the calibration data (replaces fold).",
         ),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
-    search_space = (
-        onnxshrink.Tunable("ratio", low=0.05, high=0.5, step=0.05),
-    )
+    search_space = (onnxshrink.Tunable("ratio", low=0.05, high=0.5, step=0.05),)
 
     @classmethod
     def check_options(cls, values: onnxshrink.Options, given: set[str]) -> None:
@@ -74,7 +106,9 @@ class ActivationPrune(Method):
     def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
         feeds = context.calibration_feeds()
         if not feeds:
-            raise onnxshrink.UsageError(f"plugin {self.name!r} needs calibration data to find dead channels; pass --data")
+            raise onnxshrink.UsageError(
+                f"plugin {self.name!r} needs calibration data to find dead channels; pass --data"
+            )
         if context.calibration_is_synthetic:
             context.warn("dead channels were measured on random inputs (no --data given)")
         analysis = onnxshrink.analyze_channels(model)
@@ -87,7 +121,14 @@ class ActivationPrune(Method):
             else:
                 groups.append(group)
         tensors = sorted({slot.tensor for g in groups for slot in g.slots})
-        values = {name: np.concatenate(arrays, axis=0) for name, arrays in context.activations(model, tensors, feeds).items()} if tensors else {}
+        values = (
+            {
+                name: np.concatenate(arrays, axis=0)
+                for name, arrays in context.activations(model, tensors, feeds).items()
+            }
+            if tensors
+            else {}
+        )
 
         selection, report = {}, []
         for group in groups:
@@ -99,7 +140,14 @@ class ActivationPrune(Method):
             else:
                 chosen = _dead(group, largest, options.threshold)
             selection[group.id] = chosen
-            report.append({"id": group.id, "channels": group.size, "removed": len(chosen), "dead": int(np.sum(largest <= options.threshold))})
+            report.append(
+                {
+                    "id": group.id,
+                    "channels": group.size,
+                    "removed": len(chosen),
+                    "dead": int(np.sum(largest <= options.threshold)),
+                }
+            )
 
         original = onnx.ModelProto()
         original.CopyFrom(model)
@@ -116,7 +164,9 @@ class ActivationPrune(Method):
         }
         method = "lstsq" if options.reconstruct else "mean" if options.fold else None
         if method and removal.sinks:
-            stats["reconstruction"] = onnxshrink.reconstruct_consumers(original, model, removal, feeds, method=method, seed=context.seed)
+            stats["reconstruction"] = onnxshrink.reconstruct_consumers(
+                original, model, removal, feeds, method=method, seed=context.seed
+            )
         if not stats["channels_removed"]:
             context.warn("no channel met the criterion; the model is unchanged")
         return stats

@@ -61,25 +61,36 @@ class Binarize(Method):
     kind = "quantize"
     options = (
         Option(
-            "variant", str, "binary",
+            "variant",
+            str,
+            "binary",
             "binary (1 bit, ±α) or ternary (2 bits, {-α, 0, +α}).",
             choices=("binary", "ternary"),
         ),
         Option(
-            "budget", float, 0.02,
+            "budget",
+            float,
+            0.02,
             "Largest fidelity loss allowed on the calibration data (1 binarizes every candidate).",
-            min=0.0, max=1.0,
+            min=0.0,
+            max=1.0,
         ),
         Option(
-            "metric", str, "auto",
+            "metric",
+            str,
+            "auto",
             "Fidelity: agreement (top-1 agreement with the float model), cosine (lowest output cosine) or auto "
             "(agreement for (N, classes) outputs).",
             choices=("auto", "agreement", "cosine"),
         ),
         Option(
-            "threshold", float, 0.7,
+            "threshold",
+            float,
+            0.7,
             "Ternary: weights with |w| <= threshold x mean|w| of their channel become 0.",
-            min=0.0, max=10.0, only_with={"variant": ("ternary",)},
+            min=0.0,
+            max=10.0,
+            only_with={"variant": ("ternary",)},
         ),
         Option("keep_first_last", bool, True, "Leave the first and the last weighted layers float."),
         Option("op_types", list, list(WEIGHTED_OPS), "Op types whose weights may be binarized.", choices=WEIGHTED_OPS),
@@ -101,7 +112,9 @@ class Binarize(Method):
     def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
         unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
         if unknown:
-            raise onnxshrink.UsageError(f"plugin 'binarize': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
+            raise onnxshrink.UsageError(
+                f"plugin 'binarize': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model"
+            )
         opset = onnxshrink.model_opset(model)
         if opset >= PACKED_OPSET:
             return self._apply(model, options, context)
@@ -111,7 +124,9 @@ class Binarize(Method):
         try:
             model.CopyFrom(onnxshrink.upgrade_opset(model, PACKED_OPSET))
         except ValueError as exc:
-            raise onnxshrink.UsageError(f"plugin 'binarize': the packed form needs opset {PACKED_OPSET} and {exc}") from None
+            raise onnxshrink.UsageError(
+                f"plugin 'binarize': the packed form needs opset {PACKED_OPSET} and {exc}"
+            ) from None
         stats = self._apply(model, options, context)
         if stats["binarized_tensors"]:
             stats["opset_upgraded"] = f"{opset} -> {PACKED_OPSET}"
@@ -119,17 +134,29 @@ class Binarize(Method):
             model.CopyFrom(original)
         return stats
 
-    def _apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
-        layers, left = find_layers(model, op_types=options.op_types, exclude=options.exclude or (), min_size=options.min_size)
+    def _apply(
+        self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context
+    ) -> dict[str, Any]:
+        layers, left = find_layers(
+            model, op_types=options.op_types, exclude=options.exclude or (), min_size=options.min_size
+        )
         if options.keep_first_last:
             ends = first_and_last(model, layers)
-            left += [{**layer.describe(), "reason": "first or last weighted layer (keep_first_last=true)"} for layer in layers if layer.name in ends]
+            left += [
+                {**layer.describe(), "reason": "first or last weighted layer (keep_first_last=true)"}
+                for layer in layers
+                if layer.name in ends
+            ]
             layers = [layer for layer in layers if layer.name not in ends]
         feeds = list(context.calibration_feeds())[: options.calibration_samples]
         if not feeds:
-            raise onnxshrink.UsageError("plugin 'binarize': needs calibration data to measure fidelity; pass --data (a .npz of model inputs)")
+            raise onnxshrink.UsageError(
+                "plugin 'binarize': needs calibration data to measure fidelity; pass --data (a .npz of model inputs)"
+            )
         if context.calibration_is_synthetic:
-            context.warn("fidelity measured on synthetic (random) inputs; pass --data with real inputs for a meaningful budget")
+            context.warn(
+                "fidelity measured on synthetic (random) inputs; pass --data with real inputs for a meaningful budget"
+            )
         quantized = {layer.name: self._quantize(layer, options) for layer in layers}
         judge = _Fidelity(model, feeds, options.metric, context)
         originals = {layer.name: layer.weight.array() for layer in layers}
@@ -147,10 +174,18 @@ class Binarize(Method):
         with context.progress("measuring layer sensitivity", total=2 * len(layers)) as task:
             for layer in layers:
                 scores = fidelity_with([layer])
-                table.append({**layer.describe(), "loss_alone": round(scores["loss"], 6), "cosine_alone": round(scores["cosine"], 6)})
+                table.append(
+                    {
+                        **layer.describe(),
+                        "loss_alone": round(scores["loss"], 6),
+                        "cosine_alone": round(scores["cosine"], 6),
+                    }
+                )
                 task.advance()
             # ties in a coarse metric (agreement moves in steps of 1/samples) go to the better cosine
-            order = sorted(range(len(layers)), key=lambda i: (table[i]["loss_alone"], -table[i]["cosine_alone"], layers[i].name))
+            order = sorted(
+                range(len(layers)), key=lambda i: (table[i]["loss_alone"], -table[i]["cosine_alone"], layers[i].name)
+            )
             final = judge.measure(model)
             for i in order:
                 trial = fidelity_with(kept + [layers[i]])
@@ -162,7 +197,14 @@ class Binarize(Method):
                 task.advance()
         stored = []
         for layer in kept:
-            stored.append(onnxshrink.store_weight(model, layer.weight, quantized[layer.name], form="packed" if options.variant == "binary" else "smallest"))
+            stored.append(
+                onnxshrink.store_weight(
+                    model,
+                    layer.weight,
+                    quantized[layer.name],
+                    form="packed" if options.variant == "binary" else "smallest",
+                )
+            )
         chosen = {layer.name for layer in kept}
         for row in table:
             row["binarized"] = row["tensor"] in chosen
@@ -180,9 +222,13 @@ class Binarize(Method):
         elements = sum(s.elements for s in stored)
         stored_bytes = sum(s.stored_bytes for s in stored)
         if stored:
-            context.warn(f"{len(stored)} layer(s) {options.variant}-quantized; fidelity loss on the calibration data {final['loss']:.4f} ({judge.metric}). {HONEST_NOTE}")
+            context.warn(
+                f"{len(stored)} layer(s) {options.variant}-quantized; fidelity loss on the calibration data {final['loss']:.4f} ({judge.metric}). {HONEST_NOTE}"
+            )
         elif layers:
-            context.warn(f"no layer could be {options.variant}-quantized within budget {options.budget} ({judge.metric}); the model is unchanged")
+            context.warn(
+                f"no layer could be {options.variant}-quantized within budget {options.budget} ({judge.metric}); the model is unchanged"
+            )
         return {
             "variant": options.variant,
             "note": HONEST_NOTE,
@@ -214,7 +260,9 @@ class _Fidelity:
         first = np.asarray(self.reference[0][0])
         classes = first.ndim == 2 and first.shape[-1] >= 2
         if metric == "agreement" and not classes:
-            raise onnxshrink.UsageError(f"plugin 'binarize': metric=agreement needs a first output of shape (N, classes), got {first.shape}; use metric=cosine")
+            raise onnxshrink.UsageError(
+                f"plugin 'binarize': metric=agreement needs a first output of shape (N, classes), got {first.shape}; use metric=cosine"
+            )
         self.metric = metric if metric != "auto" else ("agreement" if classes else "cosine")
         self.samples = sum(int(np.asarray(r[0]).shape[0]) for r in self.reference) if classes else len(feeds)
 

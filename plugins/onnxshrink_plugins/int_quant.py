@@ -75,98 +75,158 @@ class IntQuant(Method):
     kind = "quantize"
     options = (
         Option(
-            "mode", str, "auto", "auto | storage | weights | dynamic | static (see the method's doc).",
+            "mode",
+            str,
+            "auto",
+            "auto | storage | weights | dynamic | static (see the method's doc).",
             choices=("auto", *MODES),
         ),
         Option("bits", int, 8, "Weight bits: 8, 4 or 2 (4 and 2 for storage and weights modes).", choices=(8, 4, 2)),
         Option("per_channel", bool, True, "One scale per output channel (false: one per tensor). Ignored with blocks."),
         Option("symmetric", bool, True, "Signed weights without zero point (false: unsigned with zero points)."),
         Option(
-            "block_size", int, None,
+            "block_size",
+            int,
+            None,
             f"Weights per scale along the reduction axis (default {DEFAULT_SUBBYTE_BLOCK} below 8 bits, none at 8; "
-            "0: no blocks).", min=0,
+            "0: no blocks).",
+            min=0,
         ),
         Option(
-            "calibration", str, "minmax", "Static activation ranges: minmax, percentile or entropy (KL).",
-            choices=CALIBRATION_METHODS, only_with=STATIC,
+            "calibration",
+            str,
+            "minmax",
+            "Static activation ranges: minmax, percentile or entropy (KL).",
+            choices=CALIBRATION_METHODS,
+            only_with=STATIC,
         ),
         Option(
-            "percentile", float, 99.999, "Percentile kept by calibration=percentile.", min=50.0, max=100.0,
+            "percentile",
+            float,
+            99.999,
+            "Percentile kept by calibration=percentile.",
+            min=50.0,
+            max=100.0,
             only_with={**STATIC, "calibration": ("percentile",)},
         ),
         Option(
-            "calibration_samples", int, 64, "Most calibration feeds used (static ranges, sensitivity, auto).", min=1,
+            "calibration_samples",
+            int,
+            64,
+            "Most calibration feeds used (static ranges, sensitivity, auto).",
+            min=1,
         ),
         Option(
-            "activation_type", str, "uint8", "Static activations: uint8 (asymmetric) or int8 (symmetric).",
-            choices=("uint8", "int8"), only_with=STATIC,
+            "activation_type",
+            str,
+            "uint8",
+            "Static activations: uint8 (asymmetric) or int8 (symmetric).",
+            choices=("uint8", "int8"),
+            only_with=STATIC,
         ),
         Option(
-            "qdq_ops", str, "all",
+            "qdq_ops",
+            str,
+            "all",
             "Static: all (every op onnxruntime runs quantized, as quantize_static) or weighted "
-            "(Conv/MatMul/Gemm layers only).", choices=("all", "weighted"), only_with=STATIC,
+            "(Conv/MatMul/Gemm layers only).",
+            choices=("all", "weighted"),
+            only_with=STATIC,
         ),
         Option(
-            "reduce_range", bool, True,
+            "reduce_range",
+            bool,
+            True,
             "Static and dynamic: 7-bit weights (within ±63), so uint8 x int8 products cannot saturate the int16 "
             "sums of x86 CPUs without VNNI; false: the full int8 range.",
             only_with={"mode": ("static", "dynamic", "auto")},
         ),
         Option(
-            "op_types", list, list(QUANTIZABLE_OPS),
-            "Op types whose weights are quantized (LSTM/GRU/RNN: W and R, storage form).", choices=QUANTIZABLE_OPS,
+            "op_types",
+            list,
+            list(QUANTIZABLE_OPS),
+            "Op types whose weights are quantized (LSTM/GRU/RNN: W and R, storage form).",
+            choices=QUANTIZABLE_OPS,
         ),
         Option("exclude", list, None, "Node names, op types or weight names to leave float, e.g. [fc,Conv]."),
         Option(
-            "embeddings", bool, True,
+            "embeddings",
+            bool,
+            True,
             "Quantize Gather tables (embeddings) too, in the storage form (false: leave them float).",
         ),
         Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
         Option(
-            "input_weights", str, "auto",
+            "input_weights",
+            str,
+            "auto",
             "Initializers that are also graph inputs: auto (constants when every initializer is one, the layout "
             "older exporters write, e.g. torch's keep_initializers_as_inputs; else left float), constant (always: "
-            "removed from the inputs and quantized) or float (left float).", choices=("auto", "constant", "float"),
+            "removed from the inputs and quantized) or float (left float).",
+            choices=("auto", "constant", "float"),
         ),
         Option(
-            "sensitivity", bool, False,
+            "sensitivity",
+            bool,
+            False,
             "Measure per-layer sensitivity and keep the most sensitive layers float until target_cosine is met.",
         ),
         Option(
-            "target_cosine", float, 0.995,
+            "target_cosine",
+            float,
+            0.995,
             "Fidelity target (lowest output cosine vs the float model) for sensitivity and mode=auto.",
-            min=0.0, max=1.0,
+            min=0.0,
+            max=1.0,
         ),
         Option(
-            "prefer", str, "size",
+            "prefer",
+            str,
+            "size",
             "mode=auto: size (the smallest good candidate; ties within 2% go to the fastest) or speed "
-            "(the fastest good candidate smaller than float).", choices=("size", "speed"), only_with=AUTO,
+            "(the fastest good candidate smaller than float).",
+            choices=("size", "speed"),
+            only_with=AUTO,
         ),
         Option(
-            "latency_tolerance", float, 0.05,
+            "latency_tolerance",
+            float,
+            0.05,
             "mode=auto: a candidate counts as not slower up to (1 + this) x the float latency.",
-            min=0.0, max=1.0, only_with=AUTO,
+            min=0.0,
+            max=1.0,
+            only_with=AUTO,
         ),
         Option(
-            "opset_upgrade", bool, True,
+            "opset_upgrade",
+            bool,
+            True,
             "Raise the opset when a form needs it (13 per-channel, 21 int4/blocks, 25 int2); false: fall back.",
         ),
         Option(
-            "weights_format", str, "matmulnbits",
+            "weights_format",
+            str,
+            "matmulnbits",
             "mode=weights: matmulnbits (onnxruntime's com.microsoft::MatMulNBits, any opset) or dequantize_linear "
             "(standard ONNX, fused by onnxruntime into MatMulNBits; opset 13/21/25).",
-            choices=("matmulnbits", "dequantize_linear"), only_with=WEIGHTS,
+            choices=("matmulnbits", "dequantize_linear"),
+            only_with=WEIGHTS,
         ),
         Option(
-            "accuracy_level", int, 0,
+            "accuracy_level",
+            int,
+            0,
             "weights_format=matmulnbits: 0 computes in float32; 1-4 let the kernel quantize activations "
             "(4: int8, faster only on CPUs with VNNI/AMX).",
-            min=0, max=4, only_with={**WEIGHTS, "weights_format": ("matmulnbits",)},
+            min=0,
+            max=4,
+            only_with={**WEIGHTS, "weights_format": ("matmulnbits",)},
         ),
         Option(
-            "dq_conv", bool, False,
-            "mode=weights: DequantizeLinear in front of Conv weights too (for EPs that fuse it; "
-            "the CPU EP does not).",
+            "dq_conv",
+            bool,
+            False,
+            "mode=weights: DequantizeLinear in front of Conv weights too (for EPs that fuse it; the CPU EP does not).",
             only_with=WEIGHTS,
         ),
     )
@@ -196,29 +256,48 @@ class IntQuant(Method):
     def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
         markers = onnxshrink.quantization_markers(model)
         if markers:
-            context.warn(f"the model is already quantized ({markers[0]}{' and more' if len(markers) > 1 else ''}); left unchanged")
-            return {"mode": None, "requested_mode": options.mode, "already_quantized": markers[:50], "quantized_tensors": 0, "quantized": [], "left": []}
+            context.warn(
+                f"the model is already quantized ({markers[0]}{' and more' if len(markers) > 1 else ''}); left unchanged"
+            )
+            return {
+                "mode": None,
+                "requested_mode": options.mode,
+                "already_quantized": markers[:50],
+                "quantized_tensors": 0,
+                "quantized": [],
+                "left": [],
+            }
         unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
         if unknown:
-            raise self.option_error(f"exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
+            raise self.option_error(
+                f"exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model"
+            )
         settings = _settings(options)
         mode = options.mode
         declared = [onnx.ValueInfoProto.FromString(i.SerializeToString()) for i in model.graph.input]
         freed = _free_input_weights(model, options.input_weights)
         if freed:
-            context.log(f"{freed} initializers were also graph inputs ({'every initializer, as older exporters write them' if options.input_weights == 'auto' else 'input_weights=constant'}); treated as constants and removed from the inputs")
+            context.log(
+                f"{freed} initializers were also graph inputs ({'every initializer, as older exporters write them' if options.input_weights == 'auto' else 'input_weights=constant'}); treated as constants and removed from the inputs"
+            )
         needs_data = mode in ("auto", "static") or options.sensitivity
         on_disk = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
         if needs_data and on_disk and mode == "auto" and not options.sensitivity:
             # choosing runs every candidate in memory; a model whose weights stay on disk gets the form that
             # is never slower and shrinks the file the most without measuring (storage)
-            context.warn("the model keeps its weights in external data, which mode=auto cannot run candidates on; mode=storage used without a measured choice")
+            context.warn(
+                "the model keeps its weights in external data, which mode=auto cannot run candidates on; mode=storage used without a measured choice"
+            )
             mode, needs_data = "storage", False
             options = options.replace(mode="storage")
         elif needs_data and on_disk:
-            raise self.option_error(f"mode={mode}{', sensitivity' if options.sensitivity else ''} runs the model in memory, and this model keeps its weights in external data; use mode=storage or weights")
+            raise self.option_error(
+                f"mode={mode}{', sensitivity' if options.sensitivity else ''} runs the model in memory, and this model keeps its weights in external data; use mode=storage or weights"
+            )
         if needs_data and model.ByteSize() > MEASURABLE_BYTES:
-            raise self.option_error(f"mode={mode}{', sensitivity' if options.sensitivity else ''} runs the model in memory and supports models under 2 GB; use mode=storage or weights")
+            raise self.option_error(
+                f"mode={mode}{', sensitivity' if options.sensitivity else ''} runs the model in memory and supports models under 2 GB; use mode=storage or weights"
+            )
         feeds = _feeds(model, options, context) if needs_data else []
         extra: dict[str, Any] = {}
         # auto and sensitivity decide on feeds held back from calibrating and ranking
@@ -278,7 +357,9 @@ def _feeds(model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshr
     """The calibration feeds (at most calibration_samples of them), or random ones with a warning."""
     feeds = list(context.calibration_feeds())[: options.calibration_samples]
     if not feeds and options.mode == "static":
-        raise onnxshrink.UsageError("plugin 'int_quant': mode=static needs calibration data; pass --data (a .npz of model inputs)")
+        raise onnxshrink.UsageError(
+            "plugin 'int_quant': mode=static needs calibration data; pass --data (a .npz of model inputs)"
+        )
     if not feeds:
         feeds = synthetic_feeds(model, context.rng, count=min(8, options.calibration_samples))
     if context.calibration_is_synthetic or not context.calibration_feeds():
@@ -309,7 +390,11 @@ def _held_back(feeds: list[dict], extra: dict[str, Any]) -> tuple[list[dict], li
     """(feeds to calibrate and rank layers on, feeds to choose on): alternate feeds, so both see every
     source of an interleaved data set. A single feed serves both, and the stats say so."""
     if len(feeds) < 2:
-        extra["choice_feeds"] = {"calibrate": len(feeds), "choose": len(feeds), "note": "one feed: chosen on the feed it calibrated on"}
+        extra["choice_feeds"] = {
+            "calibrate": len(feeds),
+            "choose": len(feeds),
+            "note": "one feed: chosen on the feed it calibrated on",
+        }
         return feeds, feeds
     fit, check = feeds[0::2], feeds[1::2]
     extra["choice_feeds"] = {
@@ -338,7 +423,9 @@ def _calibrate(model, settings: Settings, feeds, options, context) -> tuple[Cali
             return None, f"calibration failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
-def _auto(model, settings: Settings, feeds, check, calibrated, static_skip, options, context, extra) -> tuple[Built | None, str | None]:
+def _auto(
+    model, settings: Settings, feeds, check, calibrated, static_skip, options, context, extra
+) -> tuple[Built | None, str | None]:
     modes = ["storage", "weights"] + (["dynamic", "static"] if options.bits == 8 else [])
     skipped = {"static": static_skip} if static_skip and "static" in modes else {}
     if options.bits < 8:
@@ -382,9 +469,20 @@ def _mixed(model, settings: Settings, feeds, check, calibrated, options, context
     check_reference = reference if check is feeds else outputs(model, check)
     layers = quantizable_layers(model, settings, calibrated)
     with context.progress("measuring layer sensitivity", total=len(layers)) as task:
-        result = mixed_precision(model, settings, feeds, reference, options.target_cosine, calibrated, task.advance, check=(check, check_reference))
+        result = mixed_precision(
+            model,
+            settings,
+            feeds,
+            reference,
+            options.target_cosine,
+            calibrated,
+            task.advance,
+            check=(check, check_reference),
+        )
     if not result.met_target:
-        context.warn(f"sensitivity: worst per-feed cosine {result.cosine:.6f} < target {options.target_cosine} even with every layer kept float")
+        context.warn(
+            f"sensitivity: worst per-feed cosine {result.cosine:.6f} < target {options.target_cosine} even with every layer kept float"
+        )
     extra["sensitivity"] = {
         "target_cosine": options.target_cosine,
         "cosine": round(result.cosine, 8),
@@ -428,7 +526,6 @@ def _scheme_text(scheme: Scheme, mode: str | None) -> str:
     if scheme.block_size and mode not in ("dynamic", "static"):
         return f"{kind} blockwise(block={scheme.block_size})"
     return f"{kind} {'per-channel' if scheme.per_channel else 'per-tensor'}"
-
 
 
 @onnxshrink.hookimpl

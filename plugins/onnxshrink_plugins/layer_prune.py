@@ -47,7 +47,9 @@ class LayerPrune(Method):
         Option("ratio", float, None, "Instead of n: remove this fraction of the residual blocks.", min=0.0, max=1.0),
         Option("threshold", float, None, "Instead of n: remove every block scoring below this.", min=0.0),
         Option(
-            "score", str, "influence",
+            "score",
+            str,
+            "influence",
             "influence: 1 - cos(x, y) (ShortGPT); norm: ||f(x)|| / ||x||.",
             choices=("influence", "norm"),
         ),
@@ -55,9 +57,7 @@ class LayerPrune(Method):
         Option("noop", bool, True, "Also remove Identity, Dropout, and Cast/Reshape/Transpose that change nothing."),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
-    search_space = (
-        onnxshrink.Tunable("n", low=0, high=4),
-    )
+    search_space = (onnxshrink.Tunable("n", low=0, high=4),)
 
     @classmethod
     def check_options(cls, values: onnxshrink.Options, given: set[str]) -> None:
@@ -71,7 +71,9 @@ class LayerPrune(Method):
         unknown = excluded - {b.add for b in blocks}
         if unknown:
             listing = ", ".join(b.add for b in blocks) or "(none)"
-            raise onnxshrink.UsageError(f"plugin {self.name!r}: option 'exclude': no residual block ends at {sorted(unknown)[0]!r}; blocks: {listing}")
+            raise onnxshrink.UsageError(
+                f"plugin {self.name!r}: option 'exclude': no residual block ends at {sorted(unknown)[0]!r}; blocks: {listing}"
+            )
         candidates = [b for b in blocks if b.add not in excluded]
         wanted = _how_many(options, len(candidates))
         if candidates and (wanted or options.threshold is not None):
@@ -88,11 +90,22 @@ class LayerPrune(Method):
         noops = remove_noops(model) if options.noop else {}
         onnxshrink.tidy_model(model)
         if not chosen and not noops:
-            context.warn("no residual block removed and no no-op node found; the model is unchanged" if blocks else "no residual block and no no-op node found; the model is unchanged")
+            context.warn(
+                "no residual block removed and no no-op node found; the model is unchanged"
+                if blocks
+                else "no residual block and no no-op node found; the model is unchanged"
+            )
         return {
             "score": options.score,
             "blocks": [
-                {"add": b.add, "x": b.x, "y": b.y, "nodes": len(b.nodes), "score": None if np.isnan(b.score) else round(b.score, 6), "removed": b in chosen}
+                {
+                    "add": b.add,
+                    "x": b.x,
+                    "y": b.y,
+                    "nodes": len(b.nodes),
+                    "score": None if np.isnan(b.score) else round(b.score, 6),
+                    "removed": b in chosen,
+                }
                 for b in blocks
             ],
             "removed_blocks": [b.add for b in chosen],
@@ -123,12 +136,19 @@ def residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
     shapes = onnxshrink.inferred_shapes(model)
     blocks = []
     for node in graph.node:
-        if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.input) != 2 or node.input[0] == node.input[1]:
+        if (
+            node.op_type != "Add"
+            or node.domain not in ("", "ai.onnx")
+            or len(node.input) != 2
+            or node.input[0] == node.input[1]
+        ):
             continue
         for x, branch in (node.input, reversed(node.input)):
             nodes = _branch_nodes(x, branch, index, readers, node, outside, constants)
             if nodes and _same_static_shape(shapes.get(x), shapes.get(branch), shapes.get(node.output[0])):
-                blocks.append(ResidualBlock(node_label(node), x, branch, node.output[0], [node_label(n) for n in nodes]))
+                blocks.append(
+                    ResidualBlock(node_label(node), x, branch, node.output[0], [node_label(n) for n in nodes])
+                )
                 break
     return blocks
 
@@ -192,15 +212,19 @@ def _read_in_subgraphs(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-
 def _score(model: onnx.ModelProto, blocks: list[ResidualBlock], score: str, context: onnxshrink.Context) -> None:
     feeds = context.calibration_feeds()
     if not feeds:
-        raise onnxshrink.UsageError(f"plugin {context.plugin!r} needs calibration data to score residual blocks; pass --data")
+        raise onnxshrink.UsageError(
+            f"plugin {context.plugin!r} needs calibration data to score residual blocks; pass --data"
+        )
     if context.calibration_is_synthetic:
         context.warn("residual blocks were scored on random inputs (no --data given)")
     names = sorted({b.x for b in blocks} | {b.y for b in blocks})
-    values = {name: np.concatenate(arrays, axis=0).astype(np.float64) for name, arrays in context.activations(model, names, feeds).items()}
+    values = {
+        name: np.concatenate(arrays, axis=0).astype(np.float64)
+        for name, arrays in context.activations(model, names, feeds).items()
+    }
     for block in blocks:
         x = values[block.x].reshape(len(values[block.x]), -1)
         y = values[block.y].reshape(len(values[block.y]), -1)
@@ -261,7 +285,9 @@ def _is_noop(model: onnx.ModelProto, node: onnx.NodeProto, types: dict, shapes: 
     if op == "Dropout":
         mask_used = len(node.output) > 1 and node.output[1] and onnxshrink.consumers(model, node.output[1])
         training = node.input[2] if len(node.input) > 2 else ""
-        return not mask_used and (not training or _constant_value(model, training) is not None and not _constant_value(model, training).any())
+        return not mask_used and (
+            not training or _constant_value(model, training) is not None and not _constant_value(model, training).any()
+        )
     if op == "Cast":
         return types.get(node.input[0]) == attrs.get("to")
     if op == "Transpose":
@@ -270,7 +296,11 @@ def _is_noop(model: onnx.ModelProto, node: onnx.NodeProto, types: dict, shapes: 
     if op == "Reshape":
         target = _constant_value(model, node.input[1])
         shape = shapes.get(node.input[0])
-        return target is not None and shape is not None and _same_shape(shape, [int(v) for v in target.ravel()], attrs.get("allowzero", 0))
+        return (
+            target is not None
+            and shape is not None
+            and _same_shape(shape, [int(v) for v in target.ravel()], attrs.get("allowzero", 0))
+        )
     return False
 
 
@@ -305,8 +335,6 @@ def _constant_value(model: onnx.ModelProto, name: str) -> np.ndarray | None:
     node = onnxshrink.producer(model.graph, name)
     value = None if node is None else onnxshrink.constant_value(node)
     return None if value is None else onnx.numpy_helper.to_array(value)
-
-
 
 
 @onnxshrink.hookimpl

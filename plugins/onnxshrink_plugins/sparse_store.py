@@ -30,23 +30,27 @@ class SparseStore(Method):
     kind = "transform"
     options = (
         Option(
-            "min_sparsity", float, 0.1,
+            "min_sparsity",
+            float,
+            0.1,
             "Store a tensor sparse only with at least this fraction of zeros.",
-            min=0.0, max=1.0,
+            min=0.0,
+            max=1.0,
         ),
         Option(
-            "bits", int, 0,
+            "bits",
+            int,
+            0,
             "0: keep the non-zero values as they are; 2-8: quantize them (symmetric, per output channel) and pack.",
-            min=0, max=8,
+            min=0,
+            max=8,
         ),
         Option("op_types", list, list(WEIGHTED_OPS), "Op types whose weights are considered.", choices=WEIGHTED_OPS),
         Option("exclude", list, None, "Node names, op types or weight names to leave as they are."),
         Option("min_size", int, 128, "Leave weights with fewer elements as they are.", min=0),
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
-    search_space = (
-        onnxshrink.Tunable("bits", choices=(0, 8, 4)),
-    )
+    search_space = (onnxshrink.Tunable("bits", choices=(0, 8, 4)),)
 
     @classmethod
     def check_options(cls, values: onnxshrink.Options, given: set[str]) -> None:
@@ -58,22 +62,40 @@ class SparseStore(Method):
     def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
         unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
         if unknown:
-            raise onnxshrink.UsageError(f"plugin 'sparse_store': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
-        layers, left = find_layers(model, op_types=options.op_types, exclude=options.exclude or (), min_size=options.min_size)
+            raise onnxshrink.UsageError(
+                f"plugin 'sparse_store': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model"
+            )
+        layers, left = find_layers(
+            model, op_types=options.op_types, exclude=options.exclude or (), min_size=options.min_size
+        )
         stored, before, after, elements = [], 0, 0, 0
         for layer in layers:
             array = layer.weight.array()
             sparsity = float(np.mean(array == 0))
             if sparsity < options.min_sparsity:
-                left.append({**layer.describe(), "reason": f"sparsity {sparsity:.3f} < min_sparsity {options.min_sparsity}"})
+                left.append(
+                    {**layer.describe(), "reason": f"sparsity {sparsity:.3f} < min_sparsity {options.min_sparsity}"}
+                )
                 continue
             values = array
             if options.bits:
                 values = onnxshrink.quantize(array.astype(np.float32), options.bits, symmetric=True, axis=layer.axis)
             dense_bytes = layer.weight.size * array.dtype.itemsize
-            trial = onnxshrink.weight_chain(values, layer.name, onnxshrink.all_names(model), form="sparse", dtype=layer.weight.dtype, opset=onnxshrink.model_opset(model))
+            trial = onnxshrink.weight_chain(
+                values,
+                layer.name,
+                onnxshrink.all_names(model),
+                form="sparse",
+                dtype=layer.weight.dtype,
+                opset=onnxshrink.model_opset(model),
+            )
             if not options.bits and sum(onnxshrink.tensor_bytes(t) for t in trial[2]) >= dense_bytes:
-                left.append({**layer.describe(), "reason": f"sparsity {sparsity:.3f} too low: sparse storage would not be smaller"})
+                left.append(
+                    {
+                        **layer.describe(),
+                        "reason": f"sparsity {sparsity:.3f} too low: sparse storage would not be smaller",
+                    }
+                )
                 continue
             result = onnxshrink.store_weight(model, layer.weight, values, form="sparse")
             stored.append({**result.describe(), "layers": layer.labels, "sparsity": round(sparsity, 6)})

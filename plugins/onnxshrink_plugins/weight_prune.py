@@ -63,19 +63,27 @@ class WeightPrune(Method):
     kind = "prune"
     options = (
         Option(
-            "sparsity", float, None,
+            "sparsity",
+            float,
+            None,
             "Fraction of weights to set to zero (per tensor or global, see scope); not set: prune to the budget "
             "(structured=channel: 0.5).",
-            min=0.0, max=1.0,
+            min=0.0,
+            max=1.0,
         ),
         Option(
-            "budget", float, 0.99,
+            "budget",
+            float,
+            0.99,
             "Without sparsity or threshold: the lowest worst per-feed cosine of the outputs, on held-back "
             "calibration feeds, pruning may reach.",
-            min=0.0, max=1.0,
+            min=0.0,
+            max=1.0,
         ),
         Option(
-            "store", str, None,
+            "store",
+            str,
+            None,
             "auto: each pruned tensor dense or as a bitmask + non-zeros, whichever is smaller; sparse: bitmask "
             "wherever possible; dense: zeros stay in place. Not set: auto with the budget, dense with sparsity, "
             "threshold or pattern.",
@@ -83,33 +91,45 @@ class WeightPrune(Method):
         ),
         Option("threshold", float, None, "Zero every weight with |w| < threshold instead of using sparsity.", min=0.0),
         Option(
-            "scope", str, "layer",
+            "scope",
+            str,
+            "layer",
             "layer: each tensor reaches the sparsity; global: one magnitude ranking over all tensors.",
             choices=("layer", "global"),
         ),
         Option("embeddings", bool, False, "Also prune Gather embedding tables (input 0 of Gather)."),
         Option(
-            "min_size", int, 128,
+            "min_size",
+            int,
+            128,
             "Skip weight tensors (structured=channel: channel groups whose weights hold) fewer elements than this.",
             min=0,
         ),
         Option(
-            "structured", str, "none",
+            "structured",
+            str,
+            "none",
             "none: zero single weights; channel: remove whole channels from the graph (sparsity = fraction of "
             "channels).",
             choices=("none", "channel"),
         ),
         Option(
-            "pattern", str, None,
+            "pattern",
+            str,
+            None,
             "N:M, e.g. 2:4: keep exactly the N largest of every M consecutive weights along the input dimension.",
         ),
         Option(
-            "norm", str, "l1",
+            "norm",
+            str,
+            "l1",
             "structured=channel: rank channels by the L1 or L2 norm of their coupled weights.",
             choices=("l1", "l2"),
         ),
         Option(
-            "reconstruct", bool, False,
+            "reconstruct",
+            bool,
+            False,
             "structured=channel: refit the consumers of removed channels by least squares on calibration data.",
         ),
     )
@@ -134,10 +154,16 @@ class WeightPrune(Method):
             raise cls.option_error("scope needs sparsity= (without it, the budget sets each tensor's sparsity)")
         if values.pattern is not None:
             if _parse_pattern(values.pattern) is None:
-                raise cls.option_error(f"option 'pattern' must be N:M with 1 <= N < M, e.g. 2:4 (got {values.pattern!r})")
-            clash = sorted(given & {"sparsity", "threshold", "scope", "embeddings"}) + (["structured=channel"] if channel else [])
+                raise cls.option_error(
+                    f"option 'pattern' must be N:M with 1 <= N < M, e.g. 2:4 (got {values.pattern!r})"
+                )
+            clash = sorted(given & {"sparsity", "threshold", "scope", "embeddings"}) + (
+                ["structured=channel"] if channel else []
+            )
             if clash:
-                raise cls.option_error(f"pattern fixes which weights are zeroed; it cannot be combined with {', '.join(clash)}")
+                raise cls.option_error(
+                    f"pattern fixes which weights are zeroed; it cannot be combined with {', '.join(clash)}"
+                )
         for option in ("norm", "reconstruct"):
             if option in given and not channel:
                 raise cls.option_error(f"option {option!r} needs structured=channel")
@@ -161,7 +187,9 @@ class WeightPrune(Method):
         return stats
 
 
-def _prune_unstructured(model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context, op_inputs) -> dict[str, Any]:
+def _prune_unstructured(
+    model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context, op_inputs
+) -> dict[str, Any]:
     """Zero a fixed fraction (per tensor or global) or every weight under a threshold."""
     chosen, skipped = [], []
     for weight in onnxshrink.weight_tensors(model, op_inputs):
@@ -397,7 +425,15 @@ def _prune_pattern(model: onnx.ModelProto, options: onnxshrink.Options, context:
         nz = int(np.count_nonzero(pruned))
         total += pruned.size
         zeros += pruned.size - nz
-        tensors.append({"name": weight.name, "op_types": weight.op_types, "shape": list(weight.shape), "axis": axis, "sparsity_after": round(1 - nz / pruned.size, 6)})
+        tensors.append(
+            {
+                "name": weight.name,
+                "op_types": weight.op_types,
+                "shape": list(weight.shape),
+                "axis": axis,
+                "sparsity_after": round(1 - nz / pruned.size, 6),
+            }
+        )
     if not tensors:
         context.warn(f"no weight tensor can take the {n}:{m} pattern; the model is unchanged")
     return _summary(tensors, skipped, total, zeros, mode="pattern", pattern=f"{n}:{m}")
@@ -440,7 +476,9 @@ def _prune_channels(model: onnx.ModelProto, options: onnxshrink.Options, context
     if not groups:
         context.warn("no channel group can be pruned; the model is unchanged")
     if options.reconstruct and stats["channels_removed"]:
-        stats["reconstruction"] = onnxshrink.reconstruct_consumers(original, model, removal, feeds, method="lstsq", seed=context.seed)
+        stats["reconstruction"] = onnxshrink.reconstruct_consumers(
+            original, model, removal, feeds, method="lstsq", seed=context.seed
+        )
     return stats
 
 

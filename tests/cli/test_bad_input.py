@@ -54,19 +54,15 @@ SECRET = b"SECRET-OUTSIDE-THE-MODEL-FOLDER" * 64
 # Helpers
 
 
-
-
 def shrink(cli, model: Path, output: Path, *extra: str, plugin: str = "weight_prune"):
     return cli(model, "--plugin", plugin, "-o", output, "--no-validate", "-q", *extra)
 
 
-
-
-
-
 def save_external(model: onnx.ModelProto, path: Path, location: str = "weights.bin") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0)
+    onnx.save_model(
+        model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
     return path
 
 
@@ -212,7 +208,9 @@ def escaping_constant(where: str) -> Callable[[Path], Path]:
     attribute whose declared type is not TENSOR (onnx's loader still visits the tensor)."""
 
     def build(folder: Path) -> Path:
-        tensor = TensorProto(name="stolen", data_type=TensorProto.UINT8, dims=[len(SECRET)], data_location=TensorProto.EXTERNAL)
+        tensor = TensorProto(
+            name="stolen", data_type=TensorProto.UINT8, dims=[len(SECRET)], data_location=TensorProto.EXTERNAL
+        )
         tensor.external_data.add(key="location", value="../secret.bin")
         value = helper.make_attribute("value", np.zeros(1, np.float32))
         value.t.CopyFrom(tensor)
@@ -223,7 +221,12 @@ def escaping_constant(where: str) -> Callable[[Path], Path]:
         const.attribute.append(value)
         if where == "function":
             function = helper.make_function(
-                "local", "Leak", ["x"], ["y"], [const, helper.make_node("Identity", ["x"], ["y"])], [helper.make_opsetid("", 17)]
+                "local",
+                "Leak",
+                ["x"],
+                ["y"],
+                [const, helper.make_node("Identity", ["x"], ["y"])],
+                [helper.make_opsetid("", 17)],
             )
             graph = helper.make_graph(
                 [helper.make_node("Leak", ["x"], ["y"], domain="local")],
@@ -274,11 +277,15 @@ def inline(edit: Callable[[onnx.ModelProto], None]) -> Callable[[Path], Path]:
 
 
 def declare_huge_with_4_bytes(model: onnx.ModelProto) -> None:
-    model.graph.initializer[0].CopyFrom(TensorProto(name="fc1.weight", data_type=TensorProto.FLOAT, dims=[10**12], raw_data=b"\0" * 4))
+    model.graph.initializer[0].CopyFrom(
+        TensorProto(name="fc1.weight", data_type=TensorProto.FLOAT, dims=[10**12], raw_data=b"\0" * 4)
+    )
 
 
 def declare_huge_with_2_floats(model: onnx.ModelProto) -> None:
-    model.graph.initializer[0].CopyFrom(TensorProto(name="fc1.weight", data_type=TensorProto.FLOAT, dims=[10**6, 10**6], float_data=[1.0, 2.0]))
+    model.graph.initializer[0].CopyFrom(
+        TensorProto(name="fc1.weight", data_type=TensorProto.FLOAT, dims=[10**6, 10**6], float_data=[1.0, 2.0])
+    )
 
 
 def raw_longer_than_shape(model: onnx.ModelProto) -> None:
@@ -291,7 +298,9 @@ def negative_dim(model: onnx.ModelProto) -> None:
 
 def huge_sparse_initializer(model: onnx.ModelProto) -> None:
     values = numpy_helper.from_array(np.ones(1, np.float32), "S")
-    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([5], np.int64), "S_indices"), [10**6, 10**6])
+    sparse = helper.make_sparse_tensor(
+        values, numpy_helper.from_array(np.array([5], np.int64), "S_indices"), [10**6, 10**6]
+    )
     model.graph.sparse_initializer.append(sparse)
 
 
@@ -329,11 +338,19 @@ REFUSED = [
     ("newer IR version", newer_ir, ["IR version"]),
     ("newer opset", newer_opset, ["opset"]),
     ("external ../", external(move_data_outside("../weights.bin")), ["'fc1.weight'", "leaves the model's folder"]),
-    ("external a/../../", external(move_data_outside("a/../../weights.bin")), ["'fc1.weight'", "leaves the model's folder"]),
+    (
+        "external a/../../",
+        external(move_data_outside("a/../../weights.bin")),
+        ["'fc1.weight'", "leaves the model's folder"],
+    ),
     ("external absolute", external(move_data_outside(None)), ["'fc1.weight'", "absolute"]),
     ("external symlink out", external(symlink_out), ["'fc1.weight'", "leaves the model's folder"]),
     ("external symlink loop", external(symlink_loop), ["'fc1.weight'"]),
-    ("external NUL in location", external(set_field(location="weights\0.bin")), ["'fc1.weight'", "unusable external data location"]),
+    (
+        "external NUL in location",
+        external(set_field(location="weights\0.bin")),
+        ["'fc1.weight'", "unusable external data location"],
+    ),
     ("external missing file", external(missing_data), ["'fc1.weight'", "missing"]),
     ("external short file", external(short_data), ["too short"]),
     ("external negative offset", external(set_field(offset="-8")), ["'fc1.weight'", "negative"]),
@@ -342,9 +359,17 @@ REFUSED = [
     ("external unknown key", external(set_field(ofset="0")), ["'fc1.weight'", "unknown external data key 'ofset'"]),
     ("external 8 TiB sparse data file", terabytes_in_a_sparse_file, ["8.0 TiB of external data", "memory"]),
     ("external data in a function", escaping_constant("function"), ["'stolen'", "leaves the model's folder"]),
-    ("external data behind a mistyped attribute", escaping_constant("mistyped attribute"), ["'stolen'", "leaves the model's folder"]),
+    (
+        "external data behind a mistyped attribute",
+        escaping_constant("mistyped attribute"),
+        ["'stolen'", "leaves the model's folder"],
+    ),
     ("external data in a sparse tensor", sparse_external, ["'S'", "not supported"]),
-    ("dims 10**12 with 4 bytes", inline(declare_huge_with_4_bytes), ["'fc1.weight'", "needs 4000000000000 bytes", "holds 4"]),
+    (
+        "dims 10**12 with 4 bytes",
+        inline(declare_huge_with_4_bytes),
+        ["'fc1.weight'", "needs 4000000000000 bytes", "holds 4"],
+    ),
     ("dims 10**12 with 2 floats", inline(declare_huge_with_2_floats), ["'fc1.weight'", "needs 1000000000000 values"]),
     ("raw_data longer than shape", inline(raw_longer_than_shape), ["'fc1.weight'", "needs 2048 bytes", "holds 2056"]),
     ("negative dimension", inline(negative_dim), ["'fc1.weight'", "negative dimension"]),
@@ -412,9 +437,13 @@ def custom_domain_op() -> onnx.ModelProto:
 
 
 def custom_op_kept(before: onnx.ModelProto, after: onnx.ModelProto, report: dict) -> None:
-    assert [(n.domain, n.op_type) for n in after.graph.node if n.domain == "com.example"] == [("com.example", "FancyRelu")]
+    assert [(n.domain, n.op_type) for n in after.graph.node if n.domain == "com.example"] == [
+        ("com.example", "FancyRelu")
+    ]
     warnings = [w for step in report["steps"] for w in step["warnings"]]
-    assert any("com.example::FancyRelu" in w and "onnxruntime cannot load the input model" in w for w in warnings), warnings
+    assert any("com.example::FancyRelu" in w and "onnxruntime cannot load the input model" in w for w in warnings), (
+        warnings
+    )
 
 
 def contrib_op_kept(before: onnx.ModelProto, after: onnx.ModelProto, report: dict) -> None:
@@ -431,15 +460,27 @@ def scan_outer_scope() -> onnx.ModelProto:
             helper.make_node("Identity", ["acc_out"], ["row_out"], name="scan_id"),
         ],
         "scan_body",
-        [helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1, 16]), helper.make_tensor_value_info("row", TensorProto.FLOAT, [1, 16])],
-        [helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1, 16]), helper.make_tensor_value_info("row_out", TensorProto.FLOAT, [1, 16])],
+        [
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1, 16]),
+            helper.make_tensor_value_info("row", TensorProto.FLOAT, [1, 16]),
+        ],
+        [
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1, 16]),
+            helper.make_tensor_value_info("row_out", TensorProto.FLOAT, [1, 16]),
+        ],
     )
     graph = helper.make_graph(
         [helper.make_node("Scan", ["init", "input"], ["final", "rows"], name="scan", body=body, num_scan_inputs=1)],
         "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["steps", 1, 16])],
-        [helper.make_tensor_value_info("final", TensorProto.FLOAT, [1, 16]), helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["steps", 1, 16])],
-        [numpy_helper.from_array((rng.standard_normal((16, 16)) / 4).astype(np.float32), "W_outer"), numpy_helper.from_array(np.zeros((1, 16), np.float32), "init")],
+        [
+            helper.make_tensor_value_info("final", TensorProto.FLOAT, [1, 16]),
+            helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["steps", 1, 16]),
+        ],
+        [
+            numpy_helper.from_array((rng.standard_normal((16, 16)) / 4).astype(np.float32), "W_outer"),
+            numpy_helper.from_array(np.zeros((1, 16), np.float32), "init"),
+        ],
     )
     return _model(graph)
 
@@ -466,9 +507,15 @@ def without_shape_information() -> onnx.ModelProto:
 
 def dims_stay_dynamic(before: onnx.ModelProto, after: onnx.ModelProto, report: dict) -> None:
     for kind in ("input", "output"):
-        dims = lambda m: [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in getattr(m.graph, kind)]  # noqa: E731
+        dims = lambda m: [
+            [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in getattr(m.graph, kind)
+        ]  # noqa: E731
         assert dims(after) == dims(before), kind
-    assert any(isinstance(d, str) and d for v in before.graph.input for d in [x.dim_param for x in v.type.tensor_type.shape.dim])
+    assert any(
+        isinstance(d, str) and d
+        for v in before.graph.input
+        for d in [x.dim_param for x in v.type.tensor_type.shape.dim]
+    )
 
 
 def bfloat16_mlp(cast_to_float: bool) -> Callable[[], onnx.ModelProto]:
@@ -488,7 +535,11 @@ def bfloat16_mlp(cast_to_float: bool) -> Callable[[], onnx.ModelProto]:
             value.type.tensor_type.elem_type = TensorProto.FLOAT
         casts = []
         for tensor in model.graph.initializer:
-            casts.append(helper.make_node("Cast", [tensor.name], [f"{tensor.name}_f32"], name=f"cast_{tensor.name}", to=TensorProto.FLOAT))
+            casts.append(
+                helper.make_node(
+                    "Cast", [tensor.name], [f"{tensor.name}_f32"], name=f"cast_{tensor.name}", to=TensorProto.FLOAT
+                )
+            )
         for node in model.graph.node:
             node.input[:] = [f"{i}_f32" if i in {t.name for t in model.graph.initializer} else i for i in node.input]
         nodes = casts + list(model.graph.node)
@@ -523,6 +574,7 @@ ACCEPTED = {
     "already quantized": Accepted(rg.qdq_quantized, already_quantized_left_alone),
 }
 
+
 def _accepted_params():
     for case in ACCEPTED:
         for method in BUILTINS:
@@ -551,7 +603,9 @@ def test_awkward_but_valid_input_is_handled(cli, tmp_path, case, method):
     result = shrink(cli, model, out, "--report", report_path, plugin=method)
     if not spec.runs_in_onnxruntime and result.exit_code == 2:
         # a method that must run the model (calibration, measurement) may refuse such an input: one line, nothing written
-        assert_one_line_error(result, 2, f"plugin {method!r} needs to run the model", "onnxruntime cannot load the input model")
+        assert_one_line_error(
+            result, 2, f"plugin {method!r} needs to run the model", "onnxruntime cannot load the input model"
+        )
         after = snapshot(tmp_path)
         assert {k: v for k, v in after.items() if k not in ("out", "out/report.json")} == before  # no model written
         assert json.loads(report_path.read_text())["error"]["exit_code"] == 2  # the report asked for says why
@@ -559,7 +613,9 @@ def test_awkward_but_valid_input_is_handled(cli, tmp_path, case, method):
     assert result.exit_code == 0, result
 
     assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("out")} == before  # input untouched
-    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["model.small.onnx", "report.json"])  # no temporary files
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(
+        ["model.small.onnx", "report.json"]
+    )  # no temporary files
     produced = load_model(out).model  # our own checks and onnx.checker, from the file
     onnx.checker.check_model(produced, full_check=passes_full_check(original))
     assert interface(produced) == interface(original)
@@ -623,7 +679,10 @@ def test_output_folder_that_is_a_file_is_refused_before_any_method_runs(cli, tmp
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores folder permissions; the EACCES case is simulated below")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root ignores folder permissions; the EACCES case is simulated below",
+)
 def test_output_folder_without_write_permission(cli, tmp_path):
     model = save(rg.mlp(), tmp_path / "model.onnx")
     locked = tmp_path / "locked"
@@ -694,7 +753,9 @@ class FailingWrites:
     ],
     ids=["disk full", "interrupt"],
 )
-def test_failure_while_writing_leaves_no_partial_file_and_keeps_the_previous_output(cli, tmp_path, monkeypatch, error, code, fragment):
+def test_failure_while_writing_leaves_no_partial_file_and_keeps_the_previous_output(
+    cli, tmp_path, monkeypatch, error, code, fragment
+):
     model = save(rg.mlp(), tmp_path / "model.onnx")
     (tmp_path / "out.onnx").write_bytes(b"the previous output")
     writes = FailingWrites(error)
@@ -801,7 +862,10 @@ def test_onnx_has_the_external_data_path_fixes():
     from tests.support.files import ROOT
 
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert any(d.replace(" ", "").startswith("onnx>=1.2") and tuple(map(int, d.split(">=")[1].split(".")[:2])) >= (1, 21) for d in dependencies), dependencies
+    assert any(
+        d.replace(" ", "").startswith("onnx>=1.2") and tuple(map(int, d.split(">=")[1].split(".")[:2])) >= (1, 21)
+        for d in dependencies
+    ), dependencies
     assert tuple(int(part) for part in onnx.__version__.split(".")[:2]) >= (1, 21)
 
 
@@ -815,7 +879,9 @@ def well_formed_tensor(data_type: int, raw: bool) -> onnx.TensorProto:
     values = np.ones((3, 5)).astype(helper.tensor_dtype_to_np_dtype(data_type))
     if raw:
         return numpy_helper.from_array(values, "t")
-    return helper.make_tensor("t", data_type, (3, 5), values.ravel().tolist() if values.dtype.kind in "biufc" else values.ravel(), raw=False)
+    return helper.make_tensor(
+        "t", data_type, (3, 5), values.ravel().tolist() if values.dtype.kind in "biufc" else values.ravel(), raw=False
+    )
 
 
 @pytest.mark.parametrize("data_type", list(TENSOR_TYPES.values()), ids=list(TENSOR_TYPES))
@@ -835,7 +901,11 @@ def test_size_check_accepts_every_well_formed_tensor_and_refuses_one_value_more(
     if tensor.raw_data:
         grown.raw_data += b"\0"
     else:
-        field = next(f for f in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data") if len(getattr(grown, f)))
+        field = next(
+            f
+            for f in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+            if len(getattr(grown, f))
+        )
         getattr(grown, field).append(b"x" if field == "string_data" else 0)
     with pytest.raises(model_io.InvalidModelError, match="tensor 't'.* needs"):
         _check_inline_data(tmp_path / "m.onnx", grown)

@@ -26,14 +26,18 @@ def run_ort(path, data_path):
 def test_shrink_cnn_with_global_pruning(cli, tmp_path):
     before = sha256(CNN)
     out, report = tmp_path / "small.onnx", tmp_path / "r.json"
-    result = cli(CNN, "--plugin", "weight_prune:sparsity=0.7,scope=global", "-o", out, "--report", report, "--data", CNN_DATA)
+    result = cli(
+        CNN, "--plugin", "weight_prune:sparsity=0.7,scope=global", "-o", out, "--report", report, "--data", CNN_DATA
+    )
     assert result.exit_code is ExitCode.OK, result
     assert sha256(CNN) == before
     data = json.loads(report.read_text())
     [step] = data["steps"]
     assert step["plugin"] == "weight_prune" and step["stats"]["sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert data["output"]["size"]["nonzeros"] < 0.35 * data["input"]["size"]["nonzeros"]
-    assert data["output"]["size"]["compressed_bytes"] < 0.6 * data["input"]["size"]["compressed_bytes"]  # zeros compress
+    assert (
+        data["output"]["size"]["compressed_bytes"] < 0.6 * data["input"]["size"]["compressed_bytes"]
+    )  # zeros compress
     assert data["validation"]["data"]["synthetic"] is False
     assert data["validation"]["latency"]["cpu"]["status"] == "ok"
     logits, labels = run_ort(out, CNN_DATA)  # the pruned model still runs and still classifies
@@ -54,7 +58,18 @@ def test_same_seed_gives_identical_bytes(cli, tmp_path):
     outs = []
     for i in range(2):
         out = tmp_path / f"out{i}.onnx"
-        result = cli(CNN, "--plugin", "weight_prune:sparsity=0.5", "--plugin", "weight_prune:threshold=0.05", "-o", out, "--no-validate", "--seed", "7")
+        result = cli(
+            CNN,
+            "--plugin",
+            "weight_prune:sparsity=0.5",
+            "--plugin",
+            "weight_prune:threshold=0.05",
+            "-o",
+            out,
+            "--no-validate",
+            "--seed",
+            "7",
+        )
         assert result.exit_code == 0, result
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
@@ -62,7 +77,18 @@ def test_same_seed_gives_identical_bytes(cli, tmp_path):
 
 def test_chain_runs_in_order(cli, tmp_path):
     report = tmp_path / "r.json"
-    result = cli(MLP, "--plugin", "weight_prune:sparsity=0.3", "--plugin", "weight_prune:sparsity=0.6", "-o", tmp_path / "o.onnx", "--report", report, "--no-validate")
+    result = cli(
+        MLP,
+        "--plugin",
+        "weight_prune:sparsity=0.3",
+        "--plugin",
+        "weight_prune:sparsity=0.6",
+        "-o",
+        tmp_path / "o.onnx",
+        "--report",
+        report,
+        "--no-validate",
+    )
     assert result.exit_code == 0, result
     steps = json.loads(report.read_text())["steps"]
     assert [s["options"]["sparsity"] for s in steps] == [0.3, 0.6]
@@ -113,8 +139,23 @@ def test_invalid_model_is_exit_2_and_traceback_only_on_request(cli_subprocess, t
 
 def test_gate_pass_fail_junit_and_markdown(cli, tmp_path):
     junit, md, report = tmp_path / "gate.xml", tmp_path / "s.md", tmp_path / "r.json"
-    common = ["--plugin", "weight_prune:sparsity=0.3,scope=global", "--data", CNN_DATA, "-o", tmp_path / "o.onnx", "--junit", junit, "--markdown", md, "--report", report]
-    passing = cli(CNN, *common, "--gate", "top1_agreement>=0.9", "--gate", "size_ratio<=1.0", "--gate", "accuracy_drop<=0.05")
+    common = [
+        "--plugin",
+        "weight_prune:sparsity=0.3,scope=global",
+        "--data",
+        CNN_DATA,
+        "-o",
+        tmp_path / "o.onnx",
+        "--junit",
+        junit,
+        "--markdown",
+        md,
+        "--report",
+        report,
+    ]
+    passing = cli(
+        CNN, *common, "--gate", "top1_agreement>=0.9", "--gate", "size_ratio<=1.0", "--gate", "accuracy_drop<=0.05"
+    )
     assert passing.exit_code is ExitCode.OK, passing
     assert json.loads(report.read_text())["gate"]["passed"] is True
     failing = cli(CNN, *common, "--gate", "cosine>=0.9999999", "--gate", "size_ratio<=0.5")
@@ -130,7 +171,19 @@ def test_gate_pass_fail_junit_and_markdown(cli, tmp_path):
 def test_gate_on_unavailable_provider_fails_unless_allowed(cli, tmp_path):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("CUDA is available here")
-    common = [MLP, "--plugin", "weight_prune", "--data", MLP_DATA, "-o", tmp_path / "o.onnx", "--repeats", "3", "--gate", "latency_ratio[cuda]<=1.5"]
+    common = [
+        MLP,
+        "--plugin",
+        "weight_prune",
+        "--data",
+        MLP_DATA,
+        "-o",
+        tmp_path / "o.onnx",
+        "--repeats",
+        "3",
+        "--gate",
+        "latency_ratio[cuda]<=1.5",
+    ]
     assert cli(*common).exit_code == 1
     result = cli(*common, "--allow-unavailable", "--report", tmp_path / "r.json")
     assert result.exit_code == 0, result
@@ -188,7 +241,9 @@ def test_bench_one_and_two_models(cli, tmp_path):
 
 
 def test_synthetic_data_warns(cli, tmp_path):
-    result = cli(MLP, "--plugin", "weight_prune", "-o", tmp_path / "o.onnx", "--repeats", "3", "--report", tmp_path / "r.json")
+    result = cli(
+        MLP, "--plugin", "weight_prune", "-o", tmp_path / "o.onnx", "--repeats", "3", "--report", tmp_path / "r.json"
+    )
     assert result.exit_code == 0, result
     validation = json.loads((tmp_path / "r.json").read_text())["validation"]
     assert validation["data"]["synthetic"] is True and "synthetic" in result.stdout
@@ -235,5 +290,16 @@ def test_python_m_help(cli_subprocess):
     for command in ("shrink", "plugins", "inspect", "bench", "gate"):
         assert command in result.stdout
     shrink_help = cli_subprocess("shrink", "--help")
-    for flag in ("--plugin", "--output", "--report", "--seed", "--quiet", "--traceback", "--data", "--gate", "--recipe", "--no-validate"):
+    for flag in (
+        "--plugin",
+        "--output",
+        "--report",
+        "--seed",
+        "--quiet",
+        "--traceback",
+        "--data",
+        "--gate",
+        "--recipe",
+        "--no-validate",
+    ):
         assert flag in shrink_help.stdout

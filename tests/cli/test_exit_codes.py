@@ -101,7 +101,7 @@ def literal_exit_codes(source: str) -> list[str]:
 
 def test_the_scan_finds_literal_exit_codes():
     """The scan below would catch what the package did before ExitCode."""
-    before = '''
+    before = """
 EXIT_OK, EXIT_GATE_FAILED = 0, 1
 class E(Exception):
     exit_code = 3
@@ -117,7 +117,7 @@ def run(self) -> tuple[dict, ExitCode]:
     return report, 0 if chosen else 1
 def shrink():
     write_error_reports(report, 3, "internal error")
-'''
+"""
     found = literal_exit_codes(before)
     assert len(found) == 10, found
 

@@ -48,12 +48,29 @@ def test_context_progress_passes_the_unit_and_refuses_others():
 
 def test_cli_shows_throughput_of_a_long_step(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(console_module, "SUMMARY_AFTER_S", 0.0)
-    result = cli("models/mlp.onnx", "--plugin", "gptq", "--data", "models/mlp_calib.npz", "--no-validate", "-o", tmp_path / "m.onnx")
+    result = cli(
+        "models/mlp.onnx",
+        "--plugin",
+        "gptq",
+        "--data",
+        "models/mlp_calib.npz",
+        "--no-validate",
+        "-o",
+        tmp_path / "m.onnx",
+    )
     assert result.exit_code == 0, result
-    assert any(line.startswith("gptq: quantizing 3 layers: ") and line.endswith(" MB/s") for line in result.stderr.splitlines()), result
+    assert any(
+        line.startswith("gptq: quantizing 3 layers: ") and line.endswith(" MB/s") for line in result.stderr.splitlines()
+    ), result
 
 
-@pytest.mark.parametrize(("plugin", "step"), [("weight_prune:sparsity=0.5", "weight_prune: pruning 16 tensors"), ("int_quant:mode=weights,bits=4", "int_quant: quantizing weights")])
+@pytest.mark.parametrize(
+    ("plugin", "step"),
+    [
+        ("weight_prune:sparsity=0.5", "weight_prune: pruning 16 tensors"),
+        ("int_quant:mode=weights,bits=4", "int_quant: quantizing weights"),
+    ],
+)
 def test_large_model_steps_and_saving_show_throughput(cli, tmp_path, monkeypatch, plugin, step):
     from onnxshrink.testing.large_models import make_mlp_stack
 

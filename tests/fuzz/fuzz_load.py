@@ -36,7 +36,11 @@ def _run_cli(folder: Path, data: bytes) -> None:
     path = folder / "fuzz.onnx"
     path.write_bytes(data)
     with time_limit():
-        result = CliRunner().invoke(main, [str(path), "--plugin", "weight_prune", "-o", str(folder / "out.onnx"), "--no-validate", "-q"], catch_exceptions=False)
+        result = CliRunner().invoke(
+            main,
+            [str(path), "--plugin", "weight_prune", "-o", str(folder / "out.onnx"), "--no-validate", "-q"],
+            catch_exceptions=False,
+        )
     assert result.exit_code in (0, 2), f"exit {result.exit_code}: {result.stderr}"
     assert "Traceback" not in result.stderr
 
@@ -44,7 +48,14 @@ def _run_cli(folder: Path, data: bytes) -> None:
 def fuzz_round(target: str, examples: int, crashes: Path) -> None:
     strategy = st.one_of(mutated_bytes, edited_fields) if target == "cli" else TARGETS[target]
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=False, suppress_health_check=list(HealthCheck), print_blob=True)
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
     @given(strategy)
     def one(data: bytes) -> None:
         try:
@@ -77,10 +88,16 @@ def main() -> int:
         try:
             fuzz_round(target, examples, args.crashes)
         except Exception as exc:  # noqa: BLE001 - hypothesis has printed the falsifying example
-            print(f"FAILED on target {target!r}: {type(exc).__name__}: {exc}\ninputs written to {args.crashes}", file=sys.stderr)
+            print(
+                f"FAILED on target {target!r}: {type(exc).__name__}: {exc}\ninputs written to {args.crashes}",
+                file=sys.stderr,
+            )
             return 1
         rounds += 1
-        print(f"round {rounds}: {examples} {target} examples in {time.monotonic() - started:.1f} s, no failure", flush=True)
+        print(
+            f"round {rounds}: {examples} {target} examples in {time.monotonic() - started:.1f} s, no failure",
+            flush=True,
+        )
     print(f"fuzzed {rounds} rounds for {args.seconds:.0f} s: no failure")
     return 0
 

@@ -50,7 +50,9 @@ CLI_BOUNDED = settings(BOUNDED, max_examples=15)
 
 def _sparse_model() -> onnx.ModelProto:
     values = numpy_helper.from_array(np.arange(1, 5, dtype=np.float32), "S")
-    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0, 3, 5, 7], np.int64), "S_indices"), [8])
+    sparse = helper.make_sparse_tensor(
+        values, numpy_helper.from_array(np.array([0, 3, 5, 7], np.int64), "S_indices"), [8]
+    )
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "S"], ["y"], name="add")],
         "g",
@@ -65,7 +67,14 @@ def _sparse_model() -> onnx.ModelProto:
 
 def _function_model() -> onnx.ModelProto:
     const = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones(4, np.float32), "c"))
-    function = helper.make_function("local", "AddOnes", ["x"], ["y"], [const, helper.make_node("Add", ["x", "c"], ["y"])], [helper.make_opsetid("", 17)])
+    function = helper.make_function(
+        "local",
+        "AddOnes",
+        ["x"],
+        ["y"],
+        [const, helper.make_node("Add", ["x", "c"], ["y"])],
+        [helper.make_opsetid("", 17)],
+    )
     graph = helper.make_graph(
         [helper.make_node("AddOnes", ["x"], ["y"], domain="local", name="call")],
         "g",
@@ -160,28 +169,71 @@ def apply_byte_edits(data: bytes, edits: list[tuple]) -> bytes:
     return bytes(buf)
 
 
-mutated_bytes = st.builds(lambda seed, edits: apply_byte_edits(SEED_BYTES[seed], edits), st.sampled_from(sorted(SEED_BYTES)), st.lists(byte_edit, min_size=1, max_size=4))
+mutated_bytes = st.builds(
+    lambda seed, edits: apply_byte_edits(SEED_BYTES[seed], edits),
+    st.sampled_from(sorted(SEED_BYTES)),
+    st.lists(byte_edit, min_size=1, max_size=4),
+)
 
 LOCATIONS = (
-    "weights.bin", "../secret.bin", "sub/../../secret.bin", "sub/../weights.bin", "./weights.bin", "link_out", "loop",
-    "sub", ".", "..", "", "/etc/passwd", "C:\\secret.bin", "\\\\server\\share\\x", "~/secret.bin", "%2e%2e/secret.bin",
-    "file:///etc/passwd", "weights.bin\x00.txt", "a" * 300, "sub/" * 40 + "x", "weights.bin/..", "ＷＥＩＧＨＴＳ.bin",
+    "weights.bin",
+    "../secret.bin",
+    "sub/../../secret.bin",
+    "sub/../weights.bin",
+    "./weights.bin",
+    "link_out",
+    "loop",
+    "sub",
+    ".",
+    "..",
+    "",
+    "/etc/passwd",
+    "C:\\secret.bin",
+    "\\\\server\\share\\x",
+    "~/secret.bin",
+    "%2e%2e/secret.bin",
+    "file:///etc/passwd",
+    "weights.bin\x00.txt",
+    "a" * 300,
+    "sub/" * 40 + "x",
+    "weights.bin/..",
+    "ＷＥＩＧＨＴＳ.bin",
 )
 NUMBERS = st.one_of(
-    st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, 1, 128, 256, 2047, 2048, 2049, 10**12, 2**62, -1, 2**64]), st.integers(-5, 5000)
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([0, 1, 128, 256, 2047, 2048, 2049, 10**12, 2**62, -1, 2**64]),
+    st.integers(-5, 5000),
 ).map(str)
 field_edit = st.one_of(
-    st.tuples(st.just("dims"), st.lists(st.one_of(st.integers(-3, 64), st.sampled_from([2**31, 10**12, 2**62, -(2**62)])), max_size=4)),
+    st.tuples(
+        st.just("dims"),
+        st.lists(st.one_of(st.integers(-3, 64), st.sampled_from([2**31, 10**12, 2**62, -(2**62)])), max_size=4),
+    ),
     st.tuples(st.just("data_type"), st.integers(0, 30)),
     st.tuples(st.just("raw_data"), st.binary(max_size=96)),
     st.tuples(st.just("float_data"), st.lists(st.floats(width=32), max_size=8)),
     st.tuples(st.just("int64_data"), st.lists(st.integers(-(2**63), 2**63 - 1), max_size=8)),
-    st.tuples(st.just("external"), st.lists(st.tuples(st.sampled_from(["location", "offset", "length", "checksum", "basepath", "bogus"]), st.one_of(st.sampled_from(LOCATIONS), NUMBERS, st.text(max_size=12))), min_size=1, max_size=4)),
+    st.tuples(
+        st.just("external"),
+        st.lists(
+            st.tuples(
+                st.sampled_from(["location", "offset", "length", "checksum", "basepath", "bogus"]),
+                st.one_of(st.sampled_from(LOCATIONS), NUMBERS, st.text(max_size=12)),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+    ),
     st.tuples(st.just("attribute type"), st.integers(0, 14)),
     st.tuples(st.just("ir_version"), st.integers(-2, 20)),
-    st.tuples(st.just("opset"), st.tuples(st.sampled_from(["", "ai.onnx", "com.microsoft", "local", "x"]), st.integers(-2, 40))),
+    st.tuples(
+        st.just("opset"),
+        st.tuples(st.sampled_from(["", "ai.onnx", "com.microsoft", "local", "x"]), st.integers(-2, 40)),
+    ),
     st.tuples(st.just("node input"), st.text(max_size=8)),
-    st.tuples(st.just("sparse dims"), st.lists(st.one_of(st.integers(-2, 64), st.sampled_from([10**6, 2**40])), max_size=3)),
+    st.tuples(
+        st.just("sparse dims"), st.lists(st.one_of(st.integers(-2, 64), st.sampled_from([10**6, 2**40])), max_size=3)
+    ),
 )
 
 
@@ -207,7 +259,9 @@ def apply_field_edits(seed: str, edits: list[tuple], targets: list[int]) -> byte
         elif kind == "external":
             tensor.data_location = TensorProto.EXTERNAL
             for key, text in value:
-                entry = next((e for e in tensor.external_data if e.key == key), None) or tensor.external_data.add(key=key)
+                entry = next((e for e in tensor.external_data if e.key == key), None) or tensor.external_data.add(
+                    key=key
+                )
                 entry.value = text
         elif kind == "attribute type":
             attributes = [a for n in nodes for a in n.attribute]
@@ -289,7 +343,9 @@ def load_is_safe(folder: Path, data: bytes) -> bool:
         assert "\n" not in message and message.startswith(str(path)), message
         return False
     for tensor in stored_tensors(loaded.model):
-        assert SECRET[:64] not in tensor.raw_data, f"tensor {tensor.name!r} holds bytes of a file outside the model's folder"
+        assert SECRET[:64] not in tensor.raw_data, (
+            f"tensor {tensor.name!r} holds bytes of a file outside the model's folder"
+        )
         assert tensor.data_location != TensorProto.EXTERNAL, f"tensor {tensor.name!r} still points at external data"
     for tensor in loaded.model.graph.initializer:
         if tensor.data_type in (TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT8, TensorProto.FLOAT16):
@@ -364,7 +420,10 @@ FOUND = {
     "symlink loop as location": ("mlp with external data", [("external", [("location", "loop")])]),
     "location too long for the OS": ("mlp with external data", [("external", [("location", "a" * 300)])]),
     "raw_data longer than its dims": ("mlp", [("raw_data", b"\0" * 2056)]),
-    "secret behind a function's constant": ("local function", [("external", [("location", "../secret.bin"), ("length", "16")])]),
+    "secret behind a function's constant": (
+        "local function",
+        [("external", [("location", "../secret.bin"), ("length", "16")])],
+    ),
     "float tensor declaring 10**12 elements": ("mlp", [("dims", [10**12])]),
     # seen in a ``make fuzz`` run: a flipped byte in the key "offset" made onnx ignore it and read from 0
     "mangled external data key": ("mlp with external data", [("external", [("bogus", "3456")])]),

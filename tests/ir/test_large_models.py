@@ -27,7 +27,14 @@ def weights(path):
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-@pytest.mark.parametrize("plugins", [["weight_prune:sparsity=0.5,scope=global"], ["weight_prune:sparsity=0.3", "int_quant:mode=storage"], ["int_quant:mode=weights,bits=4"]])
+@pytest.mark.parametrize(
+    "plugins",
+    [
+        ["weight_prune:sparsity=0.5,scope=global"],
+        ["weight_prune:sparsity=0.3", "int_quant:mode=storage"],
+        ["int_quant:mode=weights,bits=4"],
+    ],
+)
 def test_on_disk_editing_gives_the_same_bytes_as_in_memory(cli, tmp_path, monkeypatch, plugins):
     (tmp_path / "in").mkdir()
     model = make_mlp_stack(tmp_path / "in" / "m.onnx", 3 << 20, width=128)

@@ -17,7 +17,9 @@ from tests.support.files import folder_digest
 
 
 def save_external(model: onnx.ModelProto, path: Path, location: str = "weights.bin") -> None:
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0)
+    onnx.save_model(
+        model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
 
 
 def set_location(model: onnx.ModelProto, location: str, **extra: str) -> onnx.ModelProto:
@@ -103,7 +105,11 @@ def test_external_data_loads(tmp_path):
 
 @pytest.mark.parametrize(
     "location, fragment",
-    [("../weights.bin", "leaves the model's folder"), ("a/../../weights.bin", "leaves the model's folder"), ("/etc/passwd", "absolute")],
+    [
+        ("../weights.bin", "leaves the model's folder"),
+        ("a/../../weights.bin", "leaves the model's folder"),
+        ("/etc/passwd", "absolute"),
+    ],
 )
 def test_external_data_outside_folder_is_refused(tmp_path, location, fragment):
     inner = tmp_path / "inner"
@@ -136,7 +142,10 @@ def test_missing_and_short_external_data(tmp_path):
     assert_refused(path, "missing")
 
 
-@pytest.mark.parametrize("offset, length, fragment", [("-8", None, "negative"), ("0", str(10**15), "too short"), (str(10**15), None, "too short")])
+@pytest.mark.parametrize(
+    "offset, length, fragment",
+    [("-8", None, "negative"), ("0", str(10**15), "too short"), (str(10**15), None, "too short")],
+)
 def test_bad_offsets_are_refused_before_reading(tmp_path, offset, length, fragment):
     path = tmp_path / "m.onnx"
     save_external(mlp(), path)

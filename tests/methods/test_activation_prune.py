@@ -17,7 +17,9 @@ from tests.support.files import MODELS
 
 def prune(registry, model, feeds, **options):
     steps = prepare_steps([PluginSpec("activation_prune", {k: str(v) for k, v in options.items()})], registry)
-    [result] = run_steps(model, steps, seed=0, calibration=(lambda: feeds) if feeds is not None else None, calibration_is_synthetic=False)
+    [result] = run_steps(
+        model, steps, seed=0, calibration=(lambda: feeds) if feeds is not None else None, calibration_is_synthetic=False
+    )
     return result.stats
 
 
@@ -79,7 +81,13 @@ def mlp_with_constant_neuron() -> onnx.ModelProto:
 
 
 def _model(nodes, inits, input_shape) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     model.graph.output[0].CopyFrom(onnx.shape_inference.infer_shapes(model).graph.output[0])

@@ -21,12 +21,12 @@ from tests.support.graphs import opset10_matmul
 ROOT = str(REPO_ROOT)
 
 
-
-
 @pytest.fixture(scope="module")
 def cnn():
     calib = np.load(os.path.join(ROOT, "models", "cnn_calib.npz"))["input"]
-    return onnx.load(os.path.join(ROOT, "models", "cnn.onnx")), [{"input": calib[i : i + 32]} for i in range(0, 128, 32)]
+    return onnx.load(os.path.join(ROOT, "models", "cnn.onnx")), [
+        {"input": calib[i : i + 32]} for i in range(0, 128, 32)
+    ]
 
 
 def apply(registry, model, feeds, **options):
@@ -124,8 +124,19 @@ def test_options_and_missing_data(registry):
 def test_opset_10_model_is_upgraded_only_when_something_is_stored(cli, tmp_path, budget, binarized):
     """rivagan_encoder (opset 10) ended with exit 3: the packed decoder needs BitShift (opset 11)."""
     model, data = opset10_matmul(tmp_path)
-    result = cli(model, "--plugin", f"binarize:budget={budget},keep_first_last=false", "--data", data,
-                 "--no-validate", "-o", tmp_path / "out.onnx", "--report", tmp_path / "r.json", "-q")
+    result = cli(
+        model,
+        "--plugin",
+        f"binarize:budget={budget},keep_first_last=false",
+        "--data",
+        data,
+        "--no-validate",
+        "-o",
+        tmp_path / "out.onnx",
+        "--report",
+        tmp_path / "r.json",
+        "-q",
+    )
     assert result.exit_code == 0, result
     out = onnx.load(tmp_path / "out.onnx")
     opset = next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx"))

@@ -22,8 +22,6 @@ from tests.support.graphs import opset10_matmul
 ROOT = str(REPO_ROOT)
 
 
-
-
 def quantize_with(registry, model, feeds, **options):
     steps = prepare_steps([PluginSpec("gptq", {k: str(v) for k, v in options.items()})], registry)
     [result] = run_steps(model, steps, seed=0, calibration=lambda: feeds, calibration_is_synthetic=False)
@@ -47,7 +45,13 @@ def linear_layer(k=64, n=32, bias=True) -> onnx.ModelProto:
     if bias:
         inits.append(numpy_helper.from_array(np.zeros(n, np.float32), "b"))
         nodes.append(helper.make_node("Add", ["m", "b"], ["y"], name="fc_bias"))
-    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", n])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "layer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", n])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -85,7 +89,9 @@ def test_gptq_beats_round_to_nearest_on_held_out_inputs(registry, bits, group):
     errors = {}
     for algorithm in ("rtn", "gptq"):
         model = linear_layer()
-        stats = quantize_with(registry, model, calibration, algorithm=algorithm, bits=bits, group_size=group, bias_correction="false")
+        stats = quantize_with(
+            registry, model, calibration, algorithm=algorithm, bits=bits, group_size=group, bias_correction="false"
+        )
         errors[algorithm] = float(np.sum((run(model, held_out) - reference) ** 2))
         assert stats["quantized_tensors"] == 1
     assert errors["gptq"] < 0.5 * errors["rtn"], errors
@@ -142,7 +148,9 @@ def test_bias_correction_reduces_the_mean_output_error(registry):
     bias_error = {}
     for correct in (False, True):
         model = linear_layer()
-        stats = quantize_with(registry, model, calibration, algorithm="rtn", bits=2, group_size=0, bias_correction=str(correct).lower())
+        stats = quantize_with(
+            registry, model, calibration, algorithm="rtn", bits=2, group_size=0, bias_correction=str(correct).lower()
+        )
         bias_error[correct] = float(np.mean(np.abs(np.mean(run(model, held_out) - reference, axis=0))))
     assert bias_error[True] < 0.3 * bias_error[False], bias_error
     assert stats["layers"][0]["bias_correction"][0]["into"] == "bias"  # folded into the Add's constant
@@ -165,7 +173,11 @@ def test_bias_correction_adds_a_bias_where_there_is_none(registry):
 def real_model(name):
     data = np.load(os.path.join(ROOT, "models", f"{name}_calib.npz"))["input"]
     evaluation = np.load(os.path.join(ROOT, "models", f"{name}_eval.npz"))
-    return onnx.load(os.path.join(ROOT, "models", f"{name}.onnx")), [{"input": data[i : i + 32]} for i in range(0, 128, 32)], evaluation
+    return (
+        onnx.load(os.path.join(ROOT, "models", f"{name}.onnx")),
+        [{"input": data[i : i + 32]} for i in range(0, 128, 32)],
+        evaluation,
+    )
 
 
 def accuracy(model, evaluation):
@@ -207,7 +219,11 @@ def test_odd_graphs(registry, builder):
     onnx.checker.check_model(model, full_check=True)
     if builder is rg.if_subgraph:
         reasons = {row["tensor"]: row.get("reason", "") for row in stats["layers"]}
-        assert "cannot be observed" in reasons["W_inner"] and "cannot be observed" in reasons["W_outer"] and not reasons["W_in"]
+        assert (
+            "cannot be observed" in reasons["W_inner"]
+            and "cannot be observed" in reasons["W_outer"]
+            and not reasons["W_in"]
+        )
 
 
 def test_graph_input_weights_are_left_and_said_so(registry):
@@ -239,7 +255,9 @@ def test_bad_options(registry):
 
 def test_rtn_grid_is_onnxshrink_quantize():
     w = np.random.default_rng(8).standard_normal((8, 64)).astype(np.float32)
-    np.testing.assert_array_equal(rtn(w, 4, False, 32).values, quantize(w, 4, symmetric=False, axis=1, block_size=32).values)
+    np.testing.assert_array_equal(
+        rtn(w, 4, False, 32).values, quantize(w, 4, symmetric=False, axis=1, block_size=32).values
+    )
 
 
 def test_auto_form_uses_dequantize_linear_for_matmul_only_where_the_opset_allows(registry):
@@ -251,14 +269,27 @@ def test_auto_form_uses_dequantize_linear_for_matmul_only_where_the_opset_allows
     assert {row["form"] for row in stats["layers"]} == {"packed"} and onnxshrink.model_opset(model) == 17
     model = onnxshrink.upgrade_opset(rg.mlp(), 21)
     stats = quantize_with(registry, model, feeds, form="auto", min_size=0, group_size=16)
-    assert {row["tensor"]: row["form"] for row in stats["layers"]} == {"fc1.weight": "packed", "fc2.weight": "dequantize_linear"}
+    assert {row["tensor"]: row["form"] for row in stats["layers"]} == {
+        "fc1.weight": "packed",
+        "fc2.weight": "dequantize_linear",
+    }
 
 
 def test_cli_run_writes_a_smaller_model_and_reports_bits(cli, tmp_path):
     import json
 
     out, report = tmp_path / "mlp.gptq.onnx", tmp_path / "report.json"
-    result = cli(os.path.join(ROOT, "models", "mlp.onnx"), "--plugin", "gptq:bits=4,group_size=32", "--data", os.path.join(ROOT, "models", "mlp_calib.npz"), "-o", out, "--report", report)
+    result = cli(
+        os.path.join(ROOT, "models", "mlp.onnx"),
+        "--plugin",
+        "gptq:bits=4,group_size=32",
+        "--data",
+        os.path.join(ROOT, "models", "mlp_calib.npz"),
+        "-o",
+        out,
+        "--report",
+        report,
+    )
     assert result.exit_code == 0, result
     assert out.stat().st_size < os.path.getsize(os.path.join(ROOT, "models", "mlp.onnx")) / 4
     text = json.dumps(json.loads(report.read_text()))

@@ -23,8 +23,6 @@ from onnxshrink.testing import reference_graphs as rg
 RNG = np.random.default_rng(1234)
 
 
-
-
 def feeds_for(model: onnx.ModelProto, count: int = 8, seed: int = 0) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     feeds = []
@@ -43,7 +41,13 @@ def feeds_for(model: onnx.ModelProto, count: int = 8, seed: int = 0) -> list[dic
 
 def quantize_model(registry, model, feeds=None, **options):
     steps = prepare_steps([PluginSpec("int_quant", {k: str(v) for k, v in options.items()})], registry)
-    [result] = run_steps(model, steps, seed=0, calibration=(lambda: feeds) if feeds is not None else None, calibration_is_synthetic=feeds is None)
+    [result] = run_steps(
+        model,
+        steps,
+        seed=0,
+        calibration=(lambda: feeds) if feeds is not None else None,
+        calibration_is_synthetic=feeds is None,
+    )
     return result
 
 
@@ -75,7 +79,11 @@ def session_ops(model) -> list[str]:
         opts.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
         ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         optimized = onnx.load(opts.optimized_model_filepath)
-    return [(f"{n.domain}::" if n.domain else "") + n.op_type for g, _ in onnxshrink.iter_graphs(optimized.graph) for n in g.node]
+    return [
+        (f"{n.domain}::" if n.domain else "") + n.op_type
+        for g, _ in onnxshrink.iter_graphs(optimized.graph)
+        for n in g.node
+    ]
 
 
 # --- schemes: quantize / dequantize against a plain numpy reference -------------------------------
@@ -101,7 +109,9 @@ def reference_blocks(w, bits, symmetric, axis, block):
                 scale = np.float32(high - low) / np.float32(qmax) or np.float32(1)
                 zp = np.clip(np.round(-low / scale), 0, qmax)
                 q[r, start : start + block] = np.clip(np.round(chunk / scale) + zp, 0, qmax)
-                dequant[r, start : start + block] = (q[r, start : start + block].astype(np.float32) - np.float32(zp)) * scale
+                dequant[r, start : start + block] = (
+                    q[r, start : start + block].astype(np.float32) - np.float32(zp)
+                ) * scale
     shape = moved.shape
     return np.moveaxis(q.reshape(shape), -1, axis), np.moveaxis(dequant.reshape(shape), -1, axis)
 
@@ -201,7 +211,9 @@ def test_storage_chain_for_conv_and_fp16():
     qt = onnxshrink.quantize(w.reshape(8, -1), 4, axis=1, block_size=16)
     nodes, inits = onnxshrink.storage_chain(qt, "w", {"x", "y", "w"}, shape=w.shape)
     model = _single_op_model(nodes, inits, 13, [1, 4, 6, 6], op="Conv")
-    dense = _single_op_model([], [numpy_helper.from_array(qt.dequantize().reshape(w.shape), "w")], 13, [1, 4, 6, 6], op="Conv")
+    dense = _single_op_model(
+        [], [numpy_helper.from_array(qt.dequantize().reshape(w.shape), "w")], 13, [1, 4, 6, 6], op="Conv"
+    )
     assert session_ops(model) == session_ops(dense)  # folded: onnxruntime runs the dense graph
     feeds = [{"x": RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)}]
     np.testing.assert_array_equal(run(model, feeds)[0][0], run(dense, feeds)[0][0])
@@ -209,7 +221,9 @@ def test_storage_chain_for_conv_and_fp16():
     assert nodes[-1].op_type == "Cast" and nodes[-1].attribute[0].i == TensorProto.FLOAT16
 
 
-@pytest.mark.parametrize("bits,granularity", [(8, "tensor"), (8, "channel"), (8, "block"), (4, "block"), (4, "channel"), (2, "block")])
+@pytest.mark.parametrize(
+    "bits,granularity", [(8, "tensor"), (8, "channel"), (8, "block"), (4, "block"), (4, "channel"), (2, "block")]
+)
 def test_dequantize_linear_fuses_into_matmulnbits_and_is_exact(bits, granularity):
     w = RNG.standard_normal((64, 32)).astype(np.float32)
     axis, block = (1, None) if granularity == "channel" else (0, 16) if granularity == "block" else (None, None)
@@ -243,7 +257,17 @@ def test_quantization_markers():
 
 # --- the method -----------------------------------------------------------------------------------
 
-GRAPHS = ["mlp", "conv_bn_residual", "shared_weight", "constant_node_weights", "if_subgraph", "loop_subgraph", "fp16_mlp", "conv_opset11", "attention_with_mask"]
+GRAPHS = [
+    "mlp",
+    "conv_bn_residual",
+    "shared_weight",
+    "constant_node_weights",
+    "if_subgraph",
+    "loop_subgraph",
+    "fp16_mlp",
+    "conv_opset11",
+    "attention_with_mask",
+]
 
 
 @pytest.mark.parametrize("mode", ["storage", "weights", "dynamic", "static"])
@@ -259,7 +283,10 @@ def test_every_mode_keeps_graphs_valid_and_close(registry, graph, mode):
     assert [item for item in stats["left"] if "tensor" in item] == []  # static may keep nodes float (said in "left")
     assert cosine(reference, run(model, feeds)) > 0.999
     assert stats["weight_bytes_after"] < stats["weight_bytes_before"]
-    if mode in ("storage", "weights"):  # QDQ and dynamic add activation nodes, which outweigh the saving on graphs this small
+    if mode in (
+        "storage",
+        "weights",
+    ):  # QDQ and dynamic add activation nodes, which outweigh the saving on graphs this small
         assert model.ByteSize() < float_bytes
     assert [w.name for w in onnxshrink.weight_tensors(model) if len(w.shape) > 1] == []  # no float weight left
 
@@ -273,7 +300,11 @@ def test_storage_on_the_cnn_reference_shrinks_4x_and_runs_the_float_graph(regist
     assert stats["weight_bytes_before"] == floats
     assert stats["weight_bytes_after"] < floats / 3.5
     assert "Cast" not in session_ops(model) and "Mul" not in session_ops(model)
-    assert all(item["scheme"] == "int8 symmetric per-channel(axis=0)" for item in stats["quantized"] if item["op_types"] == ["Conv"])
+    assert all(
+        item["scheme"] == "int8 symmetric per-channel(axis=0)"
+        for item in stats["quantized"]
+        if item["op_types"] == ["Conv"]
+    )
 
 
 def test_weights_mode_writes_matmulnbits_and_keeps_conv_in_storage(registry):
@@ -281,12 +312,19 @@ def test_weights_mode_writes_matmulnbits_and_keeps_conv_in_storage(registry):
     feeds = feeds_for(model)
     stats = quantize_model(registry, model, feeds, mode="weights", min_size=0).stats
     forms = {item["tensor"]: item for item in stats["quantized"]}
-    assert forms["fc.weight"]["form"] == "matmulnbits" and forms["fc.weight"]["scheme"] == "int8 symmetric blockwise(axis=0, block=16)"
+    assert (
+        forms["fc.weight"]["form"] == "matmulnbits"
+        and forms["fc.weight"]["scheme"] == "int8 symmetric blockwise(axis=0, block=16)"
+    )
     assert "transB=1" in forms["fc.weight"]["note"]  # stored (K, N)
     conv = [item for item in stats["quantized"] if item["op_types"] == ["Conv"]]
-    assert len(conv) == 3 and all(item["form"] == "storage" and "Conv has no weight-only integer kernel" in item["note"] for item in conv)
+    assert len(conv) == 3 and all(
+        item["form"] == "storage" and "Conv has no weight-only integer kernel" in item["note"] for item in conv
+    )
     assert stats["opset"] == {"before": 17, "after": 17}
-    assert {"domain": "com.microsoft", "version": 1} in [{"domain": o.domain, "version": o.version} for o in model.opset_import]
+    assert {"domain": "com.microsoft", "version": 1} in [
+        {"domain": o.domain, "version": o.version} for o in model.opset_import
+    ]
     assert "com.microsoft::MatMulNBits" in session_ops(model)
     model = rg.conv_bn_residual()
     stats = quantize_model(registry, model, feeds, mode="weights", min_size=0, dq_conv="true").stats
@@ -310,16 +348,24 @@ def test_matmulnbits_accuracy_level_is_written(registry):
     model = rg.mlp()
     stats = quantize_model(registry, model, mode="weights", min_size=0, accuracy_level=4).stats
     nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
-    assert len(nodes) == 2 and all(helper.get_attribute_value(next(a for a in n.attribute if a.name == "accuracy_level")) == 4 for n in nodes)
+    assert len(nodes) == 2 and all(
+        helper.get_attribute_value(next(a for a in n.attribute if a.name == "accuracy_level")) == 4 for n in nodes
+    )
     assert all("accuracy_level 4" in item["note"] for item in stats["quantized"])
 
 
 def test_dequantize_linear_format_fuses_and_falls_back_where_onnxruntime_does_not(registry):
     model = rg.conv_bn_residual()
-    stats = quantize_model(registry, model, feeds_for(model), mode="weights", weights_format="dequantize_linear", min_size=0).stats
+    stats = quantize_model(
+        registry, model, feeds_for(model), mode="weights", weights_format="dequantize_linear", min_size=0
+    ).stats
     forms = {item["tensor"]: item for item in stats["quantized"]}
     assert forms["fc.weight"]["form"] == "dequantize_linear" and "transB set to 0" in forms["fc.weight"]["note"]
-    assert all(item["form"] == "storage" and "does not fuse DequantizeLinear with Conv" in item["note"] for item in stats["quantized"] if item["op_types"] == ["Conv"])
+    assert all(
+        item["form"] == "storage" and "does not fuse DequantizeLinear with Conv" in item["note"]
+        for item in stats["quantized"]
+        if item["op_types"] == ["Conv"]
+    )
     assert "com.microsoft::MatMulNBits" in session_ops(model) and "DequantizeLinear" not in session_ops(model)
 
 
@@ -328,7 +374,16 @@ def test_dequantize_linear_int4_and_int2_upgrade_the_opset(registry):
         model = rg.mlp()
         feeds = feeds_for(model)
         reference = run(model, feeds)
-        stats = quantize_model(registry, model, feeds, mode="weights", weights_format="dequantize_linear", bits=bits, min_size=0, block_size=16).stats
+        stats = quantize_model(
+            registry,
+            model,
+            feeds,
+            mode="weights",
+            weights_format="dequantize_linear",
+            bits=bits,
+            min_size=0,
+            block_size=16,
+        ).stats
         assert stats["opset"] == {"before": 17, "after": opset}
         by_name = {item["tensor"]: item for item in stats["quantized"]}
         assert by_name["fc2.weight"]["form"] == "dequantize_linear"
@@ -346,7 +401,10 @@ def test_int4_storage_is_about_7x_smaller_on_weights(registry):
     model = rg.mlp()
     stats = quantize_model(registry, model, feeds_for(model), mode="storage", bits=4, block_size=32, min_size=0).stats
     assert stats["opset"]["after"] == 17  # storage needs no opset change
-    assert all(item["scheme"] == "int4 symmetric blockwise(axis=1, block=32)" or "axis=0" in item["scheme"] for item in stats["quantized"])
+    assert all(
+        item["scheme"] == "int4 symmetric blockwise(axis=1, block=32)" or "axis=0" in item["scheme"]
+        for item in stats["quantized"]
+    )
     w = RNG.standard_normal((512, 256)).astype(np.float32)
     nodes, inits = onnxshrink.storage_chain(onnxshrink.quantize(w, 4, axis=0, block_size=32), "w", set())
     assert w.nbytes / sum(len(t.raw_data) for t in inits) > 6.3
@@ -354,7 +412,9 @@ def test_int4_storage_is_about_7x_smaller_on_weights(registry):
 
 def test_without_opset_upgrade_never_writes_axis_at_opset_11(registry):
     model = rg.conv_opset11()
-    stats = quantize_model(registry, model, feeds_for(model), mode="weights", weights_format="dequantize_linear", opset_upgrade="false").stats
+    stats = quantize_model(
+        registry, model, feeds_for(model), mode="weights", weights_format="dequantize_linear", opset_upgrade="false"
+    ).stats
     assert onnxshrink.model_opset(model) == 11
     dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
     assert dq and all(not n.attribute for n in dq)  # per-tensor: no axis attribute at opset 11
@@ -403,7 +463,10 @@ def test_static_keeps_a_blown_concat_float(registry):
     feeds = [{"input": np.random.default_rng(i).standard_normal((4, 4, 8, 8)).astype(np.float32)} for i in range(8)]
     reference = run(model, feeds)
     stats = quantize_model(registry, model, feeds, mode="static").stats
-    assert "refine" in stats["static"]["kept_float_nodes"] and "concatenates" in stats["static"]["kept_float_nodes"]["refine"]
+    assert (
+        "refine" in stats["static"]["kept_float_nodes"]
+        and "concatenates" in stats["static"]["kept_float_nodes"]["refine"]
+    )
     out = run(model, feeds)
     scores_error = max(np.abs(o[0][:, 4:] - r[0][:, 4:]).max() for o, r in zip(out, reference))
     assert scores_error < 0.02  # class scores (0-1) survive next to box coordinates (0-320)
@@ -412,7 +475,13 @@ def test_static_keeps_a_blown_concat_float(registry):
 def test_static_attention_mask_is_not_quantized(registry):
     model = rg.attention_with_mask()
     rng = np.random.default_rng(0)
-    feeds = [{"input": rng.standard_normal((2, 8, 16)).astype(np.float32), "mask": (rng.random((2, 8)) > 0.3).astype(np.float32)} for _ in range(8)]
+    feeds = [
+        {
+            "input": rng.standard_normal((2, 8, 16)).astype(np.float32),
+            "mask": (rng.random((2, 8)) > 0.3).astype(np.float32),
+        }
+        for _ in range(8)
+    ]
     reference = run(model, feeds)
     stats = quantize_model(registry, model, feeds, mode="static").stats
     kept = stats["static"]["kept_float_nodes"]
@@ -454,7 +523,10 @@ def test_awkward_locations_are_reported(registry):
 
     model = rg.fp16_mlp()
     stats = quantize_model(registry, model, feeds_for(model), mode="weights", min_size=0).stats
-    assert all(item["form"] == "storage" and item["dtype"] == "float16" and "not float32" in item["note"] for item in stats["quantized"])
+    assert all(
+        item["form"] == "storage" and item["dtype"] == "float16" and "not float32" in item["note"]
+        for item in stats["quantized"]
+    )
 
     model = rg.initializer_as_input()
     before = model.SerializeToString()
@@ -472,7 +544,11 @@ def test_custom_domain_ops_are_left_and_said_so(registry):
     stats = quantize_model(registry, model, feeds_for(model), mode="storage", min_size=0).stats
     assert [item["tensor"] for item in stats["quantized"]] == ["W1"]
     [left] = stats["left"]
-    assert left["node"] == "fused" and left["tensors"] == ["W2"] and "custom-domain op com.microsoft::FusedMatMul" in left["reason"]
+    assert (
+        left["node"] == "fused"
+        and left["tensors"] == ["W2"]
+        and "custom-domain op com.microsoft::FusedMatMul" in left["reason"]
+    )
     assert any(t.name == "W2" and t.data_type == TensorProto.FLOAT for t in model.graph.initializer)
 
 
@@ -498,7 +574,10 @@ def test_exclude_by_node_op_type_and_weight(registry):
     model = rg.conv_bn_residual()
     stats = quantize_model(registry, model, mode="storage", min_size=0, exclude="[fc,block.conv2.weight]").stats
     assert sorted(item["tensor"] for item in stats["quantized"]) == ["block.conv1.weight", "stem.weight"]
-    assert {item["tensor"]: item["reason"] for item in stats["left"]} == {"block.conv2.weight": "excluded (exclude=)", "fc.weight": "excluded (exclude=)"}
+    assert {item["tensor"]: item["reason"] for item in stats["left"]} == {
+        "block.conv2.weight": "excluded (exclude=)",
+        "fc.weight": "excluded (exclude=)",
+    }
     assert {t.name for t in model.graph.initializer} >= {"fc.weight", "block.conv2.weight"}
 
     model = rg.conv_bn_residual()
@@ -522,12 +601,24 @@ def test_unknown_exclude_is_a_usage_error(registry):
     [
         ({"mode": "dynamic", "bits": "4"}, "int8 only"),
         ({"mode": "storage", "calibration": "entropy"}, "only applies to mode=static"),
-        ({"mode": "static", "percentile": "99.9"}, "'percentile' only applies to .*calibration=percentile \\(calibration=minmax\\)"),
+        (
+            {"mode": "static", "percentile": "99.9"},
+            "'percentile' only applies to .*calibration=percentile \\(calibration=minmax\\)",
+        ),
         ({"mode": "static", "block_size": "32"}, "block_size does not apply"),
         ({"bits": "4", "per_channel": "false", "block_size": "32"}, "not both"),
-        ({"mode": "storage", "dq_conv": "true"}, "option 'dq_conv' only applies to mode=weights or auto \\(mode=storage\\)"),
-        ({"mode": "dynamic", "weights_format": "dequantize_linear"}, "option 'weights_format' only applies to mode=weights"),
-        ({"mode": "weights", "weights_format": "dequantize_linear", "accuracy_level": "4"}, "option 'accuracy_level' only applies to mode=weights or auto and weights_format=matmulnbits"),
+        (
+            {"mode": "storage", "dq_conv": "true"},
+            "option 'dq_conv' only applies to mode=weights or auto \\(mode=storage\\)",
+        ),
+        (
+            {"mode": "dynamic", "weights_format": "dequantize_linear"},
+            "option 'weights_format' only applies to mode=weights",
+        ),
+        (
+            {"mode": "weights", "weights_format": "dequantize_linear", "accuracy_level": "4"},
+            "option 'accuracy_level' only applies to mode=weights or auto and weights_format=matmulnbits",
+        ),
         ({"mode": "storage", "target_cosine": "0.9"}, "needs sensitivity=true"),
         ({"mode": "weights", "latency_tolerance": "0.1"}, "only applies to mode=auto"),
         ({"bits": "3"}, "must be one of 8, 4, 2"),
@@ -544,7 +635,9 @@ def test_sensitivity_keeps_the_most_sensitive_layers_float(registry):
     model = rg.conv_bn_residual(channels=16)
     feeds = feeds_for(model)
     reference = run(model, feeds)
-    stats = quantize_model(registry, model, feeds, mode="storage", bits=2, block_size=0, sensitivity="true", target_cosine=0.97, min_size=0).stats
+    stats = quantize_model(
+        registry, model, feeds, mode="storage", bits=2, block_size=0, sensitivity="true", target_cosine=0.97, min_size=0
+    ).stats
     table = stats["sensitivity"]["layers"]
     assert sorted(row["layer"] for row in table) == ["block.conv1", "block.conv2", "fc", "stem"]
     assert [row["sensitivity"] for row in table] == sorted((row["sensitivity"] for row in table), reverse=True)
@@ -559,7 +652,9 @@ def test_sensitivity_keeps_the_most_sensitive_layers_float(registry):
     left = {item["tensor"]: item["reason"] for item in stats["left"]}
     assert len(left) == len(kept)
     for reason in left.values():  # each names the criterion, the value reached and the target
-        assert reason.startswith("kept float by the sensitivity search: quantized alone it gives a worst per-feed cosine of ")
+        assert reason.startswith(
+            "kept float by the sensitivity search: quantized alone it gives a worst per-feed cosine of "
+        )
         assert "to reach 0.97 (reached " in reason
 
 
@@ -586,7 +681,9 @@ def test_auto_reports_what_it_tried_and_keeps_a_qualifying_winner(registry):
     qualifying = [row for row in report["tried"] if row["verdict"] == "meets the target"]
     assert winner["bytes"] <= min(row["bytes"] for row in qualifying) * 1.02
     for row in qualifying:  # a simpler form of about the same size loses only to a clearly faster one
-        if row["bytes"] <= min(r["bytes"] for r in qualifying) * 1.02 and modes.index(row["mode"]) < modes.index(winner["mode"]):
+        if row["bytes"] <= min(r["bytes"] for r in qualifying) * 1.02 and modes.index(row["mode"]) < modes.index(
+            winner["mode"]
+        ):
             assert winner["latency_ratio"] < row["latency_ratio"] - 0.05
     assert stats["mode"] == report["winner"] and report["why"].startswith(f"mode={report['winner']}")
 
@@ -625,7 +722,9 @@ def test_auto_low_bits_keeps_sensitive_layers_wider_rather_than_float(registry):
     feeds = feeds_for(model)
     reference = run(model, feeds)
     # latency_tolerance=1: the choice here is about fidelity, not about a timing on a busy machine
-    stats = quantize_model(registry, model, feeds, bits=2, block_size=0, target_cosine=0.99, latency_tolerance=1.0, min_size=0).stats
+    stats = quantize_model(
+        registry, model, feeds, bits=2, block_size=0, target_cosine=0.99, latency_tolerance=1.0, min_size=0
+    ).stats
     report = stats["auto"]
     winner = next(row for row in report["tried"] if row["mode"] == report["winner"])
     assert report["winner"] == "storage+sensitivity(int8)" and stats["mode"] == "storage"

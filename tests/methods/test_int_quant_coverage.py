@@ -20,7 +20,13 @@ from onnxshrink.testing import reference_graphs as rg
 
 def shrink(registry, plugin, model, feeds=None, **options):
     steps = prepare_steps([PluginSpec(plugin, {k: str(v) for k, v in options.items()})], registry)
-    [result] = run_steps(model, steps, seed=0, calibration=(lambda: feeds) if feeds is not None else None, calibration_is_synthetic=feeds is None)
+    [result] = run_steps(
+        model,
+        steps,
+        seed=0,
+        calibration=(lambda: feeds) if feeds is not None else None,
+        calibration_is_synthetic=feeds is None,
+    )
     return result
 
 
@@ -49,7 +55,9 @@ def session_graph(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.load(opts.optimized_model_filepath)
 
 
-def recurrent_model(op: str = "LSTM", hidden: int = 32, inputs: int = 16, vocab: int = 64, seed: int = 0) -> onnx.ModelProto:
+def recurrent_model(
+    op: str = "LSTM", hidden: int = 32, inputs: int = 16, vocab: int = 64, seed: int = 0
+) -> onnx.ModelProto:
     """ids → Gather(embedding table) → LSTM/GRU (W, R, B) → last hidden state."""
     rng = np.random.default_rng(seed)
     gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
@@ -89,7 +97,9 @@ def test_recurrent_weights_and_embeddings_are_stored_and_folded(registry, op):
     stats = shrink(registry, "int_quant", model, mode="storage").stats
     assert {item["tensor"] for item in stats["quantized"]} == {"embedding", "W", "R"}
     assert {tuple(item["op_types"]) for item in stats["quantized"]} == {("Gather",), (op,)}
-    assert any(t.name == "B" and t.data_type == TensorProto.FLOAT for t in model.graph.initializer)  # the bias stays float
+    assert any(
+        t.name == "B" and t.data_type == TensorProto.FLOAT for t in model.graph.initializer
+    )  # the bias stays float
     assert model.ByteSize() < 0.4 * before
     assert worst_cosine(reference, run(model, feeds)) > 0.999
     # onnxruntime folds the chains at load: the session runs the float model's ops, on initializers
@@ -111,7 +121,9 @@ def test_recurrent_weights_at_4_bits_take_blocks_along_their_inputs(registry):
 
 def test_op_types_can_leave_recurrent_weights_float(registry):
     model = recurrent_model("GRU")
-    stats = shrink(registry, "int_quant", model, mode="storage", op_types="[Conv,Gemm,MatMul]", embeddings="false").stats
+    stats = shrink(
+        registry, "int_quant", model, mode="storage", op_types="[Conv,Gemm,MatMul]", embeddings="false"
+    ).stats
     assert stats["quantized_tensors"] == 0
 
 
@@ -138,7 +150,9 @@ def test_shape_only_constants_become_constant_of_shape(registry):
     reference = run(model, feeds)
     stats = shrink(registry, "int_quant", model, mode="storage").stats
     [item] = stats["shape_only"]
-    assert item["tensor"] == "carrier" and item["form"] == "constant_of_shape" and item["bytes_before"] == carrier.nbytes
+    assert (
+        item["tensor"] == "carrier" and item["form"] == "constant_of_shape" and item["bytes_before"] == carrier.nbytes
+    )
     assert not any(t.name == "carrier" for t in model.graph.initializer)
     assert any(n.op_type == "ConstantOfShape" and n.output[0] == "carrier" for n in model.graph.node)
     assert model.ByteSize() < 3000
@@ -236,14 +250,21 @@ def reshaped_weight_model(seed: int = 0) -> onnx.ModelProto:
         numpy_helper.from_array(rng.standard_normal((2, 4, 32)).astype(np.float32), "carrier"),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 32])], inits
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 32])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
 
 
-@pytest.mark.parametrize("plugin, options", [("int_quant", {"mode": "storage"}), ("int_quant", {"mode": "storage", "bits": 4}), ("gptq", {"bits": 4})])
+@pytest.mark.parametrize(
+    "plugin, options",
+    [("int_quant", {"mode": "storage"}), ("int_quant", {"mode": "storage", "bits": 4}), ("gptq", {"bits": 4})],
+)
 def test_a_weight_reshaped_before_use_is_quantized_on_a_matrix_view(registry, plugin, options):
     model = reshaped_weight_model()
     rng = np.random.default_rng(1)
@@ -253,7 +274,11 @@ def test_a_weight_reshaped_before_use_is_quantized_on_a_matrix_view(registry, pl
     rows = stats["quantized"] if plugin == "int_quant" else stats["layers"]
     [row] = [r for r in rows if r["tensor"] == "stored"]
     if plugin == "int_quant":  # rows of 32 (the smallest trailing block of >= 32): (64, 32) view
-        expected = "int8 symmetric per-channel(axis=0)" if options.get("bits", 8) == 8 else "int4 symmetric blockwise(axis=1, block=32)"
+        expected = (
+            "int8 symmetric per-channel(axis=0)"
+            if options.get("bits", 8) == 8
+            else "int4 symmetric blockwise(axis=1, block=32)"
+        )
         assert row["scheme"] == expected
     [carrier] = stats["shape_only"]
     assert carrier["tensor"] == "carrier"
@@ -270,7 +295,10 @@ def test_matrix_view_rows():
     assert matrix_view((2, 3)) == (1, 6)  # smaller than one row: the whole tensor
 
 
-@pytest.mark.parametrize("plugin, options", [("int_quant", {"mode": "storage"}), ("int_quant", {"mode": "storage", "bits": 4}), ("gptq", {"bits": 4})])
+@pytest.mark.parametrize(
+    "plugin, options",
+    [("int_quant", {"mode": "storage"}), ("int_quant", {"mode": "storage", "bits": 4}), ("gptq", {"bits": 4})],
+)
 def test_same_options_same_bytes_with_tables_and_recurrent_weights(registry, plugin, options):
     feeds = id_feeds()
     a, b = recurrent_model("GRU"), recurrent_model("GRU")
@@ -292,5 +320,15 @@ def test_input_weights_become_constants_only_when_every_initializer_is_an_input(
     forced = rg.initializer_as_input()
     before = forced.SerializeToString()
     # nothing quantized (target unreachable): the declared inputs come back as they were
-    result = shrink(registry, "int_quant", forced, [{"input": np.ones((2, 16), np.float32)}] * 2, min_size=0, input_weights="constant", target_cosine=1.0, bits=2, block_size=0)
+    result = shrink(
+        registry,
+        "int_quant",
+        forced,
+        [{"input": np.ones((2, 16), np.float32)}] * 2,
+        min_size=0,
+        input_weights="constant",
+        target_cosine=1.0,
+        bits=2,
+        block_size=0,
+    )
     assert result.stats["mode"] is None and forced.SerializeToString() == before

@@ -44,8 +44,6 @@ def _need(name: str) -> None:
         pytest.skip(f"models/{name}.onnx and its .npz files are not built")
 
 
-
-
 @pytest.fixture(scope="module")
 def loaded():
     cache: dict[str, tuple] = {}
@@ -55,8 +53,17 @@ def loaded():
             model_path, eval_path, calib_path = _files(name)
             evaluation, calibration = np.load(eval_path), np.load(calib_path)
             model = onnx.load(model_path)
-            feeds = [{model.graph.input[0].name: calibration["input"][i : i + 16]} for i in range(0, len(calibration["input"]), 16)]
-            cache[name] = (model, feeds, evaluation["input"], evaluation["labels"], accuracy(model, evaluation["input"], evaluation["labels"]))
+            feeds = [
+                {model.graph.input[0].name: calibration["input"][i : i + 16]}
+                for i in range(0, len(calibration["input"]), 16)
+            ]
+            cache[name] = (
+                model,
+                feeds,
+                evaluation["input"],
+                evaluation["labels"],
+                accuracy(model, evaluation["input"], evaluation["labels"]),
+            )
         return cache[name]
 
     return get
@@ -78,7 +85,9 @@ def test_mode_on_model_keeps_accuracy(registry, loaded, name, config):
     quantized = onnx.ModelProto()
     quantized.CopyFrom(model)
     steps = prepare_steps([PluginSpec("int_quant", OPTIONS[config])], registry)
-    [result] = run_steps(quantized, steps, seed=0, calibration=lambda: feeds, calibration_is_synthetic=False)  # checks onnx + ORT
+    [result] = run_steps(
+        quantized, steps, seed=0, calibration=lambda: feeds, calibration_is_synthetic=False
+    )  # checks onnx + ORT
     stats = result.stats
     assert stats["quantized_tensors"] > 0 and not [item for item in stats["left"] if "tensor" in item]
     assert quantized.ByteSize() < model.ByteSize() * (0.55 if config != "static" else 0.6)
@@ -106,7 +115,10 @@ def test_sensitivity_table_on_the_cnn(registry, loaded):
     model, feeds, inputs, labels, float_accuracy = loaded("cnn")
     quantized = onnx.ModelProto()
     quantized.CopyFrom(model)
-    steps = prepare_steps([PluginSpec("int_quant", {"mode": "storage", "bits": "2", "sensitivity": "true", "target_cosine": "0.99"})], registry)
+    steps = prepare_steps(
+        [PluginSpec("int_quant", {"mode": "storage", "bits": "2", "sensitivity": "true", "target_cosine": "0.99"})],
+        registry,
+    )
     [result] = run_steps(quantized, steps, seed=0, calibration=lambda: feeds[:2], calibration_is_synthetic=False)
     table = result.stats["sensitivity"]["layers"]
     assert len(table) == 11 and all(row["op_type"] in ("Conv", "Gemm") for row in table)

@@ -36,7 +36,20 @@ def test_default_meets_the_target_on_held_out_feeds(name, tmp_path):
     n = len(stacked[stacked.files[0]])
     np.savez(tmp_path / "calibration.npz", **{k: stacked[k][: n // 2] for k in stacked.files})
     out = tmp_path / "q.onnx"
-    cli = [sys.executable, "-m", "onnxshrink", str(model), "--plugin", "int_quant", "--data", str(tmp_path / "calibration.npz"), "-o", str(out), "--no-validate", "-q"]
+    cli = [
+        sys.executable,
+        "-m",
+        "onnxshrink",
+        str(model),
+        "--plugin",
+        "int_quant",
+        "--data",
+        str(tmp_path / "calibration.npz"),
+        "-o",
+        str(out),
+        "--no-validate",
+        "-q",
+    ]
     done = subprocess.run(cli, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert out.stat().st_size <= 0.30 * model.stat().st_size

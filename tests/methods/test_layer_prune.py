@@ -16,7 +16,9 @@ from tests.support.files import MODELS
 
 def prune(registry, model, feeds, **options):
     steps = prepare_steps([PluginSpec("layer_prune", {k: str(v) for k, v in options.items()})], registry)
-    [result] = run_steps(model, steps, seed=0, calibration=(lambda: feeds) if feeds is not None else None, calibration_is_synthetic=False)
+    [result] = run_steps(
+        model, steps, seed=0, calibration=(lambda: feeds) if feeds is not None else None, calibration_is_synthetic=False
+    )
     return result.stats
 
 
@@ -24,7 +26,12 @@ def model_and_data(name: str, count: int = 32):
     return onnx.load(MODELS / f"{name}.onnx"), [{"input": np.load(MODELS / f"{name}_calib.npz")["input"][:count]}]
 
 
-TRANSFORMER_BLOCKS = ["/blocks/blocks.0/Add", "/blocks/blocks.0/Add_2", "/blocks/blocks.1/Add", "/blocks/blocks.1/Add_2"]
+TRANSFORMER_BLOCKS = [
+    "/blocks/blocks.0/Add",
+    "/blocks/blocks.0/Add_2",
+    "/blocks/blocks.1/Add",
+    "/blocks/blocks.1/Add_2",
+]
 
 
 def test_the_least_influential_transformer_block_is_removed_and_the_model_runs(registry):
@@ -55,7 +62,11 @@ def test_ratio_threshold_exclude_and_norm_score(registry):
 def test_only_identity_shortcuts_of_the_cnn_are_blocks(registry):
     model, calib = model_and_data("cnn")
     stats = prune(registry, model, calib, n=1)
-    assert [b["add"] for b in stats["blocks"]] == ["/layer1/layer1.0/Add", "/layer1/layer1.1/Add", "/layer2/layer2.1/Add"]
+    assert [b["add"] for b in stats["blocks"]] == [
+        "/layer1/layer1.0/Add",
+        "/layer1/layer1.1/Add",
+        "/layer2/layer2.1/Add",
+    ]
     assert run_model(model, calib)[0]["logits"].shape == (32, 10)
 
 
@@ -86,7 +97,13 @@ def graph_with_noops() -> onnx.ModelProto:
         helper.make_node("Cast", ["h"], ["f"], name="to_float", to=TensorProto.FLOAT),
         helper.make_node("Identity", ["f"], ["output"], name="identity_out"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])], [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 6])], [w, shape])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 6])],
+        [w, shape],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -96,7 +113,13 @@ def graph_with_noops() -> onnx.ModelProto:
 def test_noop_nodes_are_removed_and_the_outputs_kept(registry):
     original, model = graph_with_noops(), graph_with_noops()
     stats = prune(registry, model, None, n=0)
-    assert stats["removed_blocks"] == [] and stats["noop_removed"] == {"Cast": 1, "Dropout": 1, "Identity": 2, "Reshape": 1, "Transpose": 1}
+    assert stats["removed_blocks"] == [] and stats["noop_removed"] == {
+        "Cast": 1,
+        "Dropout": 1,
+        "Identity": 2,
+        "Reshape": 1,
+        "Transpose": 1,
+    }
     assert [n.op_type for n in model.graph.node] == ["MatMul", "Relu", "Cast", "Cast"]
     assert model.graph.node[-1].output[0] == "output"
     feeds = [{"input": np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)}]

@@ -87,7 +87,11 @@ def two_branches(quiet: float = 1e-3) -> onnx.ModelProto:
         "two_branches",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 64])],
-        [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B"), numpy_helper.from_array(np.float32(quiet), "quiet")],
+        [
+            numpy_helper.from_array(a, "A"),
+            numpy_helper.from_array(b, "B"),
+            numpy_helper.from_array(np.float32(quiet), "quiet"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -230,11 +234,23 @@ def test_plugins_listing_shows_budget_and_store(cli):
 def test_weights_left_on_disk_ask_for_a_fixed_sparsity(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("ONNXSHRINK_LAZY_BYTES", "1")  # edit with the weights left in external data
     model = rg.mlp()
-    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True, location="m.data", size_threshold=0)
+    onnx.save(
+        model,
+        tmp_path / "m.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="m.data",
+        size_threshold=0,
+    )
     result = cli(tmp_path / "m.onnx", "--plugin", "weight_prune", "-o", tmp_path / "out.onnx", "--no-validate")
     assert result.exit_code == 2 and "external data" in result.stderr and "sparsity=" in result.stderr
     assert not (tmp_path / "out.onnx").exists()
-    assert cli(tmp_path / "m.onnx", "--plugin", "weight_prune:sparsity=0.5", "-o", tmp_path / "out.onnx", "--no-validate").exit_code == 0
+    assert (
+        cli(
+            tmp_path / "m.onnx", "--plugin", "weight_prune:sparsity=0.5", "-o", tmp_path / "out.onnx", "--no-validate"
+        ).exit_code
+        == 0
+    )
 
 
 def test_opset_10_is_left_alone_when_nothing_gets_pruned(registry):

@@ -27,7 +27,9 @@ def data(name: str, split: str, count: int | None = None) -> list[dict[str, np.n
 
 def prune(registry, model, feeds=None, **options):
     steps = prepare_steps([PluginSpec("weight_prune", {k: str(v) for k, v in options.items()})], registry)
-    [result] = run_steps(model, steps, seed=0, calibration=(lambda: feeds) if feeds is not None else None, calibration_is_synthetic=False)
+    [result] = run_steps(
+        model, steps, seed=0, calibration=(lambda: feeds) if feeds is not None else None, calibration_is_synthetic=False
+    )
     return result.stats
 
 
@@ -42,8 +44,20 @@ def test_channel_sparsity_per_group_on_the_cnn(registry):
     assert stats["mode"] == "channel" and stats["scope"] == "layer"
     assert [g["removed"] for g in stats["groups"]] == [g["channels"] // 2 for g in stats["groups"]]
     assert stats["channels_removed"] == 144 and stats["params_after"] < 0.3 * stats["params_before"]
-    assert stats["declined"] == [{"id": "/fc/Gemm", "channels": 10, "sources": ["/fc/Gemm"], "sinks": [], "reasons": ["they reach graph output 'logits'"]}]
-    conv_widths = {n.name: next(t.dims[0] for t in model.graph.initializer if t.name == n.input[1]) for n in model.graph.node if n.op_type == "Conv"}
+    assert stats["declined"] == [
+        {
+            "id": "/fc/Gemm",
+            "channels": 10,
+            "sources": ["/fc/Gemm"],
+            "sinks": [],
+            "reasons": ["they reach graph output 'logits'"],
+        }
+    ]
+    conv_widths = {
+        n.name: next(t.dims[0] for t in model.graph.initializer if t.name == n.input[1])
+        for n in model.graph.node
+        if n.op_type == "Conv"
+    }
     assert conv_widths["/stem/stem.0/Conv"] == 16 and conv_widths["/layer2/layer2.1/conv1/Conv"] == 32
     assert run_model(model, data("cnn", "eval", 4))[0]["logits"].shape == (4, 10)
 
@@ -61,7 +75,9 @@ def test_threshold_removes_the_channels_whose_norm_is_below_it(registry):
     norms = {g.id: onnxshrink.channel_importance(analysis, g, "l1") for g in analysis.prunable}
     threshold = float(np.median(np.concatenate(list(norms.values()))))
     stats = prune(registry, model, structured="channel", threshold=threshold)
-    assert {g["id"]: g["removed"] for g in stats["groups"]} == {gid: int(np.sum(n < threshold)) for gid, n in norms.items()}
+    assert {g["id"]: g["removed"] for g in stats["groups"]} == {
+        gid: int(np.sum(n < threshold)) for gid, n in norms.items()
+    }
 
 
 def test_reconstruction_lowers_the_output_error(registry):
@@ -82,7 +98,10 @@ def duplicated_channel_model(kind: str) -> onnx.ModelProto:
     if kind == "conv":
         w1 = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
         w1[1] = w1[0]
-        inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(rng.standard_normal((4, 6, 3, 3)).astype(np.float32), "w2")]
+        inits = [
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(rng.standard_normal((4, 6, 3, 3)).astype(np.float32), "w2"),
+        ]
         nodes = [
             helper.make_node("Conv", ["input", "w1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
             helper.make_node("Relu", ["h"], ["a"], name="relu"),
@@ -92,14 +111,23 @@ def duplicated_channel_model(kind: str) -> onnx.ModelProto:
     else:
         w1 = rng.standard_normal((8, 6)).astype(np.float32)
         w1[:, 1] = w1[:, 0]
-        inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32), "w2")]
+        inits = [
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32), "w2"),
+        ]
         nodes = [
             helper.make_node("MatMul", ["input", "w1"], ["h"], name="mm1"),
             helper.make_node("Relu", ["h"], ["a"], name="relu"),
             helper.make_node("MatMul", ["a", "w2"], ["logits"], name="mm2"),
         ]
         shapes = (["batch", 8], ["batch", 4])
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shapes[0])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shapes[1])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shapes[0])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shapes[1])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -149,7 +177,9 @@ def test_nm_pattern_runs_along_conv_input_channels_and_skips_what_does_not_divid
     model = load("cnn")
     stats = prune(registry, model, pattern="2:4", min_size=0)
     assert {e["axis"] for e in stats["tensors"] if "Conv" in e["op_types"]} == {1}
-    assert stats["skipped"] == [{"name": "stem.0.weight", "reason": "input dimension 1 is not a multiple of 4"}]  # 1 input channel
+    assert stats["skipped"] == [
+        {"name": "stem.0.weight", "reason": "input dimension 1 is not a multiple of 4"}
+    ]  # 1 input channel
     for entry in stats["tensors"]:
         weight = next(w for w in onnxshrink.weight_tensors(model) if w.name == entry["name"])
         assert (nonzeros_per_block(weight.array(), entry["axis"], 4) == 2).all()
@@ -182,7 +212,16 @@ def test_same_options_same_bytes(registry):
 
 def test_cli_prunes_channels_and_reports_them(cli, tmp_path):
     out, report = tmp_path / "mlp_pruned.onnx", tmp_path / "report.json"
-    result = cli(MODELS / "mlp.onnx", "--plugin", "weight_prune:structured=channel,sparsity=0.5", "-o", out, "--report", report, "--no-validate")
+    result = cli(
+        MODELS / "mlp.onnx",
+        "--plugin",
+        "weight_prune:structured=channel,sparsity=0.5",
+        "-o",
+        out,
+        "--report",
+        report,
+        "--no-validate",
+    )
     assert result.exit_code == 0, result
     assert out.stat().st_size < 0.5 * (MODELS / "mlp.onnx").stat().st_size
     [step] = json.loads(report.read_text())["steps"]

@@ -61,7 +61,9 @@ def test_biases_and_small_tensors_are_skipped(registry):
             np.testing.assert_array_equal(onnx.numpy_helper.to_array(t), biases[t.name])
 
 
-@pytest.mark.parametrize("builder", [rg.shared_weight, rg.constant_node_weights, rg.if_subgraph, rg.fp16_mlp, rg.initializer_as_input])
+@pytest.mark.parametrize(
+    "builder", [rg.shared_weight, rg.constant_node_weights, rg.if_subgraph, rg.fp16_mlp, rg.initializer_as_input]
+)
 def test_awkward_weight_locations(registry, builder):
     model = builder()
     stats = prune(registry, model, sparsity=0.5, min_size=0)

@@ -171,13 +171,29 @@ FAULTS = {
     "dangling input": (["fault_dangling"], 3, ["plugin 'fault_dangling'", "invalid model", "no_such_tensor"]),
     "cycle": (["fault_cycle"], 3, ["plugin 'fault_cycle'", "cycle"]),
     "corrupt weight shape": (["fault_weight_shape"], 3, ["plugin 'fault_weight_shape'", "invalid model", "fc1"]),
-    "corrupt output shape": (["fault_output_shape"], 3, ["plugin 'fault_output_shape'", "changed the model's interface", "'logits'"]),
-    "op onnxruntime cannot load": (["fault_unknown_op"], 3, ["plugin 'fault_unknown_op'", "onnxruntime cannot load", "Mystery"]),
-    "names onnxruntime refuses": (["fault_duplicate_names"], 3, ["plugin 'fault_duplicate_names'", "onnxruntime cannot load", "dup"]),
+    "corrupt output shape": (
+        ["fault_output_shape"],
+        3,
+        ["plugin 'fault_output_shape'", "changed the model's interface", "'logits'"],
+    ),
+    "op onnxruntime cannot load": (
+        ["fault_unknown_op"],
+        3,
+        ["plugin 'fault_unknown_op'", "onnxruntime cannot load", "Mystery"],
+    ),
+    "names onnxruntime refuses": (
+        ["fault_duplicate_names"],
+        3,
+        ["plugin 'fault_duplicate_names'", "onnxruntime cannot load", "dup"],
+    ),
     "stats not JSON": (["fault_bad_stats"], 3, ["plugin 'fault_bad_stats'", "JSON"]),
     "stats not a dict": (["fault_not_a_dict"], 3, ["plugin 'fault_not_a_dict'", "dict"]),
     # the second step breaks what the first step produced: the failure is the second step's
-    "second step breaks the model": (["weight_prune:sparsity=0.5", "fault_unknown_op"], 3, ["plugin 'fault_unknown_op'", "onnxruntime cannot load"]),
+    "second step breaks the model": (
+        ["weight_prune:sparsity=0.5", "fault_unknown_op"],
+        3,
+        ["plugin 'fault_unknown_op'", "onnxruntime cannot load"],
+    ),
     "second step raises": (["weight_prune:sparsity=0.5", "fault_raises"], 3, ["plugin 'fault_raises'"]),
 }
 
@@ -195,7 +211,16 @@ def fault_runs(tmp_path_factory):
         model = save(rg.mlp(), folder / "model.onnx")
         before = snapshot(folder)
         plugins = [arg for name in FAULTS[case][0] for arg in ("--plugin", name)]
-        command = [sys.executable, "-m", "onnxshrink", str(model), *plugins, "-o", str(folder / "out.onnx"), "--no-validate"]
+        command = [
+            sys.executable,
+            "-m",
+            "onnxshrink",
+            str(model),
+            *plugins,
+            "-o",
+            str(folder / "out.onnx"),
+            "--no-validate",
+        ]
         proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=folder, timeout=300)
         return case, (CliResult(proc.returncode, proc.stdout, proc.stderr), before, snapshot(folder))
 

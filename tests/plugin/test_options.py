@@ -85,7 +85,10 @@ def test_options_are_frozen_and_replace_makes_a_copy():
 
 def test_unknown_option_names_the_option_and_the_method():
     options = Modes.validate_options({})
-    with pytest.raises(AttributeError, match=r"method 'modes_demo' has no option 'levle'; known options: fine, flag, level, mode, names"):
+    with pytest.raises(
+        AttributeError,
+        match=r"method 'modes_demo' has no option 'levle'; known options: fine, flag, level, mode, names",
+    ):
         options.levle
     assert not hasattr(options, "_private") and getattr(options, "nope", 1) == 1
 
@@ -166,10 +169,16 @@ def test_registration_rejects_a_condition_on_an_unknown_option_or_value():
     class Broken(Modes):
         """Broken conditions."""
 
-        options = (Option("mode", str, "a", "a or b.", choices=("a", "b")), Option("x", int, 1, "x.", only_with={"mdoe": "a"}))
+        options = (
+            Option("mode", str, "a", "a or b.", choices=("a", "b")),
+            Option("x", int, 1, "x.", only_with={"mdoe": "a"}),
+        )
 
     assert check_method_class(Broken) == "method 'modes_demo': option 'x': only_with names unknown option 'mdoe'"
-    Broken.options = (Option("mode", str, "a", "a or b.", choices=("a", "b")), Option("x", int, 1, "x.", only_with={"mode": "z"}))
+    Broken.options = (
+        Option("mode", str, "a", "a or b.", choices=("a", "b")),
+        Option("x", int, 1, "x.", only_with={"mode": "z"}),
+    )
     assert "must be one of a, b (got 'z')" in check_method_class(Broken)
     Broken.options = (Option("x", int, 1, "x.", only_with={"x": 1}),)
     assert check_method_class(Broken) == "method 'modes_demo': option 'x': only_with names itself"
@@ -182,7 +191,9 @@ def test_cli_condition_error_exit_2_nothing_written(cli, tmp_path):
     out = tmp_path / "out.onnx"
     result = cli(source, "--plugin", "int_quant:mode=storage,calibration=entropy", "-o", out)
     assert result.exit_code == 2, result
-    assert "plugin 'int_quant': option 'calibration' only applies to mode=static or auto (mode=storage)" in result.stderr
+    assert (
+        "plugin 'int_quant': option 'calibration' only applies to mode=static or auto (mode=storage)" in result.stderr
+    )
     assert "Traceback" not in result.stderr and not out.exists() and sha256(source) == before
 
 

@@ -49,7 +49,12 @@ def test_third_party_plugin_is_discovered(site):
     make_distribution(site, "onnxshrink-hello", "hello_plugin", GOOD_PLUGIN.format(method="hello"))
     registry = load_registry()
     info = registry.get("hello")
-    assert (info.plugin, info.distribution, info.version, info.builtin) == ("hello_plugin", "onnxshrink-hello", "1.2.3", False)
+    assert (info.plugin, info.distribution, info.version, info.builtin) == (
+        "hello_plugin",
+        "onnxshrink-hello",
+        "1.2.3",
+        False,
+    )
 
 
 def test_allow_list_and_block_list(site, monkeypatch):

@@ -41,9 +41,24 @@ def cnn_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("cnn")
     args = [
-        str(MODELS / "cnn.onnx"), "--plugin", "int_quant", "--data", str(MODELS / "cnn_eval.npz"),
-        "--repeats", "5", "--gate", "size_ratio<=0.5", "--gate", "cosine>=0.99",
-        "-o", str(out / "cnn.q.onnx"), "--report", str(out / "report.json"), "--html", str(out / "report.html"), "-q",
+        str(MODELS / "cnn.onnx"),
+        "--plugin",
+        "int_quant",
+        "--data",
+        str(MODELS / "cnn_eval.npz"),
+        "--repeats",
+        "5",
+        "--gate",
+        "size_ratio<=0.5",
+        "--gate",
+        "cosine>=0.99",
+        "-o",
+        str(out / "cnn.q.onnx"),
+        "--report",
+        str(out / "report.json"),
+        "--html",
+        str(out / "report.html"),
+        "-q",
     ]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -52,25 +67,69 @@ def cnn_run(tmp_path_factory):
 
 def tune_report() -> dict:
     """A tune report by the onnxshrink.tune/1 schema: ok, failed and timed-out trials, a front, a choice."""
-    chains = [
-        [{"plugin": "weight_prune", "options": {"sparsity": s}}] for s in (0.3, 0.5, 0.7, 0.9)
-    ] + [[{"plugin": "int_quant", "options": {"bits": b}}] for b in (8, 4)] + [
-        [{"plugin": "weight_prune", "options": {"sparsity": 0.5}}, {"plugin": "int_quant", "options": {"bits": 8}}]
+    chains = (
+        [[{"plugin": "weight_prune", "options": {"sparsity": s}}] for s in (0.3, 0.5, 0.7, 0.9)]
+        + [[{"plugin": "int_quant", "options": {"bits": b}}] for b in (8, 4)]
+        + [[{"plugin": "weight_prune", "options": {"sparsity": 0.5}}, {"plugin": "int_quant", "options": {"bits": 8}}]]
+    )
+    metrics = [
+        (1.0, 0.9999, 1.02),
+        (0.98, 0.999, 0.97),
+        (0.97, 0.99, 1.01),
+        (0.96, 0.95, 0.99),
+        (0.27, 0.9999, 0.92),
+        (0.15, 0.998, 1.2),
+        (0.26, 0.9995, 0.93),
     ]
-    metrics = [(1.0, 0.9999, 1.02), (0.98, 0.999, 0.97), (0.97, 0.99, 1.01), (0.96, 0.95, 0.99), (0.27, 0.9999, 0.92), (0.15, 0.998, 1.2), (0.26, 0.9995, 0.93)]
     trials = []
     for number, (chain, (size, cosine, latency)) in enumerate(zip(chains, metrics)):
-        trials.append({
-            "number": number, "chain": chain, "status": "ok", "error": None, "passed": cosine >= 0.999,
-            "metrics": {"size_ratio": size, "file_bytes": int(692264 * size), "cosine": cosine, "latency_ratio": {"cpu": latency}},
-            "seconds": 1.5 + number,
-        })
-    trials.append({"number": 7, "chain": [{"plugin": "binarize", "options": {}}], "status": "failed", "error": "plugin binarize: <no layer> & 'quotes'", "passed": False, "metrics": {"size_ratio": None, "file_bytes": None, "cosine": None, "latency_ratio": None}, "seconds": 0.4})
-    trials.append({"number": 8, "chain": [{"plugin": "gptq", "options": {"bits": 2}}], "status": "timeout", "error": "timed out after 60 s", "passed": False, "metrics": {"size_ratio": None, "file_bytes": None, "cosine": None, "latency_ratio": None}, "seconds": 60.0})
+        trials.append(
+            {
+                "number": number,
+                "chain": chain,
+                "status": "ok",
+                "error": None,
+                "passed": cosine >= 0.999,
+                "metrics": {
+                    "size_ratio": size,
+                    "file_bytes": int(692264 * size),
+                    "cosine": cosine,
+                    "latency_ratio": {"cpu": latency},
+                },
+                "seconds": 1.5 + number,
+            }
+        )
+    trials.append(
+        {
+            "number": 7,
+            "chain": [{"plugin": "binarize", "options": {}}],
+            "status": "failed",
+            "error": "plugin binarize: <no layer> & 'quotes'",
+            "passed": False,
+            "metrics": {"size_ratio": None, "file_bytes": None, "cosine": None, "latency_ratio": None},
+            "seconds": 0.4,
+        }
+    )
+    trials.append(
+        {
+            "number": 8,
+            "chain": [{"plugin": "gptq", "options": {"bits": 2}}],
+            "status": "timeout",
+            "error": "timed out after 60 s",
+            "passed": False,
+            "metrics": {"size_ratio": None, "file_bytes": None, "cosine": None, "latency_ratio": None},
+            "seconds": 60.0,
+        }
+    )
     return {
-        "schema": "onnxshrink.tune/1", "model": {"path": "models/cnn.onnx", "file_bytes": 692264},
-        "gates": ["cosine>=0.999"], "objective": "size", "trials": trials,
-        "pareto": [4, 6, 5], "chosen": 6, "seconds": 81.9,
+        "schema": "onnxshrink.tune/1",
+        "model": {"path": "models/cnn.onnx", "file_bytes": 692264},
+        "gates": ["cosine>=0.999"],
+        "objective": "size",
+        "trials": trials,
+        "pareto": [4, 6, 5],
+        "chosen": 6,
+        "seconds": 81.9,
     }
 
 
@@ -95,7 +154,11 @@ def test_breakdown_counts_every_stored_byte_of_the_shipped_cnn(cnn_run):
     before, after = MODELS / "cnn.onnx", cnn_run / "cnn.q.onnx"
     result = tensor_breakdown(before, after)
     for side, path in (("before", before), ("after", after)):
-        listed = sum((r[side] or {}).get("bytes", 0) for r in result["rows"]) + result["other"][side] + result["unattributed"][side]
+        listed = (
+            sum((r[side] or {}).get("bytes", 0) for r in result["rows"])
+            + result["other"][side]
+            + result["unattributed"][side]
+        )
         stored = sum(stored_bytes(t) for t in stored_tensors(onnx.load(str(path))))
         assert listed == stored
         assert sum(t[side] for t in result["by_op_type"].values()) + result["unattributed"][side] == stored
@@ -124,12 +187,19 @@ def test_breakdown_follows_decoders_constants_and_shared_weights(tmp_path):
         helper.make_node("MatMul", ["y", "shared_t"], ["z"], name="fourth"),
     ]
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4]), helper.make_tensor_value_info("unused_out", TensorProto.FLOAT, [2])],
-        [numpy_helper.from_array(q.T.copy().T, "wq"), numpy_helper.from_array(np.float32(0.05), "scale"),
-         numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "shared"),
-         numpy_helper.from_array(np.zeros(2, np.float32), "unused_out")],
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("unused_out", TensorProto.FLOAT, [2]),
+        ],
+        [
+            numpy_helper.from_array(q.T.copy().T, "wq"),
+            numpy_helper.from_array(np.float32(0.05), "scale"),
+            numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "shared"),
+            numpy_helper.from_array(np.zeros(2, np.float32), "unused_out"),
+        ],
     )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
@@ -147,10 +217,23 @@ def test_breakdown_of_a_layer_whose_op_was_replaced_is_one_row(tmp_path):
     w, b = rng.standard_normal((4, 3)).astype(np.float32), np.ones(3, np.float32)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
-    gemm = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")], "g", [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    gemm = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")],
+        "g",
+        [x],
+        [y],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
     half = helper.make_graph(
-        [helper.make_node("Cast", ["w16"], ["w32"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["x", "w32"], ["y"], name="fc_matmul")],
-        "g", [x], [y], [numpy_helper.from_array(w.astype(np.float16), "w16")])
+        [
+            helper.make_node("Cast", ["w16"], ["w32"], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["x", "w32"], ["y"], name="fc_matmul"),
+        ],
+        "g",
+        [x],
+        [y],
+        [numpy_helper.from_array(w.astype(np.float16), "w16")],
+    )
     for name, graph in (("a.onnx", gemm), ("b.onnx", half)):
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / name)
     [row] = tensor_breakdown(tmp_path / "a.onnx", tmp_path / "b.onnx")["rows"]
@@ -162,9 +245,11 @@ def test_breakdown_of_a_layer_whose_op_was_replaced_is_one_row(tmp_path):
 def test_shrink_report_has_the_breakdown_and_sensitivity_shows(cnn_run):
     report = json.loads((cnn_run / "report.json").read_text())
     assert report["tensors"]["rows"] and report["tensors"]["by_op_type"]["Conv"]["after"] > 0
-    report["steps"][0]["stats"]["sensitivity"] = {"layers": [{"layer": "/layer2/layer2.0/conv2/Conv", "op_type": "Conv", "cosine": 0.99, "sensitivity": 0.0123}]}
+    report["steps"][0]["stats"]["sensitivity"] = {
+        "layers": [{"layer": "/layer2/layer2.0/conv2/Conv", "op_type": "Conv", "cosine": 0.99, "sensitivity": 0.0123}]
+    }
     page = render_html(report)
-    assert "<th class=num scope=\"col\">sensitivity</th>" in page and "0.0123" in page
+    assert '<th class=num scope="col">sensitivity</th>' in page and "0.0123" in page
 
 
 # --------------------------------------------------------------------------- rendering without a browser
@@ -179,11 +264,15 @@ def test_page_is_one_offline_file_and_deterministic(cnn_run):
     assert "default-src 'none'" in page
     assert "GATE PASSED" in page and "layer2.0.conv2.weight" in page
     charts = CHART_SPEC.findall(page)
-    data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S).group(1))
+    data = json.loads(
+        re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S).group(1)
+    )
     validation = report["validation"]
     per_feed = sum(1 for o in validation["fidelity"]["outputs"].values() if o.get("cosine_per_feed"))
     timed = sum(1 for e in validation["latency"].values() if e["status"] == "ok")
-    assert [c["id"] for c in data["charts"]] == charts and len(charts) == 2 + timed + per_feed  # op types, layers, latency, fidelity
+    assert [c["id"] for c in data["charts"]] == charts and len(
+        charts
+    ) == 2 + timed + per_feed  # op types, layers, latency, fidelity
 
 
 def test_every_report_kind_is_told_apart(cnn_run, tmp_path):
@@ -192,7 +281,9 @@ def test_every_report_kind_is_told_apart(cnn_run, tmp_path):
     gate = {**report, "steps": []}
     assert report_kind(gate) == "gate"
     assert report_kind({"schema": "onnxshrink.report/1", "model": "m.onnx", "size": {}, "latency": {}}) == "bench"
-    assert report_kind({"schema": "onnxshrink.report/1", "baseline": "a", "candidate": "b", "validation": {}}) == "compare"
+    assert (
+        report_kind({"schema": "onnxshrink.report/1", "baseline": "a", "candidate": "b", "validation": {}}) == "compare"
+    )
     assert report_kind(tune_report()) == "tune"
     from onnxshrink.errors import UsageError
 
@@ -264,7 +355,20 @@ def test_report_command_refuses_bad_input(tmp_path, cli, content, message):
 
 def test_gate_and_bench_write_html_with_the_breakdown(cnn_run, tmp_path, cli):
     candidate = cnn_run / "cnn.q.onnx"
-    result = cli("gate", MODELS / "cnn.onnx", candidate, "--data", MODELS / "cnn_eval.npz", "--repeats", "3", "--gate", "size_ratio<=0.5", "--html", tmp_path / "gate.html", "-q")
+    result = cli(
+        "gate",
+        MODELS / "cnn.onnx",
+        candidate,
+        "--data",
+        MODELS / "cnn_eval.npz",
+        "--repeats",
+        "3",
+        "--gate",
+        "size_ratio<=0.5",
+        "--html",
+        tmp_path / "gate.html",
+        "-q",
+    )
     assert result.exit_code == 0, result
     page = (tmp_path / "gate.html").read_text()
     assert "GATE PASSED" in page and "onnxshrink gate report" in page and "layer2.0.conv2.weight" in page
@@ -276,7 +380,9 @@ def test_gate_and_bench_write_html_with_the_breakdown(cnn_run, tmp_path, cli):
 
 def test_html_to_a_folder_is_refused_before_any_work(tmp_path, cli):
     (tmp_path / "dir.html").mkdir()
-    result = cli(MODELS / "mlp.onnx", "--plugin", "weight_prune", "-o", tmp_path / "out.onnx", "--html", tmp_path / "dir.html")
+    result = cli(
+        MODELS / "mlp.onnx", "--plugin", "weight_prune", "-o", tmp_path / "out.onnx", "--html", tmp_path / "dir.html"
+    )
     assert result.exit_code == 2 and "dir.html" in result.stderr
     assert not (tmp_path / "out.onnx").exists()
 
@@ -291,18 +397,40 @@ def test_recipe_html_output(tmp_path):
 
 
 def _chromium() -> str | None:
-    return os.environ.get("ONNXSHRINK_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    return (
+        os.environ.get("ONNXSHRINK_CHROMIUM")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
 
 
-needs_browser = pytest.mark.skipif(_chromium() is None, reason="no headless browser: install Debian's chromium package (or set ONNXSHRINK_CHROMIUM) to run the browser checks")
+needs_browser = pytest.mark.skipif(
+    _chromium() is None,
+    reason="no headless browser: install Debian's chromium package (or set ONNXSHRINK_CHROMIUM) to run the browser checks",
+)
 
 
 def open_in_browser(page: Path, profile: Path) -> tuple[dict, str, list[str]]:
     """Load ``page`` in headless Chromium; the status the page wrote, the final DOM and console lines."""
     proc = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}", "--no-first-run",
-         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--window-size=1280,2000", "--dump-dom", page.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={profile}",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=10000",
+            "--window-size=1280,2000",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     match = re.search(r'<pre id="render-status">(.*?)</pre>', proc.stdout, re.S)

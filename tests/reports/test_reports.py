@@ -47,7 +47,12 @@ def test_junit_one_testcase_per_check(tmp_path):
     assert len(suites) == 1
     suite = suites[0]
     assert suite.get("name") == "onnxshrink.gate"
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("5", "2", "0", "1")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == (
+        "5",
+        "2",
+        "0",
+        "1",
+    )
     assert (root.get("tests"), root.get("failures"), root.get("skipped")) == ("5", "2", "1")
 
     cases = suite.findall("testcase")
@@ -101,7 +106,9 @@ def test_junit_all_passed_and_empty(tmp_path):
     gate = gated_report(gates=["size_ratio <= 0.5"])["gate"]
     suite = ET.parse(write_junit(gate, tmp_path / "a.xml")).getroot().find("testsuite")
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("1", "0", "0")
-    empty = ET.parse(write_junit({"passed": True, "allow_unavailable": False, "checks": []}, tmp_path / "b.xml")).getroot()
+    empty = ET.parse(
+        write_junit({"passed": True, "allow_unavailable": False, "checks": []}, tmp_path / "b.xml")
+    ).getroot()
     assert empty.find("testsuite").get("tests") == "0" and empty.find("testsuite/testcase") is None
 
 
@@ -190,7 +197,11 @@ def test_markdown_failing_gate(tmp_path):
     assert "3 of 5 checks passed" in text and "--allow-unavailable" in text
     for expr in GATES:
         assert f"`{expr}`" in text
-    rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| ") and "`" in line.split("|")[2]}
+    rows = {
+        line.split("|")[2].strip(): line
+        for line in text.splitlines()
+        if line.startswith("| ") and "`" in line.split("|")[2]
+    }
     assert "✅" in rows["`size_ratio <= 0.5`"] and "pass" in rows["`size_ratio <= 0.5`"]
     assert "❌" in rows["`latency_ratio[cpu] <= 0.5`"] and "FAIL" in rows["`latency_ratio[cpu] <= 0.5`"]
     assert "⚠️" in rows["`latency_ratio[tensorrt] <= 1.0`"]
@@ -256,7 +267,12 @@ def test_markdown_escapes_pipes_in_cells():
 
 def test_markdown_per_output_fidelity_when_several_outputs():
     report = sample_report()
-    report["validation"]["fidelity"]["outputs"]["boxes"] = {"cosine": 0.97, "max_abs_error": 1.5, "rel_error": 0.2, "top1_agreement": None}
+    report["validation"]["fidelity"]["outputs"]["boxes"] = {
+        "cosine": 0.97,
+        "max_abs_error": 1.5,
+        "rel_error": 0.2,
+        "top1_agreement": None,
+    }
     text = render_markdown(report)
     assert "<details><summary>Per output</summary>" in text
     assert "| `boxes` | 0.97 | 1.5 | 0.2 | — |" in text
@@ -268,6 +284,17 @@ def test_console_latency_table_without_a_ratio():
     from onnxshrink.cli.console import latency_table
 
     model = {"median_ms": 0.01, "p90_ms": 0.02}
-    table, notes = latency_table({"cpu": {"status": "ok", "baseline": model, "candidate": model, "ratio": None, "ratio_ci": None, "clock": "thread"}})
+    table, notes = latency_table(
+        {
+            "cpu": {
+                "status": "ok",
+                "baseline": model,
+                "candidate": model,
+                "ratio": None,
+                "ratio_ci": None,
+                "clock": "thread",
+            }
+        }
+    )
     assert table.row_count == 1
     assert any("no ratio" in note for note in notes)

@@ -36,7 +36,10 @@ def reshape_model() -> onnx.ModelProto:
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [7, "m"])],
-        [numpy_helper.from_array(np.ones((6, 4), np.float32), "w"), numpy_helper.from_array(np.array([7, -1], np.int64), "s")],
+        [
+            numpy_helper.from_array(np.ones((6, 4), np.float32), "w"),
+            numpy_helper.from_array(np.array([7, -1], np.int64), "s"),
+        ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -70,7 +73,12 @@ def test_data_that_does_not_fit_exit_2_keeps_the_old_output_and_reports(cli, tmp
     assert_one_line_error(result, 2, "does not run on the data", "Reshape")
     assert out.read_bytes() == b"the previous release"
     assert_error_reports(paths, 2, "does not run on the data")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx", "out.onnx", "reports"]  # no staging folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "d.npz",
+        "m.onnx",
+        "out.onnx",
+        "reports",
+    ]  # no staging folder left
 
 
 def test_failure_after_saving_leaves_nothing(cli, tmp_path, monkeypatch):
@@ -125,7 +133,20 @@ def test_usage_error_before_the_run_still_writes_the_reports(cli, tmp_path):
 def test_gate_failure_exit_1_keeps_the_candidate(cli, tmp_path):
     out = tmp_path / "out.onnx"
     paths = reports(tmp_path)
-    result = cli(MLP, "--plugin", "weight_prune", "-o", out, "--data", MLP_EVAL, "--repeats", "2", "--gate", "size_ratio<=0.01", *report_args(paths))
+    result = cli(
+        MLP,
+        "--plugin",
+        "weight_prune",
+        "-o",
+        out,
+        "--data",
+        MLP_EVAL,
+        "--repeats",
+        "2",
+        "--gate",
+        "size_ratio<=0.01",
+        *report_args(paths),
+    )
     assert result.exit_code is ExitCode.GATE_FAILED, result
     onnx.checker.check_model(str(out))
     report = json.loads(paths[0].read_text())
@@ -139,7 +160,11 @@ def test_no_onnxruntime_log_lines_on_stderr(cli_subprocess, tmp_path, quiet):
     np.savez(tmp_path / "d.npz", x=np.ones((3, 6), np.float32))
     for extra in (["--data", tmp_path / "d.npz"], []):  # user data, then synthetic inputs (the search)
         result = cli_subprocess(model, "--plugin", "int_quant:mode=static", "-o", tmp_path / "o.onnx", *extra, *quiet)
-        assert "\x1b[" not in result.stderr and "[E:onnxruntime" not in result.stderr and "[W:onnxruntime" not in result.stderr, result
+        assert (
+            "\x1b[" not in result.stderr
+            and "[E:onnxruntime" not in result.stderr
+            and "[W:onnxruntime" not in result.stderr
+        ), result
         assert_one_line_error(result, 2, "Reshape")
         assert not (tmp_path / "o.onnx").exists()
 
@@ -208,7 +233,9 @@ class CastsOutput(onnxshrink.Method):
 def test_changed_output_is_a_plugin_failure(cli, tmp_path, monkeypatch, method, fragments):
     register(monkeypatch, method)
     paths = reports(tmp_path)
-    result = cli(MLP, "--plugin", method.name, "-o", tmp_path / "out.onnx", "--data", MLP_EVAL, "--quiet", *report_args(paths))
+    result = cli(
+        MLP, "--plugin", method.name, "-o", tmp_path / "out.onnx", "--data", MLP_EVAL, "--quiet", *report_args(paths)
+    )
     assert_one_line_error(result, 3, f"plugin {method.name!r}", *fragments)
     assert not (tmp_path / "out.onnx").exists()
     assert_error_reports(paths, 3, fragments[0])

@@ -79,7 +79,9 @@ def test_full_recipe_round_trip(tmp_path):
     assert recipe.output == folder / "out/cnn.small.onnx"
     assert recipe.seed == 7
     assert recipe.steps == [
-        RecipeStep("weight_prune", {"sparsity": 0.5, "scope": "global", "layers": ["conv1", "fc"], "structured": False}),
+        RecipeStep(
+            "weight_prune", {"sparsity": 0.5, "scope": "global", "layers": ["conv1", "fc"], "structured": False}
+        ),
         RecipeStep("int_quant", {"mode": "storage"}),
         RecipeStep("tidy", {}),
     ]
@@ -251,9 +253,21 @@ class FakeSpec:  # the shape of onnxshrink.plugin.method.PluginSpec
 
 
 NO_OVERRIDES = {
-    "model": None, "steps": [], "output": None, "seed": None, "data": None, "input_shapes": None, "providers": None,
-    "threads": None, "repeats": None, "validate": None, "gates": None, "allow_unavailable": None,
-    "report_json": None, "junit": None, "markdown": None,
+    "model": None,
+    "steps": [],
+    "output": None,
+    "seed": None,
+    "data": None,
+    "input_shapes": None,
+    "providers": None,
+    "threads": None,
+    "repeats": None,
+    "validate": None,
+    "gates": None,
+    "allow_unavailable": None,
+    "report_json": None,
+    "junit": None,
+    "markdown": None,
 }
 
 
@@ -295,8 +309,14 @@ def test_cli_values_override_one_by_one(tmp_path):
 
 def test_cli_plugins_replace_the_chain(tmp_path):
     recipe = load_recipe(write(tmp_path, FULL))
-    merged = merge_cli(recipe, {"steps": [FakeSpec("int_quant", {"bits": "4"}), "tidy", ("weight_prune", {"sparsity": 0.9})]})
-    assert merged.steps == [RecipeStep("int_quant", {"bits": "4"}), RecipeStep("tidy", {}), RecipeStep("weight_prune", {"sparsity": 0.9})]
+    merged = merge_cli(
+        recipe, {"steps": [FakeSpec("int_quant", {"bits": "4"}), "tidy", ("weight_prune", {"sparsity": 0.9})]}
+    )
+    assert merged.steps == [
+        RecipeStep("int_quant", {"bits": "4"}),
+        RecipeStep("tidy", {}),
+        RecipeStep("weight_prune", {"sparsity": 0.9}),
+    ]
     assert len(recipe.steps) == 3 and recipe.steps[0].plugin == "weight_prune"
 
 
@@ -320,7 +340,9 @@ def test_unknown_override_key_is_a_bug():
 
 
 def test_merge_on_a_default_recipe():
-    merged = merge_cli(Recipe(), {"model": "m.onnx", "steps": [FakeSpec("weight_prune", {})], "gates": ["size_ratio<=0.5"]})
+    merged = merge_cli(
+        Recipe(), {"model": "m.onnx", "steps": [FakeSpec("weight_prune", {})], "gates": ["size_ratio<=0.5"]}
+    )
     assert merged.model == Path("m.onnx") and merged.steps == [RecipeStep("weight_prune", {})]
     assert merged.gate_checks == [parse_gate("size_ratio<=0.5")]
 

@@ -47,6 +47,7 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 
 
 def save_external(model: onnx.ModelProto, path: Path, location: str = "weights.bin") -> Path:
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
-                    size_threshold=0)
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
     return path

@@ -11,8 +11,15 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = [helper.make_opsetid("", 17)]
 
 
-def classifier(batch: int | str = "N", in_dim: int = 4, classes: int = 3, *, seed: int = 0, perturb: float = 0.0,
-               with_pred: bool = False) -> onnx.ModelProto:
+def classifier(
+    batch: int | str = "N",
+    in_dim: int = 4,
+    classes: int = 3,
+    *,
+    seed: int = 0,
+    perturb: float = 0.0,
+    with_pred: bool = False,
+) -> onnx.ModelProto:
     """x[batch, in_dim] → MatMul → Add → ``logits`` [batch, classes] (+ ArgMax ``pred`` int64)."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((in_dim, classes)).astype(np.float32)
@@ -25,7 +32,8 @@ def classifier(batch: int | str = "N", in_dim: int = 4, classes: int = 3, *, see
         nodes.append(helper.make_node("ArgMax", ["logits"], ["pred"], axis=1, keepdims=0))
         outputs.append(helper.make_tensor_value_info("pred", TensorProto.INT64, [batch]))
     graph = helper.make_graph(
-        nodes, "classifier",
+        nodes,
+        "classifier",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, in_dim])],
         outputs,
         [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
@@ -42,7 +50,8 @@ def two_inputs(batch: int | str = "N") -> onnx.ModelProto:
         helper.make_node("Mul", ["m", "scale"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "two_inputs",
+        nodes,
+        "two_inputs",
         [
             helper.make_tensor_value_info("ids", TensorProto.INT64, [batch, 5]),
             helper.make_tensor_value_info("mask", TensorProto.BOOL, [batch, 5]),
@@ -59,10 +68,18 @@ def with_constant_and_if() -> onnx.ModelProto:
     c = numpy_helper.from_array(np.array([[1, 0, 2], [3, 4, 5]], np.float32), "c")
     then_c = numpy_helper.from_array(np.array([1, 2, 0], np.float32), "tc")
     else_c = numpy_helper.from_array(np.array([0, 0, 7], np.float32), "ec")
-    then_g = helper.make_graph([helper.make_node("Constant", [], ["t"], value=then_c)], "then", [],
-                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [3])])
-    else_g = helper.make_graph([helper.make_node("Constant", [], ["e"], value=else_c)], "else", [],
-                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [3])])
+    then_g = helper.make_graph(
+        [helper.make_node("Constant", [], ["t"], value=then_c)],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [3])],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Constant", [], ["e"], value=else_c)],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [3])],
+    )
     nodes = [
         helper.make_node("Constant", [], ["C"], value=c),
         helper.make_node("MatMul", ["x", "C"], ["h"]),
@@ -70,10 +87,14 @@ def with_constant_and_if() -> onnx.ModelProto:
         helper.make_node("Add", ["h", "v"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "const_if",
+        nodes,
+        "const_if",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-        [numpy_helper.from_array(np.array(True), "cond"), numpy_helper.from_array(np.array([0, 1.5], np.float32), "unused")],
+        [
+            numpy_helper.from_array(np.array(True), "cond"),
+            numpy_helper.from_array(np.array([0, 1.5], np.float32), "unused"),
+        ],
     )
     return helper.make_model(graph, opset_imports=OPSET)
 
@@ -84,9 +105,13 @@ def opset10_matmul(folder: Path) -> tuple[Path, Path]:
 
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "W")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
+        [w],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)]), folder / "m10.onnx")
     np.savez(folder / "x.npz", x=rng.standard_normal((64, 64)).astype(np.float32))
     return folder / "m10.onnx", folder / "x.npz"

@@ -44,7 +44,9 @@ def sample_report() -> dict:
                 "tensorrt": {"status": "failed", "error": "TensorRT could not build the engine"},
             },
             "fidelity": {
-                "outputs": {"logits": {"cosine": 0.9995, "max_abs_error": 0.02, "rel_error": 0.01, "top1_agreement": 0.98}},
+                "outputs": {
+                    "logits": {"cosine": 0.9995, "max_abs_error": 0.02, "rel_error": 0.01, "top1_agreement": 0.98}
+                },
                 "cosine": 0.9995,
                 "cosine_mean": 0.9998,
                 "max_abs_error": 0.02,

@@ -64,7 +64,9 @@ def conforms(name, graphs, models):
     options = KIT_OPTIONS.get(name)
     intended = HARD_GRAPHS_INTENDED_UNCHANGED.get(name)
     if name not in KNOWN_VIOLATIONS:
-        report = check_method(name, options, graphs=graphs, models=models, registry=REGISTRY, hard_graphs_intended_unchanged=intended)
+        report = check_method(
+            name, options, graphs=graphs, models=models, registry=REGISTRY, hard_graphs_intended_unchanged=intended
+        )
         assert report.changed, report
         return
     allowed = KNOWN_VIOLATIONS[name]
@@ -72,7 +74,14 @@ def conforms(name, graphs, models):
     broken, changed, hard_changed = [], [], []
     for where in cases:  # one graph at a time, so every graph is checked past the known failure
         try:
-            report = check_method(name, options, registry=REGISTRY, require_change=False, hard_graphs_intended_unchanged="checked below", **where)
+            report = check_method(
+                name,
+                options,
+                registry=REGISTRY,
+                require_change=False,
+                hard_graphs_intended_unchanged="checked below",
+                **where,
+            )
             changed += report.changed
             hard_changed += report.hard_changed
         except ConformanceError as exc:
@@ -91,7 +100,9 @@ def test_builtin_method_passes_the_kit_on_reference_graphs(name):
     conforms(name, list(REFERENCE_GRAPHS), [])
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_ON_MODELS else n for n in BUILTINS])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_ON_MODELS else n for n in BUILTINS]
+)
 def test_builtin_method_passes_the_kit_on_shipped_models(name):
     models = shipped_models()
     assert {"cnn.onnx", "mlp.onnx", "transformer.onnx"} <= {p.name for p in models}, f"models/ is incomplete: {models}"
@@ -186,7 +197,9 @@ def test_unseeded_randomness_is_caught_and_context_rng_passes():
 
     with pytest.raises(ConformanceError) as info:
         check(Unseeded)
-    assert info.value.check == "deterministic" and "gave different models (first difference: initializer" in str(info.value)
+    assert info.value.check == "deterministic" and "gave different models (first difference: initializer" in str(
+        info.value
+    )
     check(Seeded)
 
 
@@ -288,7 +301,10 @@ def output_rank_plus_one(model):
     out.CopyFrom(helper.make_tensor_value_info(out.name, out.type.tensor_type.elem_type, [1, *dims]))
 
 
-@pytest.mark.parametrize("edit, detail", [(rename_output, "'renamed'"), (output_to_float16, "FLOAT -> FLOAT16"), (output_rank_plus_one, "rank 2 -> 3")])
+@pytest.mark.parametrize(
+    "edit, detail",
+    [(rename_output, "'renamed'"), (output_to_float16, "FLOAT -> FLOAT16"), (output_rank_plus_one, "rank 2 -> 3")],
+)
 def test_changed_output_name_dtype_or_rank_is_caught(edit, detail):
     class ChangesInterface(ScaleWeights):
         """Scale weights and change the graph's output."""
@@ -326,7 +342,11 @@ def test_method_that_crashes_is_caught():
 
     with pytest.raises(ConformanceError) as info:
         check(Crashes)
-    assert info.value.check == "runs in the pipeline" and "graph 'if_subgraph'" in str(info.value) and "KeyError" in str(info.value)
+    assert (
+        info.value.check == "runs in the pipeline"
+        and "graph 'if_subgraph'" in str(info.value)
+        and "KeyError" in str(info.value)
+    )
 
 
 def test_a_no_op_is_caught_unless_allowed():
@@ -417,7 +437,12 @@ def test_models_folder_cases_use_their_calibration_data(tmp_path):
         def apply(self, model, options, context):
             feeds = context.calibration_feeds()
             stats = super().apply(model, options, context)
-            return {**stats, "synthetic": context.calibration_is_synthetic, "first": float(feeds[0]["input"][0, 0]), "rows": [len(f["input"]) for f in feeds]}
+            return {
+                **stats,
+                "synthetic": context.calibration_is_synthetic,
+                "first": float(feeds[0]["input"][0, 0]),
+                "rows": [len(f["input"]) for f in feeds],
+            }
 
     report = check_method(RecordsCalibration, graphs=[], models=tmp_path)
     [result] = report.results

@@ -40,7 +40,9 @@ def example():
 def run_cli(*args, env=None, timeout=300):
     """The installed ``onnxshrink`` console script as a real process, without inherited ONNXSHRINK_* settings."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ONNXSHRINK_")}
-    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, env={**clean, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [CLI, *map(str, args)], capture_output=True, text=True, env={**clean, **(env or {})}, timeout=timeout
+    )
 
 
 def test_hook_register_methods(example):
@@ -50,7 +52,12 @@ def test_hook_register_methods(example):
 
     info = load_registry().get("fp16_storage")
     assert info.cls is example.Fp16Storage
-    assert (info.plugin, info.distribution, info.version, info.builtin) == ("fp16_storage", DISTRIBUTION, example.__version__, False)
+    assert (info.plugin, info.distribution, info.version, info.builtin) == (
+        "fp16_storage",
+        DISTRIBUTION,
+        example.__version__,
+        False,
+    )
 
 
 def test_plugins_command_shows_where_it_came_from(example):
@@ -58,8 +65,17 @@ def test_plugins_command_shows_where_it_came_from(example):
     assert result.returncode == 0, result.stderr
     listing = json.loads(result.stdout)
     [method] = [m for m in listing["methods"] if m["name"] == "fp16_storage"]
-    assert (method["distribution"], method["version"], method["builtin"], method["kind"]) == (DISTRIBUTION, "0.1.0", False, "transform")
-    assert [(o["name"], o["type"], o["default"]) for o in method["options"]] == [("min_size", "int", 64), ("max_error", "float", 0.001), ("keep", "list", None)]
+    assert (method["distribution"], method["version"], method["builtin"], method["kind"]) == (
+        DISTRIBUTION,
+        "0.1.0",
+        False,
+        "transform",
+    )
+    assert [(o["name"], o["type"], o["default"]) for o in method["options"]] == [
+        ("min_size", "int", 64),
+        ("max_error", "float", 0.001),
+        ("keep", "list", None),
+    ]
     assert listing["errors"] == []
 
 
@@ -70,7 +86,9 @@ def test_cli_halves_each_shipped_model_and_keeps_its_predictions(example, tmp_pa
     digest = sha256(source)
     out, report = tmp_path / f"{name}.fp16.onnx", tmp_path / "report.json"
 
-    result = run_cli(source, "--plugin", "fp16_storage", "-o", out, "--data", data, "--report", report, "--repeats", "3", "--quiet")
+    result = run_cli(
+        source, "--plugin", "fp16_storage", "-o", out, "--data", data, "--report", report, "--repeats", "3", "--quiet"
+    )
 
     assert result.returncode == 0, result.stderr
     assert sha256(source) == digest
@@ -86,14 +104,21 @@ def test_cli_halves_each_shipped_model_and_keeps_its_predictions(example, tmp_pa
     cosine = float(np.sum(expected * got) / (np.linalg.norm(expected) * np.linalg.norm(got)))
     assert cosine > 0.9999, f"{name}: cosine {cosine}"
     assert np.mean(expected.argmax(axis=1) == got.argmax(axis=1)) >= 0.99
-    assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(out).graph.initializer if t.name.endswith("_fp16"))
+    assert all(
+        t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(out).graph.initializer if t.name.endswith("_fp16")
+    )
 
 
 def test_block_list_and_allow_list_switch_it_off(example, write_model, tmp_path):
     model = write_model("mlp")
-    blocked = run_cli(model, "--plugin", "fp16_storage", "-o", tmp_path / "out.onnx", env={"ONNXSHRINK_BLOCK_PLUGINS": "fp16_storage"})
+    blocked = run_cli(
+        model, "--plugin", "fp16_storage", "-o", tmp_path / "out.onnx", env={"ONNXSHRINK_BLOCK_PLUGINS": "fp16_storage"}
+    )
     assert blocked.returncode == 2
-    assert blocked.stderr.strip().splitlines() == [blocked.stderr.strip()] and "unknown plugin 'fp16_storage'" in blocked.stderr
+    assert (
+        blocked.stderr.strip().splitlines() == [blocked.stderr.strip()]
+        and "unknown plugin 'fp16_storage'" in blocked.stderr
+    )
     assert not (tmp_path / "out.onnx").exists()
 
     def listed(env):

@@ -61,7 +61,20 @@ THOROUGH = settings(FAST, max_examples=150)
 
 OPSETS = (11, 13, 17, 21)
 ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Abs", "Neg", "Identity")
-DENSE_LAYERS = ("matmul", "matmul_bias", "gemm", "gemm_transposed", "shared", "constant_weight", "activation", "softmax", "layernorm", "scale", "concat", "residual")
+DENSE_LAYERS = (
+    "matmul",
+    "matmul_bias",
+    "gemm",
+    "gemm_transposed",
+    "shared",
+    "constant_weight",
+    "activation",
+    "softmax",
+    "layernorm",
+    "scale",
+    "concat",
+    "residual",
+)
 HALF_LAYERS = ("matmul", "matmul_bias", "activation", "residual")  # what onnxruntime's CPU EP runs in float16
 VISION_LAYERS = ("conv", "conv_bias", "conv_bn", "depthwise", "pool", "activation", "residual")
 
@@ -85,7 +98,9 @@ class GraphBuilder:
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         values = self.rng.standard_normal(shape) * (scale if scale is not None else 1.0 / np.sqrt(fan_in))
         name = self.fresh(base)
-        self.initializers.append(numpy_helper.from_array(values.astype(helper.tensor_dtype_to_np_dtype(self.dtype)), name))
+        self.initializers.append(
+            numpy_helper.from_array(values.astype(helper.tensor_dtype_to_np_dtype(self.dtype)), name)
+        )
         return name
 
     def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
@@ -110,7 +125,9 @@ def small_graphs(draw) -> onnx.ModelProto:
     vision = draw(st.booleans())
     half = not vision and draw(st.integers(0, 5)) == 0
     batch = draw(st.sampled_from(["batch", 1, 2]))
-    b = GraphBuilder(np.random.default_rng(draw(st.integers(0, 2**16))), opset, TensorProto.FLOAT16 if half else TensorProto.FLOAT)
+    b = GraphBuilder(
+        np.random.default_rng(draw(st.integers(0, 2**16))), opset, TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    )
     outputs: list[tuple[str, list]] = []
     if vision:
         channels, size = draw(st.integers(1, 4)), draw(st.integers(3, 6))
@@ -131,8 +148,12 @@ def small_graphs(draw) -> onnx.ModelProto:
         x, features = _dense_layer(draw, b, kind, x, features, history)
         history.append((x, features))
     outputs.append((x, [batch, features]))
-    graph = helper.make_graph(b.nodes, "random", inputs, [helper.make_tensor_value_info(n, b.dtype, s) for n, s in outputs], b.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxshrink-properties")
+    graph = helper.make_graph(
+        b.nodes, "random", inputs, [helper.make_tensor_value_info(n, b.dtype, s) for n, s in outputs], b.initializers
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxshrink-properties"
+    )
     model.ir_version = 8 if opset < 21 else 10
     return model
 
@@ -140,7 +161,9 @@ def small_graphs(draw) -> onnx.ModelProto:
 def _vision_layer(draw, b: GraphBuilder, kind: str, x: str, channels: int, size: int) -> tuple[str, int, int]:
     if kind in ("conv", "conv_bias", "conv_bn"):
         out, k = draw(st.integers(1, 16)), draw(st.sampled_from([1, 3]))
-        inputs = [x, b.weight("conv_w", out, channels, k, k)] + ([b.weight("conv_b", out, scale=0.1)] if kind == "conv_bias" else [])
+        inputs = [x, b.weight("conv_w", out, channels, k, k)] + (
+            [b.weight("conv_b", out, scale=0.1)] if kind == "conv_bias" else []
+        )
         x = b.node("Conv", inputs, pads=[k // 2] * 4, kernel_shape=[k, k])
         if kind == "conv_bn":
             scale, bias, mean = (b.weight("bn", out, scale=0.1) for _ in range(3))
@@ -149,9 +172,19 @@ def _vision_layer(draw, b: GraphBuilder, kind: str, x: str, channels: int, size:
             x = b.node("BatchNormalization", [x, scale, bias, mean, var], epsilon=1e-5)
         return x, out, size
     if kind == "depthwise":
-        return b.node("Conv", [x, b.weight("dw_w", channels, 1, 3, 3)], group=channels, pads=[1, 1, 1, 1], kernel_shape=[3, 3]), channels, size
+        return (
+            b.node(
+                "Conv", [x, b.weight("dw_w", channels, 1, 3, 3)], group=channels, pads=[1, 1, 1, 1], kernel_shape=[3, 3]
+            ),
+            channels,
+            size,
+        )
     if kind == "pool" and size > 1:
-        return b.node(draw(st.sampled_from(["MaxPool", "AveragePool"])), [x], kernel_shape=[2, 2], strides=[1, 1]), channels, size - 1
+        return (
+            b.node(draw(st.sampled_from(["MaxPool", "AveragePool"])), [x], kernel_shape=[2, 2], strides=[1, 1]),
+            channels,
+            size - 1,
+        )
     if kind == "activation":
         return b.activation(draw, x), channels, size
     y = b.node("Conv", [x, b.weight("res_w", channels, channels, 3, 3)], pads=[1, 1, 1, 1], kernel_shape=[3, 3])
@@ -168,7 +201,11 @@ def _dense_layer(draw, b: GraphBuilder, kind: str, x: str, features: int, histor
         if kind == "constant_weight":
             name = b.fresh("const_w")
             values = (b.rng.standard_normal((features, out)) / np.sqrt(features)).astype(np.float32)
-            b.nodes.append(helper.make_node("Constant", [], [name], name=b.fresh("constant"), value=numpy_helper.from_array(values, name)))
+            b.nodes.append(
+                helper.make_node(
+                    "Constant", [], [name], name=b.fresh("constant"), value=numpy_helper.from_array(values, name)
+                )
+            )
             return b.node("MatMul", [x, name]), out
         y = b.node("MatMul", [x, b.weight("mm_w", features, out)])
         return (b.node("Add", [y, b.weight("mm_b", out, scale=0.1)]) if kind == "matmul_bias" else y), out
@@ -180,7 +217,12 @@ def _dense_layer(draw, b: GraphBuilder, kind: str, x: str, features: int, histor
     if kind == "softmax":
         return b.node("Softmax", [x], axis=-1 if b.opset >= 13 else 1), features
     if kind == "layernorm" and b.opset >= 17:
-        return b.node("LayerNormalization", [x, b.weight("ln_scale", features, scale=1.0), b.weight("ln_bias", features, scale=0.1)], axis=-1, epsilon=1e-5), features
+        return b.node(
+            "LayerNormalization",
+            [x, b.weight("ln_scale", features, scale=1.0), b.weight("ln_bias", features, scale=0.1)],
+            axis=-1,
+            epsilon=1e-5,
+        ), features
     if kind == "scale":
         return b.node("Mul", [x, b.weight("scale", features, scale=1.0)]), features
     if kind == "concat":
@@ -200,7 +242,9 @@ class BatchNormalization(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, spatial=None, training_mode=None, is_test=None):  # noqa: ARG002
+    def _run(
+        self, x, scale, bias, mean, var, epsilon=None, momentum=None, spatial=None, training_mode=None, is_test=None
+    ):  # noqa: ARG002
         return (_batchnorm_test_mode(x, scale, bias, mean, var, epsilon=1e-5 if epsilon is None else epsilon),)
 
 
@@ -219,7 +263,9 @@ def tolerance(model: onnx.ModelProto) -> float:
     """Largest allowed |onnxruntime - reference| relative to the largest reference output."""
     ops = op_histogram(model)
     if "QuantizeLinear" in ops:
-        return 5e-2  # onnxruntime fuses QDQ into integer kernels; requantizing differs by a few steps (measured <= 1.5%)
+        return (
+            5e-2  # onnxruntime fuses QDQ into integer kernels; requantizing differs by a few steps (measured <= 1.5%)
+        )
     if any(v.type.tensor_type.elem_type == TensorProto.FLOAT16 for v in model.graph.output):
         return 5e-3
     return 1e-4
@@ -235,10 +281,14 @@ def assert_matches_reference(model: onnx.ModelProto, feed: dict[str, np.ndarray]
     expected = reference(model).run(None, feed)
     got = cpu_session(model).run(None, feed)
     for output, e, g in zip(model.graph.output, expected, got):
-        assert g.shape == e.shape and g.dtype == e.dtype, f"{output.name}: onnxruntime {g.dtype}{g.shape}, reference {e.dtype}{e.shape}"
+        assert g.shape == e.shape and g.dtype == e.dtype, (
+            f"{output.name}: onnxruntime {g.dtype}{g.shape}, reference {e.dtype}{e.shape}"
+        )
         scale = float(np.max(np.abs(e.astype(np.float64)))) + 1e-6
         error = float(np.max(np.abs(g.astype(np.float64) - e.astype(np.float64)))) / scale if e.size else 0.0
-        assert error <= tolerance(model), f"{output.name}: onnxruntime differs from the reference by {error:.2e} of the output range"
+        assert error <= tolerance(model), (
+            f"{output.name}: onnxruntime differs from the reference by {error:.2e} of the output range"
+        )
     return True
 
 
@@ -292,7 +342,9 @@ def check_method_on(name: str, model: onnx.ModelProto, raw: dict[str, Any]) -> N
     note(f"{name} options {raw}")
     with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime's calibrators print progress to stdout
         try:
-            report = check_method(name, raw, graphs={"random graph": model}, models=[], require_change=False, registry=REGISTRY)
+            report = check_method(
+                name, raw, graphs={"random graph": model}, models=[], require_change=False, registry=REGISTRY
+            )
             event(f"{name}: {report.results[0].outcome}")
         except ConformanceError as exc:
             when, allowed, _ = DOCUMENTED_EXCEPTIONS.get(name, (lambda values: False, None, ""))
@@ -304,7 +356,11 @@ def check_method_on(name: str, model: onnx.ModelProto, raw: dict[str, Any]) -> N
             run_method(name, candidate, raw, registry=REGISTRY)
         except UsageError:
             return  # the method refuses this graph (the kit checked it left everything untouched)
-    event("differential: compared" if assert_matches_reference(candidate, synthetic_feeds(model, 1)[0]) else "differential: non-ONNX ops")
+    event(
+        "differential: compared"
+        if assert_matches_reference(candidate, synthetic_feeds(model, 1)[0])
+        else "differential: non-ONNX ops"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -375,16 +431,25 @@ def test_chains_of_two_builtin_methods(model, chain):
     if first is None:
         event("chain refused")
         return
-    event("chain changed the model" if first.SerializeToString(deterministic=True) != model.SerializeToString(deterministic=True) else "chain left the model as it was")
+    event(
+        "chain changed the model"
+        if first.SerializeToString(deterministic=True) != model.SerializeToString(deterministic=True)
+        else "chain left the model as it was"
+    )
     onnx.checker.check_model(first, full_check=True)
     cpu_session(first)
     assert interface(first) == interface(model)
     documented = [
-        name for name, raw in chain if name in DOCUMENTED_EXCEPTIONS and DOCUMENTED_EXCEPTIONS[name][0](REGISTRY.get(name).cls.validate_options(raw))
+        name
+        for name, raw in chain
+        if name in DOCUMENTED_EXCEPTIONS
+        and DOCUMENTED_EXCEPTIONS[name][0](REGISTRY.get(name).cls.validate_options(raw))
     ]
     if not documented:
         second = run_chain(model, chain, feeds)
-        assert second is not None and second.SerializeToString(deterministic=True) == first.SerializeToString(deterministic=True)
+        assert second is not None and second.SerializeToString(deterministic=True) == first.SerializeToString(
+            deterministic=True
+        )
     assert_matches_reference(first, feeds[0])
 
 

@@ -97,7 +97,9 @@ def concatenated_with_input() -> onnx.ModelProto:
     input's columns and loses only the pruned channels' (offset 4)."""
     n = Net()
     x = n.op("Relu", n.conv("input", 4, 6))
-    return n.model({"input": ["batch", 4, 6, 6]}, [n.head(n.op("Relu", n.conv(n.op("Concat", "input", x, axis=1), 10, 5)), 5)])
+    return n.model(
+        {"input": ["batch", 4, 6, 6]}, [n.head(n.op("Relu", n.conv(n.op("Concat", "input", x, axis=1), 10, 5)), 5)]
+    )
 
 
 def depthwise() -> onnx.ModelProto:
@@ -151,7 +153,9 @@ def without_contribution(model: onnx.ModelProto, selection: dict[str, list[int]]
             node = nodes[edit.node]
             value = constants.get(node.input[edit.input]).copy()
             index = [slice(None)] * value.ndim
-            index[edit.axis] = (edit.offset + np.asarray(channels)[:, None] * edit.repeat + np.arange(edit.repeat)).ravel()
+            index[edit.axis] = (
+                edit.offset + np.asarray(channels)[:, None] * edit.repeat + np.arange(edit.repeat)
+            ).ravel()
             value[tuple(index)] = 0
             constants.write(node, edit.input, value)
     return out
@@ -162,7 +166,9 @@ def half_of_each(analysis: onnxshrink.ChannelAnalysis, seed: int = 3) -> dict[st
     return {g.id: onnxshrink.select_channels(g, rng.random(g.size), g.size // 2) for g in analysis.prunable}
 
 
-def prune_copy(model: onnx.ModelProto, selection: dict[str, list[int]]) -> tuple[onnx.ModelProto, onnxshrink.ChannelRemoval]:
+def prune_copy(
+    model: onnx.ModelProto, selection: dict[str, list[int]]
+) -> tuple[onnx.ModelProto, onnxshrink.ChannelRemoval]:
     pruned = onnx.ModelProto()
     pruned.CopyFrom(model)
     removal = onnxshrink.remove_channels(onnxshrink.analyze_channels(pruned), selection)
@@ -224,7 +230,9 @@ def test_concat_offsets_and_depthwise_and_grouped_constraints():
     concat = groups_by_sources(onnxshrink.analyze_channels(concatenated()))
     assert [(s.consumer, s.offset) for s in concat[("conv2",)].slots] == [("conv5", 6)]
     assert [(s.consumer, s.offset) for s in concat[("conv0",)].slots] == [("conv5", 0)]
-    assert [(s.consumer, s.offset) for s in onnxshrink.analyze_channels(concatenated_with_input()).group("conv0").slots] == [("conv3", 4)]
+    assert [
+        (s.consumer, s.offset) for s in onnxshrink.analyze_channels(concatenated_with_input()).group("conv0").slots
+    ] == [("conv3", 4)]
 
     dw = groups_by_sources(onnxshrink.analyze_channels(depthwise()))
     first, pointwise = dw[("conv0",)], dw[("conv5",)]
@@ -263,7 +271,9 @@ def test_attention_heads_are_removed_whole_and_their_reshapes_rewritten():
 def declined_cases():
     n = Net()
     parts = n.op("Relu", n.conv("input", 4, 6))
-    n.nodes.append(helper.make_node("Split", [parts, n.const([3, 3], np.int64)], ["half_a", "half_b"], name="split", axis=1))
+    n.nodes.append(
+        helper.make_node("Split", [parts, n.const([3, 3], np.int64)], ["half_a", "half_b"], name="split", axis=1)
+    )
     split = n.model({"input": ["batch", 4, 6, 6]}, [n.head("half_a", 3, 2), n.head("half_b", 3, 2)])
 
     n = Net()
@@ -273,11 +283,19 @@ def declined_cases():
 
     return {
         "split": (split, "conv0", "Split 'split' splits the channels"),
-        "hard_coded_reshape": (hard_reshape, "conv0", "reshapes the channel axis in a way the analysis does not follow"),
+        "hard_coded_reshape": (
+            hard_reshape,
+            "conv0",
+            "reshapes the channel axis in a way the analysis does not follow",
+        ),
         "unknown_op": (rg.contrib_op_weight(), "mm", "FusedMatMul 'fused' is not known to keep channels apart"),
         "graph_output": (rg.mlp(), "fc2", "they reach graph output 'logits'"),
         "shared_weight": (rg.shared_weight(), "mm1", "weight 'W' of 'mm1' is shared with other nodes"),
-        "layernorm": (rg.tiny_transformer(), "embed.matmul", "LayerNormalization 'blocks.0.ln1.out' normalises over the channels"),
+        "layernorm": (
+            rg.tiny_transformer(),
+            "embed.matmul",
+            "LayerNormalization 'blocks.0.ln1.out' normalises over the channels",
+        ),
         "subgraph": (rg.if_subgraph(), "mm_in", "If 'branch' is not known to keep channels apart"),
     }
 

@@ -21,8 +21,6 @@ ROOT = str(REPO_ROOT)
 SHAPE = (37, 11)  # 407 elements: never a multiple of 8, so padding is always trimmed
 
 
-
-
 def stream_reference(packed: np.ndarray, bits: int, count: int) -> list[int]:
     """Codes read back from the bytes as one little-endian integer (independent of numpy's bit helpers)."""
     whole = int.from_bytes(bytes(packed), "little")
@@ -34,7 +32,9 @@ def stream_reference(packed: np.ndarray, bits: int, count: int) -> list[int]:
 def test_pack_round_trip_every_width(bits, count):
     codes = np.random.default_rng(bits * 100 + count).integers(0, 2**bits, size=count).astype(np.uint8)
     packed = pack_codes(codes, bits)
-    assert packed.dtype == np.uint8 and packed.size == -(-count // 8) * bits  # exactly `bits` bits per code, 8-code groups
+    assert (
+        packed.dtype == np.uint8 and packed.size == -(-count // 8) * bits
+    )  # exactly `bits` bits per code, 8-code groups
     assert stream_reference(packed, bits, count) == codes.tolist()
     np.testing.assert_array_equal(unpack_codes(packed, bits, count), codes)
     if 8 % bits == 0:  # the same layout as onnxshrink.pack_bits (ONNX int4 order) for widths that divide 8
@@ -76,8 +76,12 @@ def assert_folded_and_exact(model, dense: np.ndarray, tmp_path, x: np.ndarray) -
     [folded] = [numpy_helper.to_array(t) for t in graph.graph.initializer if t.name == "w"]
     assert folded.dtype == dense.dtype
     np.testing.assert_array_equal(folded, dense)
-    dense_model = matmul_model([], [numpy_helper.from_array(dense, "w")], dense.shape, dtype=helper.np_dtype_to_tensor_dtype(dense.dtype))
-    expected = ort.InferenceSession(dense_model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    dense_model = matmul_model(
+        [], [numpy_helper.from_array(dense, "w")], dense.shape, dtype=helper.np_dtype_to_tensor_dtype(dense.dtype)
+    )
+    expected = ort.InferenceSession(dense_model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
     np.testing.assert_array_equal(session.run(None, {"x": x})[0], expected)
 
 
@@ -97,7 +101,9 @@ def test_packed_chain_folds_to_the_dense_dequantized_weight(bits, symmetric, gri
     qt = quantize(rng.standard_normal(SHAPE).astype(np.float32), bits, symmetric=symmetric, **grid)
     used, nodes, inits = weight_chain(qt, "w", set(), form="packed")
     assert used == "packed"
-    assert_folded_and_exact(matmul_model(nodes, inits), qt.dequantize(), tmp_path, rng.standard_normal((3, SHAPE[0])).astype(np.float32))
+    assert_folded_and_exact(
+        matmul_model(nodes, inits), qt.dequantize(), tmp_path, rng.standard_normal((3, SHAPE[0])).astype(np.float32)
+    )
     codes = next(t for t in inits if t.name == "w_packed")  # the codes: `bits` bits per weight, padded to 8 codes
     assert codes.data_type == TensorProto.UINT8 and numpy_helper.to_array(codes).size == -(-qt.values.size // 8) * bits
 
@@ -110,7 +116,9 @@ def test_binary_and_ternary_values_fold_exactly(bits, tmp_path):
     qt = QuantizedTensor(signs.astype(np.int8), np.abs(w).mean(axis=0).astype(np.float32), None, bits, axis=1)
     for form in ("packed", "sparse"):
         _, nodes, inits = weight_chain(qt, "w", set(), form=form)
-        assert_folded_and_exact(matmul_model(nodes, inits), qt.dequantize(), tmp_path, rng.standard_normal((2, SHAPE[0])).astype(np.float32))
+        assert_folded_and_exact(
+            matmul_model(nodes, inits), qt.dequantize(), tmp_path, rng.standard_normal((2, SHAPE[0])).astype(np.float32)
+        )
 
 
 @pytest.mark.parametrize("quantized", [False, True], ids=["float", "int4-asym-blocks"])
@@ -122,7 +130,9 @@ def test_sparse_chain_folds_exactly(quantized, tmp_path):
     dense = values.dequantize() if quantized else w
     used, nodes, inits = weight_chain(values, "w", set(), form="sparse")
     assert used == "sparse"
-    assert_folded_and_exact(matmul_model(nodes, inits), dense, tmp_path, rng.standard_normal((2, SHAPE[0])).astype(np.float32))
+    assert_folded_and_exact(
+        matmul_model(nodes, inits), dense, tmp_path, rng.standard_normal((2, SHAPE[0])).astype(np.float32)
+    )
     stored = sum(onnxshrink.tensor_bytes(t) for t in inits)
     assert stored < dense.nbytes / 2
 
@@ -153,7 +163,12 @@ def test_opset_11_works_and_opset_10_is_refused(tmp_path):
     rng = np.random.default_rng(2)
     qt = quantize(rng.standard_normal(SHAPE).astype(np.float32), 3, axis=1)
     _, nodes, inits = weight_chain(qt, "w", set(), form="sparse", opset=11)
-    assert_folded_and_exact(matmul_model(nodes, inits, opset=11), qt.dequantize(), tmp_path, rng.standard_normal((1, SHAPE[0])).astype(np.float32))
+    assert_folded_and_exact(
+        matmul_model(nodes, inits, opset=11),
+        qt.dequantize(),
+        tmp_path,
+        rng.standard_normal((1, SHAPE[0])).astype(np.float32),
+    )
     with pytest.raises(ValueError, match="opset 11"):
         weight_chain(qt, "w", set(), form="packed", opset=10)
 
@@ -172,7 +187,9 @@ def test_dequantize_linear_form_runs_at_opset_21(tmp_path):
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")  # float32 inside the kernel
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    assert [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node] == ["MatMulNBits"]  # fused, not folded
+    assert [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node] == [
+        "MatMulNBits"
+    ]  # fused, not folded
     x = rng.standard_normal((2, 64)).astype(np.float32)
     np.testing.assert_allclose(session.run(None, {"x": x})[0], x @ qt.dequantize(), rtol=1e-5, atol=1e-5)
 
@@ -180,7 +197,12 @@ def test_dequantize_linear_form_runs_at_opset_21(tmp_path):
 @pytest.mark.parametrize("builder", [rg.constant_node_weights, rg.if_subgraph, rg.fp16_mlp, rg.shared_weight])
 def test_store_weight_wherever_the_weight_lives(builder):
     model = builder()
-    feed = {i.name: np.random.default_rng(0).standard_normal([2, 16]).astype(helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)) for i in model.graph.input}
+    feed = {
+        i.name: np.random.default_rng(0)
+        .standard_normal([2, 16])
+        .astype(helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+        for i in model.graph.input
+    }
     expected_model = builder()
     stored = []
     for weight, twin in zip(onnxshrink.weight_tensors(model), onnxshrink.weight_tensors(expected_model)):
@@ -208,7 +230,9 @@ def test_conv_weight_stored_as_a_matrix_is_reshaped_back():
 
 def run_plugin(registry, model, name, feeds=None, **options):
     steps = prepare_steps([PluginSpec(name, {k: str(v) for k, v in options.items()})], registry)
-    [result] = run_steps(model, steps, seed=0, calibration=(lambda: feeds) if feeds else None, calibration_is_synthetic=False)
+    [result] = run_steps(
+        model, steps, seed=0, calibration=(lambda: feeds) if feeds else None, calibration_is_synthetic=False
+    )
     return result.stats
 
 
@@ -224,7 +248,9 @@ def test_sparse_store_on_a_pruned_model_shrinks_the_file_with_its_sparsity(regis
         assert stats["stored_tensors"] == 3 and stats["weight_bytes_after"] < stats["weight_bytes_before"]
         sizes.append(stored.ByteSize())
         assert stored.ByteSize() < pruned.ByteSize()
-        run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]  # noqa: E731
+        run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"input": x}
+        )[0]  # noqa: E731
         np.testing.assert_array_equal(run(stored), run(pruned))
     assert sizes[0] > sizes[1] > sizes[2]
 

@@ -25,7 +25,9 @@ def reference(array: np.ndarray, fraction: float) -> tuple[np.ndarray, int, int]
     return pruned.reshape(array.shape), int(np.count_nonzero(array)), int(np.count_nonzero(pruned))
 
 
-AWKWARD = np.array([0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-45, -1e-45, 3.0, -3.0, 0.5, 0.5, -0.5, 2.0, 1e-40, 7.0])
+AWKWARD = np.array(
+    [0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-45, -1e-45, 3.0, -3.0, 0.5, 0.5, -0.5, 2.0, 1e-40, 7.0]
+)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, ml_dtypes.bfloat16])

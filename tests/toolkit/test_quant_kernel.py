@@ -46,7 +46,9 @@ def ref_quantize(w, bits, symmetric, axis, block_size):
         return q, scale, None
     low = np.minimum(stat(np.min), 0).astype(np.float32)
     high = np.maximum(stat(np.max), 0).astype(np.float32)
-    scale = np.where((s := ((high - low) / np.float32(qmax - qmin)).astype(np.float32)) > 0, s, np.float32(1)).astype(np.float32)
+    scale = np.where((s := ((high - low) / np.float32(qmax - qmin)).astype(np.float32)) > 0, s, np.float32(1)).astype(
+        np.float32
+    )
     zero_point = np.clip(np.round(qmin - low / scale), qmin, qmax).astype(np.uint8)
     full_zp = ref_expand(zero_point, w.shape, axis, block_size).astype(np.float32)
     q = np.clip(np.round(w / ref_expand(scale, w.shape, axis, block_size)) + full_zp, qmin, qmax).astype(np.uint8)
@@ -59,7 +61,9 @@ def ref_pack(values, bits):
     padded = np.zeros(-(-flat.size // per_byte) * per_byte, dtype=np.uint8)
     padded[: flat.size] = flat
     lanes = padded.reshape(-1, per_byte).astype(np.uint16)
-    return np.bitwise_or.reduce(lanes << (np.arange(per_byte, dtype=np.uint16) * bits)[None, :], axis=1).astype(np.uint8)
+    return np.bitwise_or.reduce(lanes << (np.arange(per_byte, dtype=np.uint16) * bits)[None, :], axis=1).astype(
+        np.uint8
+    )
 
 
 def ref_dequantize(qt):
@@ -79,8 +83,15 @@ def weights(shape, seed=0):
 
 
 CASES = [  # shape, axis, block_size
-    ((64, 48), None, None), ((64, 48), 0, None), ((64, 48), 1, None),
-    ((64, 48), 0, 16), ((70, 48), 0, 16), ((48, 70), 1, 32), ((6, 5, 3, 3), 0, None), ((6, 10, 3, 3), 1, 4), ((6, 10, 3, 3), 3, 2),
+    ((64, 48), None, None),
+    ((64, 48), 0, None),
+    ((64, 48), 1, None),
+    ((64, 48), 0, 16),
+    ((70, 48), 0, 16),
+    ((48, 70), 1, 32),
+    ((6, 5, 3, 3), 0, None),
+    ((6, 10, 3, 3), 1, 4),
+    ((6, 10, 3, 3), 3, 2),
 ]
 
 
@@ -107,7 +118,9 @@ def test_pack_bits_matches_reference(bits, count):
     assert pack_bits(values, bits).tobytes() == ref_pack(values, bits).tobytes()
 
 
-@pytest.mark.parametrize("k,bits,symmetric", [(64, 4, True), (70, 4, False), (96, 2, True), (40, 8, False), (128, 2, False)])
+@pytest.mark.parametrize(
+    "k,bits,symmetric", [(64, 4, True), (70, 4, False), (96, 2, True), (40, 8, False), (128, 2, False)]
+)
 def test_matmul_nbits_packing_matches_reference(k, bits, symmetric):
     n, block = 24, 16 if bits != 2 else 32
     qt = quantize(weights((k, n), seed=k), bits, symmetric=symmetric, axis=0, block_size=block)

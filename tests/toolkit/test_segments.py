@@ -49,9 +49,18 @@ def chain(width=4, layers=3):
             nodes.append(helper.make_node("Constant", [], [f"W{i}"], value=numpy_helper.from_array(w, f"W{i}")))
         else:
             inits.append(numpy_helper.from_array(w, f"W{i}"))
-        nodes += [helper.make_node("MatMul", [x, f"W{i}"], [f"m{i}"], name=f"mm{i}"), helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}")]
+        nodes += [
+            helper.make_node("MatMul", [x, f"W{i}"], [f"m{i}"], name=f"mm{i}"),
+            helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}"),
+        ]
         x = f"r{i}"
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])], [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["n", width])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["n", width])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -107,12 +116,26 @@ def test_edits_between_requests_are_seen():
 
 def test_overrides_reach_weights_inside_subgraphs():
     w = numpy_helper.from_array(np.eye(2, dtype=np.float32) * 3, "W")
-    branch = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y_then"])], "then", [], [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)], [w])
-    other = helper.make_graph([helper.make_node("Identity", ["x"], ["y_else"])], "else", [], [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)])
+    branch = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y_then"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)],
+        [w],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y_else"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)],
+    )
     graph = helper.make_graph(
         [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=other)],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -166,7 +189,9 @@ def test_gptq_over_2gb_end_to_end(cli, tmp_path):
     x = np.random.default_rng(0).standard_normal((8, 1024)).astype(np.float32)
     np.savez(data, input=x)
     out = tmp_path / "out" / "big.onnx"
-    result = cli(model, "--plugin", "gptq:algorithm=rtn,bias_correction=false", "--data", data, "--no-validate", "-o", out)
+    result = cli(
+        model, "--plugin", "gptq:algorithm=rtn,bias_correction=false", "--data", data, "--no-validate", "-o", out
+    )
     assert result.exit_code == 0, result
     assert (out.parent / "big.onnx.data").stat().st_size < (model.parent / "big.onnx.data").stat().st_size / 5
     onnx.checker.check_model(str(out))

@@ -26,8 +26,6 @@ from tests.support.reports import sample_report
 DOCS = ROOT / "docs"
 
 
-
-
 def check(expr: str, report: dict | None = None, **kwargs) -> dict:
     section = evaluate_gates([parse_gate(expr)], sample_report() if report is None else report, **kwargs)
     assert len(section["checks"]) == 1
@@ -113,7 +111,10 @@ def test_operators_are_exactly_the_documented_ones():
     assert list(OPERATORS) == ["<=", "<", ">=", ">", "=="]
 
 
-@pytest.mark.parametrize("expr", ["size_ratio<=0.5", "  size_ratio <= 0.5  ", "size_ratio\t<=\t0.5", "size_ratio<= 5e-1", "size_ratio <=+0.5"])
+@pytest.mark.parametrize(
+    "expr",
+    ["size_ratio<=0.5", "  size_ratio <= 0.5  ", "size_ratio\t<=\t0.5", "size_ratio<= 5e-1", "size_ratio <=+0.5"],
+)
 def test_whitespace_and_number_spellings(expr):
     parsed = parse_gate(expr)
     assert (parsed.metric, parsed.provider, parsed.op, parsed.threshold) == ("size_ratio", None, "<=", 0.5)
@@ -122,7 +123,9 @@ def test_whitespace_and_number_spellings(expr):
 
 def test_parse_gate_returns_a_check():
     parsed = parse_gate("latency_ratio[cuda] <= 1.0")
-    assert parsed == GateCheck(expr="latency_ratio[cuda] <= 1.0", metric="latency_ratio", provider="cuda", op="<=", threshold=1.0)
+    assert parsed == GateCheck(
+        expr="latency_ratio[cuda] <= 1.0", metric="latency_ratio", provider="cuda", op="<=", threshold=1.0
+    )
     assert parsed.label == "latency_ratio[cuda] <= 1"
     assert parse_gate("latency_ms[ TensorRT ]<3").provider == "tensorrt"
     assert parse_gate("accuracy_drop <= -0.5").threshold == -0.5
@@ -154,7 +157,10 @@ def test_latency_spread_warning_is_noted_in_the_reason():
 @pytest.mark.parametrize("metric", ["latency_ratio", "latency_ms"])
 def test_unavailable_provider_fails_unless_allowed(metric):
     report = sample_report()
-    report["validation"]["latency"]["cuda"] = {"status": "unavailable", "reason": "CUDAExecutionProvider is not in onnxruntime.get_available_providers()"}
+    report["validation"]["latency"]["cuda"] = {
+        "status": "unavailable",
+        "reason": "CUDAExecutionProvider is not in onnxruntime.get_available_providers()",
+    }
     failed = evaluate_gates([parse_gate(f"{metric}[cuda] <= 1.0")], report)
     assert failed["passed"] is False and failed["allow_unavailable"] is False
     (c,) = failed["checks"]
@@ -182,7 +188,9 @@ def test_failed_provider_fails_with_its_error_unless_allowed():
 
 def test_allow_unavailable_does_not_excuse_a_real_failure():
     section = evaluate_gates(
-        [parse_gate("latency_ratio[tensorrt] <= 1"), parse_gate("latency_ratio[cuda] <= 1.0")], sample_report(), allow_unavailable=True
+        [parse_gate("latency_ratio[tensorrt] <= 1"), parse_gate("latency_ratio[cuda] <= 1.0")],
+        sample_report(),
+        allow_unavailable=True,
     )
     assert [c["status"] for c in section["checks"]] == ["unavailable", "fail"]
     assert section["passed"] is False
@@ -216,7 +224,9 @@ def test_accuracy_without_labels_fails_saying_so():
         assert "no labels in the data" in c["reason"]
 
 
-@pytest.mark.parametrize("expr", ["cosine >= 0.99", "latency_ratio[cpu] <= 1", "accuracy >= 0.5", "top1_agreement >= 0.9"])
+@pytest.mark.parametrize(
+    "expr", ["cosine >= 0.99", "latency_ratio[cpu] <= 1", "accuracy >= 0.5", "top1_agreement >= 0.9"]
+)
 def test_validation_skipped_fails_saying_so(expr):
     report = sample_report()
     del report["validation"]
@@ -291,7 +301,18 @@ def test_gate_section_shape_and_verdict():
     assert section["passed"] is False
     assert [c["passed"] for c in section["checks"]] == [True, False, True]
     for c in section["checks"]:
-        assert set(c) == {"expr", "metric", "provider", "output", "op", "threshold", "value", "passed", "status", "reason"}
+        assert set(c) == {
+            "expr",
+            "metric",
+            "provider",
+            "output",
+            "op",
+            "threshold",
+            "value",
+            "passed",
+            "status",
+            "reason",
+        }
         assert c["reason"]
     assert section["checks"][1]["reason"] == "0.98 < 0.99 (needs >= 0.99)"
     assert verdict_exit_code(section) == 1
@@ -333,10 +354,23 @@ def test_unknown_provider_lists_known_providers():
 
 def test_provider_on_a_metric_without_one():
     message = usage_error("size_ratio[cpu] >= 0.9")
-    assert "takes no [selector]" in message and "latency_ratio" in message and "latency_ms" in message and "cosine" in message
+    assert (
+        "takes no [selector]" in message
+        and "latency_ratio" in message
+        and "latency_ms" in message
+        and "cosine" in message
+    )
 
 
-@pytest.mark.parametrize("expr,bad", [("size_ratio = 0.5", "'='"), ("size_ratio != 0.5", "'!='"), ("size_ratio => 0.5", "'=>'"), ("size_ratio <<= 0.5", "'<<='")])
+@pytest.mark.parametrize(
+    "expr,bad",
+    [
+        ("size_ratio = 0.5", "'='"),
+        ("size_ratio != 0.5", "'!='"),
+        ("size_ratio => 0.5", "'=>'"),
+        ("size_ratio <<= 0.5", "'<<='"),
+    ],
+)
 def test_unknown_operator(expr, bad):
     message = usage_error(expr)
     assert f"unknown operator {bad}" in message and expr in message

@@ -14,12 +14,51 @@ from tests.support.graphs import classifier
 
 def fidelity_report(**fidelity):
     outputs = {
-        "sentence_embedding": {"cosine": 0.97, "cosine_worst": 0.97, "cosine_mean": 0.995, "max_abs_error": 0.3, "rel_error": 0.2, "snr_db": 14.0, "top1_agreement": None, "class_scores": False, "class_scores_rule": "its name marks another kind of tensor (embedding)", "dtype": "float32"},
-        "logits": {"cosine": 0.9999, "cosine_worst": 0.9999, "cosine_mean": 0.99995, "max_abs_error": 0.01, "rel_error": 0.001, "snr_db": 60.0, "top1_agreement": 1.0, "class_scores": True, "dtype": "float32"},
-        "ids": {"cosine": None, "cosine_worst": None, "max_abs_error": 0.0, "rel_error": None, "snr_db": None, "top1_agreement": None, "dtype": "int64"},
+        "sentence_embedding": {
+            "cosine": 0.97,
+            "cosine_worst": 0.97,
+            "cosine_mean": 0.995,
+            "max_abs_error": 0.3,
+            "rel_error": 0.2,
+            "snr_db": 14.0,
+            "top1_agreement": None,
+            "class_scores": False,
+            "class_scores_rule": "its name marks another kind of tensor (embedding)",
+            "dtype": "float32",
+        },
+        "logits": {
+            "cosine": 0.9999,
+            "cosine_worst": 0.9999,
+            "cosine_mean": 0.99995,
+            "max_abs_error": 0.01,
+            "rel_error": 0.001,
+            "snr_db": 60.0,
+            "top1_agreement": 1.0,
+            "class_scores": True,
+            "dtype": "float32",
+        },
+        "ids": {
+            "cosine": None,
+            "cosine_worst": None,
+            "max_abs_error": 0.0,
+            "rel_error": None,
+            "snr_db": None,
+            "top1_agreement": None,
+            "dtype": "int64",
+        },
     }
-    base = {"status": "ok", "outputs": outputs, "cosine": 0.97, "cosine_mean": 0.995, "max_abs_error": 0.3, "rel_error": 0.2,
-            "snr_db": 14.0, "top1_agreement": 1.0, "labels": False, "warnings": []}
+    base = {
+        "status": "ok",
+        "outputs": outputs,
+        "cosine": 0.97,
+        "cosine_mean": 0.995,
+        "max_abs_error": 0.3,
+        "rel_error": 0.2,
+        "snr_db": 14.0,
+        "top1_agreement": 1.0,
+        "labels": False,
+        "warnings": [],
+    }
     base.update(fidelity)
     return {"validation": {"fidelity": base, "latency": {"cpu": {"status": "ok", "ratio": 1.0}}}}
 
@@ -31,7 +70,11 @@ def one(expr, report=None, **kwargs):
 def test_selector_is_a_provider_for_latency_and_an_output_for_fidelity():
     assert parse_gate("latency_ratio[cpu]<=1").provider == "cpu" and parse_gate("latency_ratio[cpu]<=1").output is None
     check = parse_gate("cosine[sentence_embedding]>=0.99")
-    assert check.output == "sentence_embedding" and check.provider is None and check.label == "cosine[sentence_embedding] >= 0.99"
+    assert (
+        check.output == "sentence_embedding"
+        and check.provider is None
+        and check.label == "cosine[sentence_embedding] >= 0.99"
+    )
     assert parse_gate("cosine[StatefulPartitionedCall:0]>=0.9").output == "StatefulPartitionedCall:0"
     with pytest.raises(UsageError, match="unknown provider 'logits'; known providers: cpu, cuda, tensorrt"):
         parse_gate("latency_ratio[logits]<=1")
@@ -58,13 +101,27 @@ def test_missing_values_say_the_true_reason():
     c = one("cosine[ids]>=0.9")
     assert c["status"] == "missing" and "int64" in c["reason"]
     assert "no labels in the data" in one("accuracy>=0.9")["reason"]
-    labelled = fidelity_report(labels=True, warnings=["labels given but no output is shaped like class scores ('y': rank 1: ...): accuracy not computed"])
+    labelled = fidelity_report(
+        labels=True,
+        warnings=["labels given but no output is shaped like class scores ('y': rank 1: ...): accuracy not computed"],
+    )
     c = one("accuracy_drop<=0.01", labelled)
-    assert c["status"] == "missing" and "no labels" not in c["reason"] and "the data has labels" in c["reason"] and "rank 1" in c["reason"]
-    failed = fidelity_report(status="failed", error="output 'y' on feed 0: candidate shape [2, 1] differs from baseline [1, 2]", cosine=None)
+    assert (
+        c["status"] == "missing"
+        and "no labels" not in c["reason"]
+        and "the data has labels" in c["reason"]
+        and "rank 1" in c["reason"]
+    )
+    failed = fidelity_report(
+        status="failed", error="output 'y' on feed 0: candidate shape [2, 1] differs from baseline [1, 2]", cosine=None
+    )
     for expr in ("cosine>=0.9", "accuracy>=0.5", "top1_agreement>=0.9"):
         c = one(expr, failed)
-        assert c["status"] == "missing" and "fidelity could not be measured" in c["reason"] and "candidate shape [2, 1]" in c["reason"], expr
+        assert (
+            c["status"] == "missing"
+            and "fidelity could not be measured" in c["reason"]
+            and "candidate shape [2, 1]" in c["reason"]
+        ), expr
 
 
 def test_real_validation_feeds_the_selector(tmp_path):
@@ -76,7 +133,10 @@ def test_real_validation_feeds_the_selector(tmp_path):
     report = {"validation": validate(base, cand, ds, measure_latency=False)}
     fid = report["validation"]["fidelity"]
     logits = fid["outputs"]["logits"]
-    assert len(logits["cosine_per_feed"]) == 3 and logits["cosine_worst"] == min(logits["cosine_per_feed"]) == fid["cosine"]
+    assert (
+        len(logits["cosine_per_feed"]) == 3
+        and logits["cosine_worst"] == min(logits["cosine_per_feed"]) == fid["cosine"]
+    )
     assert fid["labels"] is True and "accuracy" in fid
     c = evaluate_gates([parse_gate("cosine[logits]>=0.5"), parse_gate("accuracy_drop<=1")], report)
     assert c["passed"] is True and c["checks"][0]["value"] == logits["cosine_worst"]

@@ -103,8 +103,19 @@ def test_interval_verdict(op, lo, hi, strict, expected):
 
 
 def _report(ratio, lo, hi):
-    return {"validation": {"latency": {"cpu": {"status": "ok", "ratio": ratio, "ratio_ci": [lo, hi], "warning": None,
-                                                "candidate": {"median_ms": 2.0, "median_ci_ms": [1.9, 2.1]}}}}}
+    return {
+        "validation": {
+            "latency": {
+                "cpu": {
+                    "status": "ok",
+                    "ratio": ratio,
+                    "ratio_ci": [lo, hi],
+                    "warning": None,
+                    "candidate": {"median_ms": 2.0, "median_ci_ms": [1.9, 2.1]},
+                }
+            }
+        }
+    }
 
 
 def test_gate_judges_the_interval_not_the_point():
@@ -147,7 +158,9 @@ def fake_pair(cost_a: int, cost_b: int, t: list[int], created: list[int]):
 
 def test_session_blocks_fixed_rounds_one_pair():
     t, created = [0], []
-    ta, tb, groups, stopped = session_blocks(fake_pair(3_000, 1_000, t, created), warmup=1, repeats=6, ci_width=None, clock=lambda: t[0])
+    ta, tb, groups, stopped = session_blocks(
+        fake_pair(3_000, 1_000, t, created), warmup=1, repeats=6, ci_width=None, clock=lambda: t[0]
+    )
     assert (len(ta), stopped, created, set(groups)) == (6, "fixed rounds", [0], {0})
     assert ta == [3_000] * 6 and tb == [1_000] * 6  # alternating order, each call still timed as itself
 
@@ -161,7 +174,13 @@ def test_session_blocks_converge_on_fresh_pairs():
         return wall[0]
 
     ta, tb, groups, stopped = session_blocks(
-        fake_pair(1_000, 1_300, t, created), warmup=0, repeats=20, ci_width=0.02, clock=lambda: t[0], wall=tick, min_block_s=0.05,
+        fake_pair(1_000, 1_300, t, created),
+        warmup=0,
+        repeats=20,
+        ci_width=0.02,
+        clock=lambda: t[0],
+        wall=tick,
+        min_block_s=0.05,
     )
     assert stopped == "converged" and created == [0, 1, 2, 3] and len(set(groups)) == 4  # MIN_BLOCKS pairs
     ratio, lo, hi = ratio_interval(ta, tb, groups=groups)
@@ -182,7 +201,9 @@ def test_session_blocks_stop_at_the_time_budget():
         created.append(block)
         return (lambda: t.__setitem__(0, t[0] + next(costs))), (lambda: t.__setitem__(0, t[0] + next(costs)))
 
-    ta, _, _, stopped = session_blocks(new_pair, warmup=0, repeats=4, ci_width=0.001, time_budget_s=2.0, clock=lambda: t[0], wall=tick)
+    ta, _, _, stopped = session_blocks(
+        new_pair, warmup=0, repeats=4, ci_width=0.001, time_budget_s=2.0, clock=lambda: t[0], wall=tick
+    )
     assert stopped == "time budget" and len(ta) >= 4
     with pytest.raises(UsageError):
         session_blocks(new_pair, repeats=0)
@@ -203,8 +224,24 @@ def test_gate_command_end_to_end_on_a_digits_model(tmp_path):
 
     model, data = ROOT / "models" / "mlp.onnx", ROOT / "models" / "mlp_eval.npz"
     report = tmp_path / "r.json"
-    result = CliRunner().invoke(main, ["gate", str(model), str(model), "--data", str(data), "--gate", "latency_ratio[cpu]<=1.0",
-                                       "--gate", "cosine[logits]>=0.999", "--strict-latency", "--report", str(report), "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "gate",
+            str(model),
+            str(model),
+            "--data",
+            str(data),
+            "--gate",
+            "latency_ratio[cpu]<=1.0",
+            "--gate",
+            "cosine[logits]>=0.999",
+            "--strict-latency",
+            "--report",
+            str(report),
+            "--quiet",
+        ],
+    )
     assert result.exit_code in (0, 1), result.output
     r = json.loads(report.read_text())
     lat = r["validation"]["latency"]["cpu"]
@@ -215,9 +252,16 @@ def test_gate_command_end_to_end_on_a_digits_model(tmp_path):
     gate = r["gate"]
     assert gate["strict_latency"] is True
     latency_check, cosine_check = gate["checks"]
-    assert latency_check["status"] in ("pass", "fail") and latency_check["interval"] == [lo, hi]  # strict: never inconclusive
+    assert latency_check["status"] in ("pass", "fail") and latency_check["interval"] == [
+        lo,
+        hi,
+    ]  # strict: never inconclusive
     assert latency_check["passed"] is (hi <= 1.0)
-    assert cosine_check["output"] == "logits" and cosine_check["status"] == "pass" and cosine_check["value"] == pytest.approx(1.0)
+    assert (
+        cosine_check["output"] == "logits"
+        and cosine_check["status"] == "pass"
+        and cosine_check["value"] == pytest.approx(1.0)
+    )
     assert result.exit_code == (0 if gate["passed"] else 1)
 
 

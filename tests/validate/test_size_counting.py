@@ -12,9 +12,13 @@ from onnxshrink.validate.size import measure_size
 
 def save(path, arrays):
     inits = [numpy_helper.from_array(a, f"w{i}") for i, a in enumerate(arrays)]
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], inits)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save_model(model, str(path), save_as_external_data=True, location="m.data", size_threshold=0)
 

@@ -79,7 +79,9 @@ def test_float64_cast_with_warning(tmp_path):
     np.savez(tmp_path / "d.npz", x=_x(2).astype(np.float64))
     ds = load_feeds(tmp_path / "d.npz", classifier())
     assert ds.feeds[0]["x"].dtype == np.float32
-    assert [w for w in ds.warnings if "float64" in w] == ["input 'x' given as float64, cast to float32 as the model declares"]
+    assert [w for w in ds.warnings if "float64" in w] == [
+        "input 'x' given as float64, cast to float32 as the model declares"
+    ]
     d = tmp_path / "many"
     d.mkdir()
     for i in range(3):

@@ -33,9 +33,17 @@ def _get(report, dotted):
 
 
 GATE_KEYS = [
-    "size.size_ratio", "size.params_ratio", "latency.cpu.ratio", "latency.cpu.candidate.median_ms",
-    "latency.cpu.status", "fidelity.cosine", "fidelity.max_abs_error", "fidelity.rel_error",
-    "fidelity.top1_agreement", "fidelity.accuracy.candidate", "fidelity.accuracy.drop",
+    "size.size_ratio",
+    "size.params_ratio",
+    "latency.cpu.ratio",
+    "latency.cpu.candidate.median_ms",
+    "latency.cpu.status",
+    "fidelity.cosine",
+    "fidelity.max_abs_error",
+    "fidelity.rel_error",
+    "fidelity.top1_agreement",
+    "fidelity.accuracy.candidate",
+    "fidelity.accuracy.drop",
 ]
 
 
@@ -49,7 +57,14 @@ def test_identical_copy(tmp_path, labelled):
     r = validate(base, cand, ev, providers="cpu,cuda", progress=msgs.append, **FAST)
     for key in GATE_KEYS:
         _get(r, key)  # every key the gate reads exists
-    assert r["data"] == {"source": str(labelled), "samples": 24, "feeds": 3, "synthetic": False, "role": "evaluation", "warnings": []}
+    assert r["data"] == {
+        "source": str(labelled),
+        "samples": 24,
+        "feeds": 3,
+        "synthetic": False,
+        "role": "evaluation",
+        "warnings": [],
+    }
     assert r["size"]["size_ratio"] == pytest.approx(1.0, abs=0.05) and r["size"]["params_ratio"] == 1.0
     assert r["size"]["baseline"]["external_files"] == ["base.bin"]
     assert r["latency"]["cpu"]["status"] == "ok" and r["latency"]["cpu"]["ratio"] > 0
@@ -70,7 +85,9 @@ def test_perturbed_copy(tmp_path, labelled):
     assert r["latency"] == {"cpu": {"status": "skipped", "reason": "latency measurement switched off"}}
     f = r["fidelity"]
     assert 0.0 < f["cosine"] < 1.0 and f["max_abs_error"] > 0 and f["rel_error"] > 0
-    assert f["top1_agreement"] <= 1.0 and f["accuracy"]["drop"] == pytest.approx(f["accuracy"]["baseline"] - f["accuracy"]["candidate"])
+    assert f["top1_agreement"] <= 1.0 and f["accuracy"]["drop"] == pytest.approx(
+        f["accuracy"]["baseline"] - f["accuracy"]["candidate"]
+    )
 
 
 def test_synthetic_data_flagged(tmp_path):

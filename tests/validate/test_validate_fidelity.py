@@ -18,8 +18,14 @@ F = np.float32
 
 def _two_feeds():
     # baseline rows [1, 0] and [0, 1]; candidate rows [1, 2] and [0, 1], split over two feeds
-    base = [{"logits": np.array([[1, 0]], F), "pred": np.array([0])}, {"logits": np.array([[0, 1]], F), "pred": np.array([1])}]
-    cand = [{"logits": np.array([[1, 2]], F), "pred": np.array([1])}, {"logits": np.array([[0, 1]], F), "pred": np.array([1])}]
+    base = [
+        {"logits": np.array([[1, 0]], F), "pred": np.array([0])},
+        {"logits": np.array([[0, 1]], F), "pred": np.array([1])},
+    ]
+    cand = [
+        {"logits": np.array([[1, 2]], F), "pred": np.array([1])},
+        {"logits": np.array([[0, 1]], F), "pred": np.array([1])},
+    ]
     return base, cand
 
 
@@ -38,7 +44,12 @@ def test_hand_computed_metrics():
     assert lg["class_scores"] is True
     assert lg["exact_match"] == pytest.approx(0.75)
     pred = r["outputs"]["pred"]  # integer output: exact equality only
-    assert pred["cosine"] is None and pred["rel_error"] is None and pred["top1_agreement"] is None and pred["snr_db"] is None
+    assert (
+        pred["cosine"] is None
+        and pred["rel_error"] is None
+        and pred["top1_agreement"] is None
+        and pred["snr_db"] is None
+    )
     assert pred["exact_match"] == pytest.approx(0.5) and pred["max_abs_error"] == 1.0
     assert r["cosine"] == lg["cosine"] and r["rel_error"] == lg["rel_error"] and r["snr_db"] == lg["snr_db"]
     assert r["max_abs_error"] == 2.0 and r["top1_agreement"] == 0.5 and r["exact_match"] == 0.5
@@ -58,7 +69,12 @@ def test_accuracy_from_first_class_output():
 def test_labels_without_class_output_warns():
     b = [{"y": np.array([1.0, 2.0], F)}]
     r = compare_outputs(b, b, labels=np.array([0, 1]))
-    assert "accuracy" not in r and r["top1_agreement"] is None and "no output is shaped like class scores" in r["warnings"][0] and "rank 1" in r["warnings"][0]
+    assert (
+        "accuracy" not in r
+        and r["top1_agreement"] is None
+        and "no output is shaped like class scores" in r["warnings"][0]
+        and "rank 1" in r["warnings"][0]
+    )
 
 
 def test_identical_outputs():
@@ -159,7 +175,13 @@ def test_class_score_rule(name, shape, producer, expected):
 
 def test_lstm_state_and_box_outputs_get_no_top1():
     rng = np.random.default_rng(1)
-    base = [{"dense": rng.random((1, 1, 32)).astype(F), "lstm_1": rng.random((1, 256)).astype(F), "boxes": rng.random((1, 10, 4)).astype(F)}]
+    base = [
+        {
+            "dense": rng.random((1, 1, 32)).astype(F),
+            "lstm_1": rng.random((1, 256)).astype(F),
+            "boxes": rng.random((1, 10, 4)).astype(F),
+        }
+    ]
     cand = [{k: v + 0.01 for k, v in base[0].items()}]
     r = compare_outputs(base, cand)
     assert r["outputs"]["dense"]["top1_agreement"] == 1.0

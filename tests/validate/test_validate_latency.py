@@ -87,7 +87,9 @@ def test_measure_latency_cpu_pair_and_single(tmp_path):
     b = save(classifier(perturb=0.1), tmp_path / "b.onnx")
     feeds = [{"x": np.ones((2, 4), np.float32)}, {"x": np.zeros((3, 4), np.float32)}]
     msgs: list[str] = []
-    r = measure_latency(a, b, feeds, "cpu", threads=1, warmup=2, repeats=5, min_time_s=0, progress=msgs.append, ci_width=None)["cpu"]
+    r = measure_latency(
+        a, b, feeds, "cpu", threads=1, warmup=2, repeats=5, min_time_s=0, progress=msgs.append, ci_width=None
+    )["cpu"]
     assert r["status"] == "ok" and r["threads"] == 1 and msgs
     assert r["rounds"] == 5 and r["sessions"] == 1 and r["stopped"] == "fixed rounds"
     lo, hi = r["ratio_ci"]

@@ -53,8 +53,13 @@ def test_int4_and_constant_list_attributes(tmp_path):
         helper.make_node("Cast", ["w4"], ["wf"], to=TensorProto.FLOAT),
         helper.make_node("Add", ["wf", "x"], ["y"]),
     ]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])], [w])
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])],
+        [w],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
     s = measure_size(save(m, tmp_path / "i4.onnx"))
     assert s["params"] == 8 and s["nonzeros"] == 3 + 2
@@ -80,7 +85,12 @@ def test_bad_external_locations(tmp_path):
 def test_compare_size_ratios():
     base = {"file_bytes": 100, "params": 10, "nonzeros": 8, "compressed_bytes": 50}
     cand = {"file_bytes": 25, "params": 10, "nonzeros": 4, "compressed_bytes": 20}
-    assert compare_size(base, cand) == {"size_ratio": 0.25, "params_ratio": 1.0, "nonzeros_ratio": 0.5, "compressed_ratio": 0.4}
+    assert compare_size(base, cand) == {
+        "size_ratio": 0.25,
+        "params_ratio": 1.0,
+        "nonzeros_ratio": 0.5,
+        "compressed_ratio": 0.4,
+    }
     zero = {"file_bytes": 1, "params": 0, "nonzeros": 0, "compressed_bytes": 1}
     r = compare_size(zero, {**zero, "nonzeros": 2})
     assert r["params_ratio"] == 1.0 and r["nonzeros_ratio"] is None

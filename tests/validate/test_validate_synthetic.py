@@ -39,7 +39,10 @@ def embeddings() -> onnx.ModelProto:
             helper.make_node("Unsqueeze", ["keep", "last"], ["keep3"]),
             helper.make_node("Where", ["keep3", "e", "zero"], ["y"]),
         ],
-        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("input_ids", "token_type_ids", "attention_mask")],
+        [
+            helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+            for n in ("input_ids", "token_type_ids", "attention_mask")
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 8])],
         [
             numpy_helper.from_array(rng.standard_normal((100, 8)).astype(np.float32), "words"),
@@ -83,7 +86,10 @@ def fixed_by_matmul() -> onnx.ModelProto:
     """x [n, k] times a constant [37, 5]: k can only be 37. ``bias`` [n, 5] shares the symbol n."""
     return _model(
         [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "bias"], ["y"])],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "k"]), helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["n", 5])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "k"]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["n", 5]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])],
         [numpy_helper.from_array(np.ones((37, 5), np.float32), "w")],
     )
@@ -113,7 +119,11 @@ def naive_feed(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         t = vi.type.tensor_type
         shape = [d.dim_value or 1 for d in t.shape.dim]
         dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
-        feed[vi.name] = rng.integers(0, 4, shape).astype(dtype) if np.issubdtype(dtype, np.integer) else rng.standard_normal(shape).astype(dtype)
+        feed[vi.name] = (
+            rng.integers(0, 4, shape).astype(dtype)
+            if np.issubdtype(dtype, np.integer)
+            else rng.standard_normal(shape).astype(dtype)
+        )
     return feed
 
 
@@ -171,7 +181,17 @@ def test_nothing_runs_names_the_input_and_the_way_out():
 
 def test_cli_without_data_runs_where_it_used_to_fail(cli, tmp_path):
     model = save(detector(6), tmp_path / "det.onnx")
-    result = cli(model, "--plugin", "weight_prune", "-o", tmp_path / "out.onnx", "--repeats", "2", "--report", tmp_path / "r.json")
+    result = cli(
+        model,
+        "--plugin",
+        "weight_prune",
+        "-o",
+        tmp_path / "out.onnx",
+        "--repeats",
+        "2",
+        "--report",
+        tmp_path / "r.json",
+    )
     assert result.exit_code == 0, result
     assert "synthetic inputs: dynamic dims chosen: batch N=1; searched H=256, W=256" in result.stderr
     warnings = json.loads((tmp_path / "r.json").read_text())["validation"]["data"]["warnings"]
@@ -184,5 +204,7 @@ def test_cli_nothing_runs_is_exit_2_then_input_shape_fixes_it(cli, tmp_path):
     result = cli(model, "--plugin", "weight_prune", "-o", tmp_path / "out.onnx")
     assert_one_line_error(result, 2, "input 'x'", "--input-shape x=", "--data")
     assert snapshot(tmp_path) == before
-    fixed = cli(model, "--plugin", "weight_prune", "-o", tmp_path / "out.onnx", "--input-shape", "x=1x1000", "--repeats", "2")
+    fixed = cli(
+        model, "--plugin", "weight_prune", "-o", tmp_path / "out.onnx", "--input-shape", "x=1x1000", "--repeats", "2"
+    )
     assert fixed.exit_code == 0, fixed

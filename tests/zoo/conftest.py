@@ -33,8 +33,18 @@ RUN_TIMEOUT_S = 900  # one shrink run; a run past it is a failure ("timeout"), n
 
 # The zoo's models (../shared/zoo/models.json); used to name the tests when the zoo is not fetched.
 KNOWN_ZOO_MODELS = (
-    "arabic_romanizer_encoder", "basic_pitch", "captcha_crnn", "centerface", "g2p_id_bert", "g2p_id_lstm_decoder",
-    "mrz_unet", "open_nsfw", "rivagan_decoder", "rivagan_encoder", "swift_f0", "vfl_dvector_int8",
+    "arabic_romanizer_encoder",
+    "basic_pitch",
+    "captcha_crnn",
+    "centerface",
+    "g2p_id_bert",
+    "g2p_id_lstm_decoder",
+    "mrz_unet",
+    "open_nsfw",
+    "rivagan_decoder",
+    "rivagan_encoder",
+    "swift_f0",
+    "vfl_dvector_int8",
 )
 
 

@@ -97,7 +97,11 @@ def test_cosine_and_worst_per_feed():
     assert bench_zoo.cosine(np.zeros(3), a) == 0.0
     assert math.isnan(bench_zoo.cosine(a, np.array([1.0, np.nan, 3.0])))
     base = [{"y": a, "ids": np.array([1, 2])}, {"y": a, "ids": np.array([1, 2])}, {"y": a, "ids": np.array([1, 2])}]
-    cand = [{"y": a, "ids": np.array([1, 2])}, {"y": np.array([1.0, 2.0, -3.0]), "ids": np.array([1, 2])}, {"y": a, "ids": np.array([0, 0])}]
+    cand = [
+        {"y": a, "ids": np.array([1, 2])},
+        {"y": np.array([1.0, 2.0, -3.0]), "ids": np.array([1, 2])},
+        {"y": a, "ids": np.array([0, 0])},
+    ]
     worst = bench_zoo.worst_cosines(base, cand)
     assert list(worst) == ["y"]  # integer outputs get no cosine
     assert worst["y"]["feed"] == 1 and worst["y"]["worst"] == pytest.approx(bench_zoo.cosine(a, cand[1]["y"]))
@@ -108,9 +112,28 @@ def test_cosine_and_worst_per_feed():
 def test_chains_and_markdown():
     labels = [c.label for c in bench_zoo.default_chains()]
     assert labels[:2] == ["int_quant", "weight_prune"]
-    assert {"gptq", "binarize", "sparse_store", "weight_prune > sparse_store", "int_quant:bits=4", "gptq:bits=4", "weight_prune > int_quant"} <= set(labels)
-    assert [c.label for c in bench_zoo.default_chains(["sparse_store"])] == ["sparse_store", "weight_prune > sparse_store"]
-    row = {"model": "m", "chain": "a > b", "status": "exit 3", "exit_code": 3, "seconds": 1.0, "error": "x | y", "valid": False}
+    assert {
+        "gptq",
+        "binarize",
+        "sparse_store",
+        "weight_prune > sparse_store",
+        "int_quant:bits=4",
+        "gptq:bits=4",
+        "weight_prune > int_quant",
+    } <= set(labels)
+    assert [c.label for c in bench_zoo.default_chains(["sparse_store"])] == [
+        "sparse_store",
+        "weight_prune > sparse_store",
+    ]
+    row = {
+        "model": "m",
+        "chain": "a > b",
+        "status": "exit 3",
+        "exit_code": 3,
+        "seconds": 1.0,
+        "error": "x | y",
+        "valid": False,
+    }
     table = bench_zoo.markdown_table([row]).splitlines()
     assert table[0].startswith("| model | method / recipe | exit | valid | size")
     assert table[2] == "| m | a > b | 3 | no | - | - | - | - | 1.0 | x \\| y |"

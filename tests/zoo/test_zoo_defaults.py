@@ -104,7 +104,9 @@ def test_int_quant_default_shrinks_and_stays_faithful(zoo_runs, model):
     size = judged["size_ratio"]
     if size > INT_QUANT_MAX_SIZE_RATIO:
         reason = stated_reason(record["report"])
-        assert reason, f"{model}: int_quant left the file at {size:.3f}x (> {INT_QUANT_MAX_SIZE_RATIO}x) and states no reason"
+        assert reason, (
+            f"{model}: int_quant left the file at {size:.3f}x (> {INT_QUANT_MAX_SIZE_RATIO}x) and states no reason"
+        )
     cos, output = _worst(judged)
     if ("int_quant", model) in KNOWN_GAPS and not cos >= INT_QUANT_MIN_WORST_COSINE:
         pytest.xfail(f"{model}: {KNOWN_GAPS['int_quant', model]} (measured now: {cos:.5f})")

@@ -8,7 +8,15 @@ repairing the consumers afterwards.
     reconstruct_consumers(original, model, removal, feeds)   # optional, needs calibration data
 """
 
-from onnxshrink.toolkit.channels.analysis import ChannelAnalysis, ChannelGroup, ChannelSlot, analyze_channels, channel_importance, check_removal, select_channels
+from onnxshrink.toolkit.channels.analysis import (
+    ChannelAnalysis,
+    ChannelGroup,
+    ChannelSlot,
+    analyze_channels,
+    channel_importance,
+    check_removal,
+    select_channels,
+)
 from onnxshrink.toolkit.channels.reconstruct import reconstruct_consumers
 from onnxshrink.toolkit.channels.removal import ChannelRemoval, SinkChange, remove_channels
 

@@ -83,7 +83,9 @@ class ChannelAnalysis:
     spent. Groups come in graph order (by their first source).
     """
 
-    def __init__(self, model: onnx.ModelProto, state: Propagation, groups: list[ChannelGroup], edits: dict[int, list[Edit]]):
+    def __init__(
+        self, model: onnx.ModelProto, state: Propagation, groups: list[ChannelGroup], edits: dict[int, list[Edit]]
+    ):
         self.model = model
         self.groups = groups
         self._state = state
@@ -142,12 +144,18 @@ def analyze_channels(model: onnx.ModelProto) -> ChannelAnalysis:
         elif size % unit or size % blocks:
             reasons.append(f"{size} channels do not divide into units of {unit} / {blocks} blocks")
         edits = edits_by_root.get(root, [])
-        sink_nodes = sorted({e.node for e in edits if isinstance(e, GroupedInputEdit) or isinstance(e, SliceEdit) and e.role == "sink"})
+        sink_nodes = sorted(
+            {e.node for e in edits if isinstance(e, GroupedInputEdit) or isinstance(e, SliceEdit) and e.role == "sink"}
+        )
         slots = [
             ChannelSlot(s.tensor, s.axis, s.offset, s.repeat, node_label(state.nodes[s.node]))
             for s in sorted(slots_by_root.get(root, []), key=lambda s: (s.node, s.offset))
         ]
-        weight_slots = {(e.node, e.input if isinstance(e, SliceEdit) else 1) for e in edits if isinstance(e, GroupedInputEdit) or isinstance(e, SliceEdit) and e.role != "param"}
+        weight_slots = {
+            (e.node, e.input if isinstance(e, SliceEdit) else 1)
+            for e in edits
+            if isinstance(e, GroupedInputEdit) or isinstance(e, SliceEdit) and e.role != "param"
+        }
         weight_sizes = [state.const(state.nodes[n].input[k]) for n, k in sorted(weight_slots)]
         groups.append(
             ChannelGroup(
@@ -182,12 +190,23 @@ def channel_importance(analysis: ChannelAnalysis, group: ChannelGroup, norm: str
             weight = state.const(node.input[edit.input])
             if weight is None or weight.ndim < 2:
                 continue
-            block = np.take(weight.astype(np.float64), np.arange(edit.offset, edit.offset + group.size * edit.repeat), axis=edit.axis)
+            block = np.take(
+                weight.astype(np.float64),
+                np.arange(edit.offset, edit.offset + group.size * edit.repeat),
+                axis=edit.axis,
+            )
             rows = np.moveaxis(block, edit.axis, 0).reshape(group.size, -1)
         elif isinstance(edit, GroupedInputEdit):
             weight = state.const(node.input[1]).astype(np.float64)
             per_group_out, per_group_in = weight.shape[0] // edit.groups, weight.shape[1]
-            rows = np.stack([weight[(c // per_group_in) * per_group_out : (c // per_group_in + 1) * per_group_out, c % per_group_in].ravel() for c in range(group.size)])
+            rows = np.stack(
+                [
+                    weight[
+                        (c // per_group_in) * per_group_out : (c // per_group_in + 1) * per_group_out, c % per_group_in
+                    ].ravel()
+                    for c in range(group.size)
+                ]
+            )
         else:
             continue
         total += np.abs(rows).sum(axis=1) if norm == "l1" else np.square(rows).sum(axis=1)
@@ -209,7 +228,12 @@ def select_channels(group: ChannelGroup, scores: Sequence[float] | np.ndarray, c
     elif group.blocks > 1:
         width = group.size // group.blocks
         per_block = count // group.blocks
-        chosen = np.concatenate([b * width + np.argsort(scores[b * width : (b + 1) * width], kind="stable")[:per_block] for b in range(group.blocks)])
+        chosen = np.concatenate(
+            [
+                b * width + np.argsort(scores[b * width : (b + 1) * width], kind="stable")[:per_block]
+                for b in range(group.blocks)
+            ]
+        )
     else:
         chosen = np.argsort(scores, kind="stable")[:count]
     return sorted(int(c) for c in chosen)

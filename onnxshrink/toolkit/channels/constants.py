@@ -24,7 +24,9 @@ class Constants:
         graph = model.graph
         inputs = {i.name for i in graph.input}
         self._initializers = {t.name: t for t in graph.initializer if t.name not in inputs}
-        self._constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output}
+        self._constant_nodes = {
+            n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output
+        }
         self.readers: Counter[str] = Counter()
         for node in graph.node:
             self.readers.update(name for name in node.input if name)
@@ -94,4 +96,3 @@ def _value(initializer: onnx.TensorProto | None, constant: onnx.NodeProto | None
 def _set_constant_value(node: onnx.NodeProto, tensor: onnx.TensorProto) -> None:
     del node.attribute[:]
     node.attribute.append(onnx.helper.make_attribute("value", tensor))
-

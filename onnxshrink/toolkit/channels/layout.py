@@ -58,7 +58,9 @@ class Atoms:
     size: list[int] = field(default_factory=list)
     source: list[int | None] = field(default_factory=list)  # node index, None for a fixed atom
     unit: list[int] = field(default_factory=list)  # remove whole aligned runs of `unit` channels (heads)
-    blocks: list[int] = field(default_factory=list)  # remove as many channels from each of `blocks` blocks (grouped Conv)
+    blocks: list[int] = field(
+        default_factory=list
+    )  # remove as many channels from each of `blocks` blocks (grouped Conv)
     reasons: list[list[str]] = field(default_factory=list)
     parent: list[int] = field(default_factory=list)
 

@@ -15,7 +15,9 @@ def passthrough(s: Propagation, i: int, node: onnx.NodeProto) -> None:
     layout = s.layout(node.input[0]) if node.input else None
     others = [s.layout(name) for name in node.input[1:]]
     if any(others):
-        s.decline([layout, *others], f"{node.op_type} {node_label(node)!r} reads channels in an input other than its first")
+        s.decline(
+            [layout, *others], f"{node.op_type} {node_label(node)!r} reads channels in an input other than its first"
+        )
         return
     for out in node.output:
         s.set(out, layout)
@@ -32,7 +34,9 @@ def elementwise(s: Propagation, i: int, node: onnx.NodeProto) -> None:
         s.decline(layouts, f"{node.op_type} {node_label(node)!r}: an input's rank is unknown")
         return
     out_rank = max(ranks)
-    moved = [None if lay is None else remap(lay, lambda a, r=r: a + out_rank - r, out_rank) for lay, r in zip(layouts, ranks)]
+    moved = [
+        None if lay is None else remap(lay, lambda a, r=r: a + out_rank - r, out_rank) for lay, r in zip(layouts, ranks)
+    ]
     joined = s.join(node, [m for m in moved if m is not None])
     if joined is None:
         return
@@ -50,7 +54,9 @@ def elementwise(s: Propagation, i: int, node: onnx.NodeProto) -> None:
                 s.slice_param(i, list(node.input).index(name), pos, joined)
                 continue
             what = "constant" if value is not None else "tensor"
-            s.decline(joined, f"{node.op_type} {node_label(node)!r} combines the channels with {what} {name!r} along them")
+            s.decline(
+                joined, f"{node.op_type} {node_label(node)!r} combines the channels with {what} {name!r} along them"
+            )
             return
     for out in node.output:
         s.set(out, joined)
@@ -90,19 +96,29 @@ def layernorm(s: Propagation, i: int, node: onnx.NodeProto) -> None:
     if layout is None:
         return
     start = normalize_axes([attr(node, "axis", -1)], layout.rank)[0]
-    keep_unless(s, node, layout, set(range(start, layout.rank)), "normalises over the channels", outputs=node.output[:1])
+    keep_unless(
+        s, node, layout, set(range(start, layout.rank)), "normalises over the channels", outputs=node.output[:1]
+    )
 
 
 def mvn(s: Propagation, i: int, node: onnx.NodeProto) -> None:
     layout = s.layout(node.input[0])
     if layout is not None:
-        keep_unless(s, node, layout, set(normalize_axes(attr(node, "axes", [0, 2, 3]), layout.rank)), "normalises over the channels")
+        keep_unless(
+            s,
+            node,
+            layout,
+            set(normalize_axes(attr(node, "axes", [0, 2, 3]), layout.rank)),
+            "normalises over the channels",
+        )
 
 
 def lpnorm(s: Propagation, i: int, node: onnx.NodeProto) -> None:
     layout = s.layout(node.input[0])
     if layout is not None:
-        keep_unless(s, node, layout, set(normalize_axes([attr(node, "axis", -1)], layout.rank)), "normalises over the channels")
+        keep_unless(
+            s, node, layout, set(normalize_axes([attr(node, "axis", -1)], layout.rank)), "normalises over the channels"
+        )
 
 
 def pool(s: Propagation, i: int, node: onnx.NodeProto) -> None:

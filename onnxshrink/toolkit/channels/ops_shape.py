@@ -173,7 +173,9 @@ def concat(s: Propagation, i: int, node: onnx.NodeProto) -> None:
             if s.const(name) is not None and isinstance(joined, ChannelAxis):
                 s.slice_param(i, slot, joined.axis, joined)
             else:
-                s.decline(joined, f"Concat {node_label(node)!r} joins them with {name!r} whose channels are not tracked")
+                s.decline(
+                    joined, f"Concat {node_label(node)!r} joins them with {name!r} whose channels are not tracked"
+                )
                 return
         s.set(node.output[0], joined)
         return
@@ -187,7 +189,13 @@ def concat(s: Propagation, i: int, node: onnx.NodeProto) -> None:
         if layout is not None or not isinstance(size, int):
             s.decline(layouts, f"Concat {node_label(node)!r} joins channels laid out differently")
             return
-        segments.append(Segment(s.atoms.new(size, None, f"Concat {node_label(node)!r} joins them with {name!r}, whose channels are not pruned")))
+        segments.append(
+            Segment(
+                s.atoms.new(
+                    size, None, f"Concat {node_label(node)!r} joins them with {name!r}, whose channels are not pruned"
+                )
+            )
+        )
     s.set(node.output[0], ChannelAxis(axis, rank, tuple(segments)))
 
 
@@ -247,7 +255,12 @@ def resize(s: Propagation, i: int, node: onnx.NodeProto) -> None:
     slot = 1 if node.op_type == "Upsample" or s.opset < 11 else 2
     sizes = node.input[3] if node.op_type == "Resize" and len(node.input) > 3 else ""
     scales = s.const(node.input[slot]) if len(node.input) > slot and node.input[slot] else None
-    if sizes or scales is None or scales.size != layout.rank or any(scales.ravel()[a] != 1 for a in channel_axes(layout)):
+    if (
+        sizes
+        or scales is None
+        or scales.size != layout.rank
+        or any(scales.ravel()[a] != 1 for a in channel_axes(layout))
+    ):
         s.decline(layout, f"{node.op_type} {node_label(node)!r} may resize the channel axis")
         return
     s.set(node.output[0], layout)

@@ -6,11 +6,22 @@ import onnx
 
 from onnxshrink.ir.walk import node_attribute as attr
 from onnxshrink.ir.walk import node_label
-from onnxshrink.toolkit.channels.layout import AttrEdit, ChannelAxis, GroupedInputEdit, HeadAxes, Layout, Segment, SinkSlot, SliceEdit
+from onnxshrink.toolkit.channels.layout import (
+    AttrEdit,
+    ChannelAxis,
+    GroupedInputEdit,
+    HeadAxes,
+    Layout,
+    Segment,
+    SinkSlot,
+    SliceEdit,
+)
 from onnxshrink.toolkit.channels.state import Propagation
 
 
-def _sink_or_decline(s: Propagation, i: int, layout: Layout | None, problem: str | None, slot: int, axis: int, tensor: str) -> None:
+def _sink_or_decline(
+    s: Propagation, i: int, layout: Layout | None, problem: str | None, slot: int, axis: int, tensor: str
+) -> None:
     if layout is not None:
         if problem:
             s.decline(layout, problem)
@@ -48,9 +59,13 @@ def conv(s: Propagation, i: int, node: onnx.NodeProto) -> None:
             return
         multiplier = shape[0] // group
         for segment, offset in s.offsets(layout):
-            s.edits.append(SliceEdit(segment.atom, i, 1, 0, offset * multiplier, segment.repeat * multiplier, "depthwise"))
+            s.edits.append(
+                SliceEdit(segment.atom, i, 1, 0, offset * multiplier, segment.repeat * multiplier, "depthwise")
+            )
             if bias is not None:
-                s.edits.append(SliceEdit(segment.atom, i, 2, 0, offset * multiplier, segment.repeat * multiplier, "param"))
+                s.edits.append(
+                    SliceEdit(segment.atom, i, 2, 0, offset * multiplier, segment.repeat * multiplier, "param")
+                )
             s.edits.append(AttrEdit(segment.atom, i, "group", segment.repeat))
         s.set(node.output[0], layout.repeated(multiplier))
         return
@@ -134,7 +149,13 @@ def _attention_matmul(s: Propagation, i: int, node: onnx.NodeProto, a: Layout | 
     why = f"MatMul {node_label(node)!r} multiplies two activations in a pattern that is not attention heads"
     if isinstance(a, ChannelAxis) or isinstance(b, ChannelAxis) or a is None or b is None:  # one head, no Reshape
         rank = (a or b).rank
-        if isinstance(a, ChannelAxis) and isinstance(b, ChannelAxis) and a.rank == b.rank and a.axis == rank - 1 and b.axis == rank - 2:
+        if (
+            isinstance(a, ChannelAxis)
+            and isinstance(b, ChannelAxis)
+            and a.rank == b.rank
+            and a.axis == rank - 1
+            and b.axis == rank - 2
+        ):
             if s.join(node, [a, b.moved(rank - 1, rank)]) is not None:
                 return  # Q·Kᵀ: channel i of Q meets channel i of K; the scores carry no channels
         elif a is None and isinstance(b, ChannelAxis) and b.axis == rank - 1 and s.rank(node.input[0]) == rank:

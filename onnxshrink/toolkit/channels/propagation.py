@@ -9,8 +9,29 @@ from __future__ import annotations
 
 import onnx
 
-from onnxshrink.toolkit.channels.ops_pointwise import batchnorm, elementwise, layernorm, lpnorm, mvn, passthrough, pool, reduce, softmax
-from onnxshrink.toolkit.channels.ops_shape import concat, flatten, gather, pad, reshape, resize, slice_, squeeze, transpose, unsqueeze
+from onnxshrink.toolkit.channels.ops_pointwise import (
+    batchnorm,
+    elementwise,
+    layernorm,
+    lpnorm,
+    mvn,
+    passthrough,
+    pool,
+    reduce,
+    softmax,
+)
+from onnxshrink.toolkit.channels.ops_shape import (
+    concat,
+    flatten,
+    gather,
+    pad,
+    reshape,
+    resize,
+    slice_,
+    squeeze,
+    transpose,
+    unsqueeze,
+)
 from onnxshrink.toolkit.channels.ops_weighted import conv, gemm, matmul
 from onnxshrink.toolkit.channels.state import Propagation, Rule, node_label
 
@@ -27,13 +48,64 @@ def unknown(s: Propagation, i: int, node: onnx.NodeProto) -> None:
 
 
 PASSTHROUGH = (
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu", "Gelu", "Mish",
-    "Softplus", "Softsign", "ThresholdedRelu", "Shrink", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal",
-    "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tan", "Not", "IsNaN", "IsInf", "Cast", "Identity", "Dropout",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "HardSigmoid",
+    "HardSwish",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "Mish",
+    "Softplus",
+    "Softsign",
+    "ThresholdedRelu",
+    "Shrink",
+    "Erf",
+    "Abs",
+    "Neg",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+    "Tan",
+    "Not",
+    "IsNaN",
+    "IsInf",
+    "Cast",
+    "Identity",
+    "Dropout",
 )
 ELEMENTWISE = (
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "PRelu", "Clip", "Mod",
-    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "Where",
+    "PRelu",
+    "Clip",
+    "Mod",
+    "Equal",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
 )
 
 RULES: dict[str, Rule] = {
@@ -53,8 +125,23 @@ RULES: dict[str, Rule] = {
     "MeanVarianceNormalization": mvn,
     "LpNormalization": lpnorm,
     **{op: pool for op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")},
-    **{op: reduce for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-                             "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")},
+    **{
+        op: reduce
+        for op in (
+            "ReduceMean",
+            "ReduceSum",
+            "ReduceMax",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+            "ReduceSumSquare",
+            "ArgMax",
+            "ArgMin",
+        )
+    },
     "Squeeze": squeeze,
     "Unsqueeze": unsqueeze,
     "Flatten": flatten,
@@ -78,7 +165,9 @@ def propagate(model: onnx.ModelProto) -> Propagation:
     """Run every rule over the main graph in order and decline atoms that reach a graph output."""
     state = Propagation(model)
     for index, node in enumerate(state.nodes):
-        known = node.domain in ("", "ai.onnx") and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        known = node.domain in ("", "ai.onnx") and not any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+        )
         rule = RULES.get(node.op_type, unknown) if known else unknown
         if node.op_type == "Constant":
             continue

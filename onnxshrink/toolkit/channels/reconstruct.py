@@ -78,7 +78,12 @@ def reconstruct_consumers(
             error_fit = _relative_error(x @ w_fit + b_fit, y)
             if error_fit < error_now:
                 layer.write(w_fit, b_fit)
-            entry.update(method="lstsq", rows=int(x.shape[0]), error_before=round(error_now, 6), error_after=round(min(error_fit, error_now), 6))
+            entry.update(
+                method="lstsq",
+                rows=int(x.shape[0]),
+                error_before=round(error_now, 6),
+                error_after=round(min(error_fit, error_now), 6),
+            )
         results.append(entry)
     return results
 
@@ -111,7 +116,9 @@ def _relative_error(prediction: np.ndarray, target: np.ndarray) -> float:
     return float(np.sum((prediction - target) ** 2) / max(np.sum(target**2), 1e-30))
 
 
-def _mean_contribution(before: Constants, node: onnx.NodeProto, sink: SinkChange, inputs: np.ndarray, kept_outputs: np.ndarray | None) -> np.ndarray:
+def _mean_contribution(
+    before: Constants, node: onnx.NodeProto, sink: SinkChange, inputs: np.ndarray, kept_outputs: np.ndarray | None
+) -> np.ndarray:
     """What the removed input positions added to the consumer's output on average, per output channel."""
     removed = sink.removed
     axes = tuple(a for a in range(inputs.ndim) if a != sink.axis)
@@ -154,7 +161,9 @@ class _Layer:
             return np.broadcast_to(bias.reshape(-1) * scale, (n,)).copy()
         return np.zeros(n)
 
-    def rows(self, inputs: np.ndarray, outputs: np.ndarray, max_rows: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def rows(
+        self, inputs: np.ndarray, outputs: np.ndarray, max_rows: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Input rows and target outputs (the original's, kept output channels), at most ``max_rows``."""
         keep = self.kept_outputs
         if self.node.op_type == "Conv":
@@ -183,7 +192,9 @@ class _Layer:
         rows_h = i[:, None] * sh + np.arange(kh) * dh
         rows_w = j[:, None] * sw + np.arange(kw) * dw
         channels = np.arange(inputs.shape[1])
-        patches = padded[b[:, None, None, None], channels[None, :, None, None], rows_h[:, None, :, None], rows_w[:, None, None, :]]
+        patches = padded[
+            b[:, None, None, None], channels[None, :, None, None], rows_h[:, None, :, None], rows_w[:, None, None, :]
+        ]
         y = outputs[b, :, i, j]
         if self.kept_outputs is not None:
             y = y[:, self.kept_outputs]
@@ -231,7 +242,10 @@ class _Layer:
         node.output[0] = inner
         bias_name = self.constants.add(f"{out}_bias", shift.astype(self.weight.dtype))
         position = next(k for k, n in enumerate(graph.node) if n is node or n.output[0] == inner)
-        graph.node.insert(position + 1, helper.make_node("Add", [inner, bias_name], [out], name=unique_name(taken, f"{node.name or out}_bias")))
+        graph.node.insert(
+            position + 1,
+            helper.make_node("Add", [inner, bias_name], [out], name=unique_name(taken, f"{node.name or out}_bias")),
+        )
 
 
 def _conv_pads(node: onnx.NodeProto, size, kernel, strides, dilations) -> tuple[int, int, int, int]:

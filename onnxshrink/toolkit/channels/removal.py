@@ -98,7 +98,9 @@ def remove_channels(analysis: ChannelAnalysis, selection: Mapping[str, Sequence[
                 key = (edit.node, edit.input, edit.position)
                 shape_deltas[key] = shape_deltas.get(key, 0) + len(channels) * edit.numer // edit.denom
             elif isinstance(edit, AttrEdit):
-                attr_deltas[(edit.node, edit.name)] = attr_deltas.get((edit.node, edit.name), 0) + len(channels) * edit.numer
+                attr_deltas[(edit.node, edit.name)] = (
+                    attr_deltas.get((edit.node, edit.name), 0) + len(channels) * edit.numer
+                )
 
     constants = Constants(model)
     record = ChannelRemoval(removed, params_before=parameter_count(model))
@@ -140,7 +142,6 @@ def remove_channels(analysis: ChannelAnalysis, selection: Mapping[str, Sequence[
     return record
 
 
-
 def _positions(offset: int, repeat: int, channels: np.ndarray) -> list[int]:
     return (offset + channels[:, None] * repeat + np.arange(repeat)).ravel().tolist()
 
@@ -167,7 +168,9 @@ def _output_width(constants: Constants, node: onnx.NodeProto) -> int:
     return weight.shape[-1]
 
 
-def _sink_change(state: Propagation, constants: Constants, index: int, positions: set[int], grouped: bool) -> SinkChange:
+def _sink_change(
+    state: Propagation, constants: Constants, index: int, positions: set[int], grouped: bool
+) -> SinkChange:
     node = state.nodes[index]
     weight = constants.get(node.input[1])
     if node.op_type == "Conv":

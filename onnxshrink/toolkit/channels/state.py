@@ -11,10 +11,19 @@ import onnx
 from onnxshrink.ir.shapes import inferred_shapes
 from onnxshrink.ir.walk import node_label, node_reads
 from onnxshrink.toolkit.channels.constants import Constants
-from onnxshrink.toolkit.channels.layout import Atoms, ChannelAxis, Edit, HeadAxes, Layout, Segment, SinkSlot, SliceEdit, atoms_of
+from onnxshrink.toolkit.channels.layout import (
+    Atoms,
+    ChannelAxis,
+    Edit,
+    HeadAxes,
+    Layout,
+    Segment,
+    SinkSlot,
+    SliceEdit,
+    atoms_of,
+)
 
 Dim = int | str | None
-
 
 
 class Propagation:
@@ -68,7 +77,10 @@ class Propagation:
         name = node.input[slot] if slot < len(node.input) else ""
         value = self.const(name)
         if value is None:
-            return None, f"{node.op_type} {node_label(node)!r} reads weight {name!r} that is not a constant (a graph input or computed)"
+            return (
+                None,
+                f"{node.op_type} {node_label(node)!r} reads weight {name!r} that is not a constant (a graph input or computed)",
+            )
         if self.constants.readers[name] > 1:
             return value, f"weight {name!r} of {node_label(node)!r} is shared with other nodes"
         return value, None
@@ -92,7 +104,15 @@ class Propagation:
     def decline_reads(self, node: onnx.NodeProto, reason: str) -> None:
         self.decline([self.layout(name) for name in sorted(node_reads(node))], reason)
 
-    def source(self, index: int, size: int, slot: int, axis: int, bias: tuple[int, int] | None = None, reason: str | None = None) -> int:
+    def source(
+        self,
+        index: int,
+        size: int,
+        slot: int,
+        axis: int,
+        bias: tuple[int, int] | None = None,
+        reason: str | None = None,
+    ) -> int:
         """A new atom for a node's output channels, with the edits to its weight (and bias)."""
         node = self.nodes[index]
         atom = self.atoms.new(size, index, reason)

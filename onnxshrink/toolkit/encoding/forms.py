@@ -96,25 +96,41 @@ class _Chain:
             out = self.init(suffix, packed.reshape(-1, 1))
             left = np.array([8 - bits - k * bits for k in range(per_byte)], np.uint8)
             out = self.node("BitShift", [out, self.init(f"{suffix}_shl", left)], f"{suffix}_hi", direction="LEFT")
-            out = self.node("BitShift", [out, self.init(f"{suffix}_shr", np.array(8 - bits, np.uint8))], f"{suffix}_lo", direction="RIGHT")
+            out = self.node(
+                "BitShift",
+                [out, self.init(f"{suffix}_shr", np.array(8 - bits, np.uint8))],
+                f"{suffix}_lo",
+                direction="RIGHT",
+            )
         elif bits < 8:  # a group of `bits` bytes holds 8 codes: join it into one 64-bit word first
             out = self.init(suffix, packed.reshape(-1, bits))
             out = self.node("Cast", [out], f"{suffix}_wide", to=TensorProto.INT64)
-            out = self.node("Mul", [out, self.init(f"{suffix}_place", 256 ** np.arange(bits, dtype=np.int64))], f"{suffix}_placed")
+            out = self.node(
+                "Mul", [out, self.init(f"{suffix}_place", 256 ** np.arange(bits, dtype=np.int64))], f"{suffix}_placed"
+            )
             # CumSum and not ReduceSum: onnxruntime's int64 ReduceSum loses the bits above 2^53
             out = self.node("CumSum", [out, self.init(f"{suffix}_axis", np.array(1, np.int64))], f"{suffix}_sum")
-            out = self.node("Gather", [out, self.init(f"{suffix}_last", np.array([bits - 1], np.int64))], f"{suffix}_word", axis=1)
+            out = self.node(
+                "Gather", [out, self.init(f"{suffix}_last", np.array([bits - 1], np.int64))], f"{suffix}_word", axis=1
+            )
             out = self.node("Cast", [out], f"{suffix}_u64", to=TensorProto.UINT64)
             left = np.array([64 - bits - k * bits for k in range(8)], np.uint64)
             out = self.node("BitShift", [out, self.init(f"{suffix}_shl", left)], f"{suffix}_hi", direction="LEFT")
-            out = self.node("BitShift", [out, self.init(f"{suffix}_shr", np.array(64 - bits, np.uint64))], f"{suffix}_lo", direction="RIGHT")
+            out = self.node(
+                "BitShift",
+                [out, self.init(f"{suffix}_shr", np.array(64 - bits, np.uint64))],
+                f"{suffix}_lo",
+                direction="RIGHT",
+            )
         else:
             out = self.init(suffix, packed)
         trim = -(-count // 8) * 8 != count
         if bits < 8 and (trim or flat):
             out = self.node("Reshape", [out, self.dims(f"{suffix}_flat", [-1])], f"{suffix}_flat")
         if trim:  # drop the padding codes
-            out = self.node("Slice", [out, self.dims(f"{suffix}_start", [0]), self.dims(f"{suffix}_end", [count])], f"{suffix}_trim")
+            out = self.node(
+                "Slice", [out, self.dims(f"{suffix}_start", [0]), self.dims(f"{suffix}_end", [count])], f"{suffix}_trim"
+            )
         return out
 
     def dequantize(self, codes: str, qt: QuantizedTensor, mask: str | None = None) -> tuple[str, tuple[int, ...]]:
@@ -162,7 +178,11 @@ class _Chain:
         spread = grouped[: axis + 1] + [qt.block_size] + grouped[axis + 1 :]
         merged = list(grouped)
         merged[axis] = grouped[axis] * qt.block_size
-        out = self.node("Reshape", [params, self.dims(f"{suffix}_lift", grouped[: axis + 1] + [1] + grouped[axis + 1 :])], f"{suffix}_lifted")
+        out = self.node(
+            "Reshape",
+            [params, self.dims(f"{suffix}_lift", grouped[: axis + 1] + [1] + grouped[axis + 1 :])],
+            f"{suffix}_lifted",
+        )
         out = self.node("Expand", [out, self.dims(f"{suffix}_spread", spread)], f"{suffix}_spread")
         out = self.node("Reshape", [out, self.dims(f"{suffix}_merge", merged)], f"{suffix}_merged")
         bounds = [self.dims(f"{suffix}_{k}", [v]) for k, v in (("start", 0), ("end", n), ("axis", axis))]
@@ -197,7 +217,9 @@ def _layout(qt: QuantizedTensor) -> tuple[tuple[int, ...], tuple[int, ...], bool
 
 def _check_opset(opset: int) -> None:
     if opset < PACKED_OPSET:
-        raise ValueError(f"packed and sparse storage need opset {PACKED_OPSET} (BitShift, CumSum); the model has opset {opset}")
+        raise ValueError(
+            f"packed and sparse storage need opset {PACKED_OPSET} (BitShift, CumSum); the model has opset {opset}"
+        )
 
 
 def packed_chain(
@@ -318,7 +340,10 @@ def weight_chain(
         if not quantized:
             form = "sparse"
         else:
-            trial = {f: weight_chain(values, output, set(taken), form=f, shape=shape, dtype=dtype, opset=opset) for f in ("packed", "sparse")}
+            trial = {
+                f: weight_chain(values, output, set(taken), form=f, shape=shape, dtype=dtype, opset=opset)
+                for f in ("packed", "sparse")
+            }
             form = min(trial, key=lambda f: (sum(tensor_bytes(t) for t in trial[f][2]), f != "packed"))
     if form == "packed":
         nodes, inits = packed_chain(values, output, taken, shape=shape, dtype=dtype, opset=opset)
@@ -327,7 +352,9 @@ def weight_chain(
     else:
         needed = required_opset(values)
         if opset < needed:
-            raise ValueError(f"DequantizeLinear for {values.describe()} needs opset {needed}; the model has opset {opset}")
+            raise ValueError(
+                f"DequantizeLinear for {values.describe()} needs opset {needed}; the model has opset {opset}"
+            )
         chain = _Chain(output, taken)
         dq_out = unique_name(taken, f"{output}_dequantized")
         nodes, inits = dequantize_linear(values, dq_out, taken)
@@ -360,7 +387,9 @@ def store_weight(
     if not isinstance(values, QuantizedTensor):
         values = np.asarray(values, dtype=helper.tensor_dtype_to_np_dtype(weight.dtype))
     taken = all_names(model)
-    used, nodes, inits = weight_chain(values, weight.name, taken, form=form, shape=shape, dtype=weight.dtype, opset=model_opset(model))
+    used, nodes, inits = weight_chain(
+        values, weight.name, taken, form=form, shape=shape, dtype=weight.dtype, opset=model_opset(model)
+    )
     replace_weight(model, weight, nodes, inits, uses=uses)
     if isinstance(values, QuantizedTensor):
         nonzeros = int(np.count_nonzero(values.dequantize()))

@@ -224,17 +224,23 @@ def quantize(
         scale = np.maximum(high, -low).astype(np.float32) / np.float32(qmax)  # max|w|
         scale = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
         q = _scaled(w, scale, None, axis, block_size)
-        return QuantizedTensor(_rounded(q, qmin, qmax, np.int8, w.shape, axis, block_size), scale, None, bits, axis, block_size)
+        return QuantizedTensor(
+            _rounded(q, qmin, qmax, np.int8, w.shape, axis, block_size), scale, None, bits, axis, block_size
+        )
     low = np.minimum(np.asarray(low, np.float32), 0).astype(np.float32)
     high = np.maximum(np.asarray(high, np.float32), 0).astype(np.float32)
     scale = ((high - low) / np.float32(qmax - qmin)).astype(np.float32)
     scale = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
     zero_point = np.clip(np.round(qmin - low / scale), qmin, qmax).astype(np.uint8)
     q = _scaled(w, scale, zero_point.astype(np.float32), axis, block_size)
-    return QuantizedTensor(_rounded(q, qmin, qmax, np.uint8, w.shape, axis, block_size), scale, zero_point, bits, axis, block_size)
+    return QuantizedTensor(
+        _rounded(q, qmin, qmax, np.uint8, w.shape, axis, block_size), scale, zero_point, bits, axis, block_size
+    )
 
 
-def _scaled(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int | None, block_size: int | None) -> np.ndarray:
+def _scaled(
+    w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int | None, block_size: int | None
+) -> np.ndarray:
     """``round(w / scale) (+ zero_point)`` in one float32 buffer (blocked layout when ``block_size``)."""
     grouped = _blocks(w, axis, block_size) if axis is not None and block_size else w
     q = np.divide(grouped, _param_view(scale, w.shape, axis, block_size))
@@ -244,7 +250,9 @@ def _scaled(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axi
     return q
 
 
-def _rounded(q: np.ndarray, qmin: int, qmax: int, dtype, shape: tuple[int, ...], axis: int | None, block_size: int | None) -> np.ndarray:
+def _rounded(
+    q: np.ndarray, qmin: int, qmax: int, dtype, shape: tuple[int, ...], axis: int | None, block_size: int | None
+) -> np.ndarray:
     np.clip(q, qmin, qmax, out=q)
     if axis is not None and block_size:
         q = _unblock(q, shape, axis)
@@ -304,23 +312,32 @@ def storage_chain(
         current = node("Mod", [current, init("modulus", np.array(2**qt.bits, np.int32))], "unpacked")
         if packed.size * per_byte != qt.values.size:
             current = node("Reshape", [current, init("flat_shape", np.array([-1], np.int64))], "flat")
-            current = node("Slice", [current, init("start", np.array([0], np.int64)), init("end", np.array([qt.values.size], np.int64))], "trimmed")
+            current = node(
+                "Slice",
+                [current, init("start", np.array([0], np.int64)), init("end", np.array([qt.values.size], np.int64))],
+                "trimmed",
+            )
         current = node("Reshape", [current, init("values_shape", np.array(qt.values.shape, np.int64))], "values")
         zero_point = qt.zero_point if qt.zero_point is not None else (np.array(offset, np.uint8) if offset else None)
     current = node("Cast", [current], "float", to=TensorProto.FLOAT)
+
     def expand_blocks(params: str, suffix: str) -> str:
         """Repeat each block's parameter block_size times along the axis (Reshape → Expand → Reshape → Slice)."""
         grouped = list(qt.scale.shape)
         axis, n = qt.axis, qt.values.shape[qt.axis]
         lifted = init(f"{suffix}_lifted_shape", np.array(grouped[: axis + 1] + [1] + grouped[axis + 1 :], np.int64))
-        spread = init(f"{suffix}_spread_shape", np.array(grouped[: axis + 1] + [qt.block_size] + grouped[axis + 1 :], np.int64))
+        spread = init(
+            f"{suffix}_spread_shape", np.array(grouped[: axis + 1] + [qt.block_size] + grouped[axis + 1 :], np.int64)
+        )
         merged = list(grouped)
         merged[axis] = grouped[axis] * qt.block_size
         out = node("Reshape", [params, lifted], f"{suffix}_lifted")
         out = node("Expand", [out, spread], f"{suffix}_spread")
         out = node("Reshape", [out, init(f"{suffix}_merged_shape", np.array(merged, np.int64))], f"{suffix}_repeated")
         if merged[axis] != n:
-            bounds = [init(f"{suffix}_{k}", np.array([v], np.int64)) for k, v in (("start", 0), ("end", n), ("axis", axis))]
+            bounds = [
+                init(f"{suffix}_{k}", np.array([v], np.int64)) for k, v in (("start", 0), ("end", n), ("axis", axis))
+            ]
             out = node("Slice", [out, *bounds], f"{suffix}_full")
         return out
 
@@ -343,7 +360,14 @@ def storage_chain(
         current = node("Reshape", [current, init("shape", np.array(shape, np.int64))], "reshaped")
         nodes.append(helper.make_node("Cast", [current], [output], name=unique_name(taken, f"{base}_cast"), to=dtype))
     elif last_shape:
-        nodes.append(helper.make_node("Reshape", [current, init("shape", np.array(shape, np.int64))], [output], name=unique_name(taken, f"{base}_reshape")))
+        nodes.append(
+            helper.make_node(
+                "Reshape",
+                [current, init("shape", np.array(shape, np.int64))],
+                [output],
+                name=unique_name(taken, f"{base}_reshape"),
+            )
+        )
     else:
         nodes.append(helper.make_node("Cast", [current], [output], name=unique_name(taken, f"{base}_cast"), to=dtype))
     return nodes, inits
@@ -366,7 +390,9 @@ _DQ_TYPES = {
 }
 
 
-def dequantize_linear(qt: QuantizedTensor, output: str, taken: set[str]) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+def dequantize_linear(
+    qt: QuantizedTensor, output: str, taken: set[str]
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """A DequantizeLinear node computing ``output`` from typed integer initializers (int8, int4, int2).
 
     Needs the opset :func:`required_opset` gives. Bits other than 8, 4 and 2 are stored in the next
@@ -387,7 +413,9 @@ def dequantize_linear(qt: QuantizedTensor, output: str, taken: set[str]) -> tupl
         attrs["axis"] = qt.axis
     if qt.block_size:
         attrs["block_size"] = qt.block_size
-    node = helper.make_node("DequantizeLinear", inputs, [output], name=unique_name(taken, f"{output}_DequantizeLinear"), **attrs)
+    node = helper.make_node(
+        "DequantizeLinear", inputs, [output], name=unique_name(taken, f"{output}_DequantizeLinear"), **attrs
+    )
     return [node], inits
 
 
@@ -453,7 +481,14 @@ def matmul_nbits(
     attrs = {"K": k, "N": n, "bits": qt.bits, "block_size": block}
     if accuracy_level:
         attrs["accuracy_level"] = accuracy_level
-    node = helper.make_node("MatMulNBits", inputs, [output], name=unique_name(taken, f"{output}_MatMulNBits"), domain="com.microsoft", **attrs)
+    node = helper.make_node(
+        "MatMulNBits",
+        inputs,
+        [output],
+        name=unique_name(taken, f"{output}_MatMulNBits"),
+        domain="com.microsoft",
+        **attrs,
+    )
     return [node], inits
 
 
@@ -482,10 +517,16 @@ def quantization_markers(model: onnx.ModelProto) -> list[str]:
                 markers.append(f"{prefix}{node.op_type} node {label!r}")
                 continue
             sources = [name for name in node.input if name]
-            if node.op_type == "Constant" or (sources and all(name in from_integers for name in sources) and not has_subgraph(node)):
+            if node.op_type == "Constant" or (
+                sources and all(name in from_integers for name in sources) and not has_subgraph(node)
+            ):
                 integer = any(from_integers[name] for name in sources)
                 target = next((a.i for a in node.attribute if a.name == "to"), None)
-                if node.op_type == "Cast" and integer and target in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+                if (
+                    node.op_type == "Cast"
+                    and integer
+                    and target in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+                ):
                     markers.append(f"integer weight cast to float by {label!r}")
                     integer = False  # one marker per chain
                 from_integers.update({out: integer for out in node.output})

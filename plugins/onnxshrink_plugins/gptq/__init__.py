@@ -11,7 +11,17 @@ import onnxshrink
 from onnxshrink import Method, Option, QuantizedTensor, SegmentRunner
 
 from ..quant.shape_only import shape_only_constants
-from ..shared.layers import RESHAPED_OPS, TABLE_INPUTS, WEIGHT_INPUTS, Layer, LinearView, find_layers, linear_view, matrix_view, output_cosine
+from ..shared.layers import (
+    RESHAPED_OPS,
+    TABLE_INPUTS,
+    WEIGHT_INPUTS,
+    Layer,
+    LinearView,
+    find_layers,
+    linear_view,
+    matrix_view,
+    output_cosine,
+)
 from .bias import add_bias
 from .core import Hessian, gptq, rtn
 
@@ -57,53 +67,75 @@ class Gptq(Method):
     options = (
         Option("bits", int, 4, "Weight bits (2 to 8).", min=2, max=8),
         Option(
-            "group_size", int, 32,
+            "group_size",
+            int,
+            32,
             "Inputs per scale along the reduction axis; 0: one scale per output channel.",
             min=0,
         ),
         Option(
-            "symmetric", bool, False,
+            "symmetric",
+            bool,
+            False,
             "Signed levels without zero points (false: unsigned with a zero point per group).",
         ),
         Option(
-            "algorithm", str, "gptq",
+            "algorithm",
+            str,
+            "gptq",
             "gptq (error compensation) or rtn (round to nearest on the same grid, for comparison).",
             choices=("gptq", "rtn"),
         ),
         Option(
-            "percdamp", float, 0.01,
+            "percdamp",
+            float,
+            0.01,
             "Damping added to the Hessian's diagonal, as a fraction of its mean.",
-            min=0.0, max=1.0, only_with={"algorithm": ("gptq",)},
+            min=0.0,
+            max=1.0,
+            only_with={"algorithm": ("gptq",)},
         ),
         Option("block", int, 128, "Columns per lazy update block.", min=1, only_with={"algorithm": ("gptq",)}),
         Option(
-            "act_order", bool, False,
+            "act_order",
+            bool,
+            False,
             "Quantize the most active inputs first (groups then use scales fixed from the original weights).",
             only_with={"algorithm": ("gptq",)},
         ),
         Option(
-            "bias_correction", bool, True,
+            "bias_correction",
+            bool,
+            True,
             "Fold each layer's mean output error on the calibration data into its bias.",
         ),
         Option(
-            "sequential", bool, True,
+            "sequential",
+            bool,
+            True,
             "Take each layer's inputs from the model with the earlier layers already quantized (false: from the "
             "float model).",
         ),
         Option(
-            "form", str, "packed",
+            "form",
+            str,
+            "packed",
             "packed (folded at load), smallest (packed or sparse per tensor), dequantize_linear (int4/int8 "
             "DequantizeLinear) or auto (DequantizeLinear for MatMul weights where the model's opset already allows "
             "it, packed elsewhere).",
             choices=FORMS,
         ),
         Option(
-            "opset_upgrade", bool, True,
+            "opset_upgrade",
+            bool,
+            True,
             "form=dequantize_linear: raise the opset when needed (21 for int4/blocks); false: packed instead.",
             only_with={"form": ("dequantize_linear",)},
         ),
         Option(
-            "op_types", list, list(OP_TYPES),
+            "op_types",
+            list,
+            list(OP_TYPES),
             "Op types whose weights are quantized (Gather tables, LSTM/GRU/RNN W and R, Einsum operands, Reshape "
             "data: rounded to nearest in groups, packed).",
             choices=OP_TYPES,
@@ -132,17 +164,23 @@ class Gptq(Method):
             return {"quantized_tensors": 0, "already_quantized": markers[:20], "layers": [], "left": []}
         unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
         if unknown:
-            raise onnxshrink.UsageError(f"plugin 'gptq': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
+            raise onnxshrink.UsageError(
+                f"plugin 'gptq': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model"
+            )
         feeds = _feeds(model, options, context)
         work = onnx.ModelProto()
         work.CopyFrom(model)
-        layers, left = find_layers(work, op_types=options.op_types, exclude=options.exclude or (), min_size=options.min_size)
+        layers, left = find_layers(
+            work, op_types=options.op_types, exclude=options.exclude or (), min_size=options.min_size
+        )
         # both models run forward piece by piece, next to each other: each layer's inputs are taken
         # when the run reaches them, and only the weights of the piece being run are in memory
         floats = context.segments(model, feeds)
         quantized = context.segments(work, feeds)
         done: list[tuple[str, QuantizedTensor, tuple[int, ...], dict]] = []
-        with context.progress(f"quantizing {len(layers)} layers", total=sum(layer.weight.nbytes for layer in layers), unit="B") as task:
+        with context.progress(
+            f"quantizing {len(layers)} layers", total=sum(layer.weight.nbytes for layer in layers), unit="B"
+        ) as task:
             for layer in layers:
                 qt, shape, row = _quantize_layer(layer, work, floats, quantized, options)
                 quantized.overrides[layer.name] = _dequantized(qt, shape)
@@ -167,7 +205,9 @@ def _feeds(model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshr
     if not feeds:
         raise onnxshrink.UsageError("plugin 'gptq': needs calibration data; pass --data (a .npz of model inputs)")
     if context.calibration_is_synthetic:
-        context.warn("gptq calibrated on synthetic (random) inputs; pass --data with real inputs, or it may do worse than round-to-nearest")
+        context.warn(
+            "gptq calibrated on synthetic (random) inputs; pass --data with real inputs, or it may do worse than round-to-nearest"
+        )
     return feeds
 
 
@@ -199,13 +239,19 @@ def _dequantized(qt: QuantizedTensor, shape: tuple[int, ...]):
     return lambda: qt.dequantize().reshape(shape)
 
 
-def _quantize_layer(layer: Layer, work, floats: SegmentRunner, quantized: SegmentRunner, options) -> tuple[QuantizedTensor, tuple[int, ...], dict]:
+def _quantize_layer(
+    layer: Layer, work, floats: SegmentRunner, quantized: SegmentRunner, options
+) -> tuple[QuantizedTensor, tuple[int, ...], dict]:
     bits, symmetric, group = options.bits, options.symmetric, options.group_size
     array = layer.weight.array().astype(np.float32)
     views, reason = _views(layer)
     row: dict[str, Any] = {**layer.describe()}
     in_subgraph = layer.weight.in_subgraph or any(u.graph is not work.graph for u in layer.uses)
-    observable_reason = "read inside an If/Loop/Scan subgraph: its inputs cannot be observed, so rounded to nearest" if in_subgraph else None
+    observable_reason = (
+        "read inside an If/Loop/Scan subgraph: its inputs cannot be observed, so rounded to nearest"
+        if in_subgraph
+        else None
+    )
     observable = observable_reason is None
     if layer.op_type in RESHAPED_OPS:
         array = array.reshape(matrix_view(layer.weight.shape, max(group, 32)))
@@ -213,21 +259,35 @@ def _quantize_layer(layer: Layer, work, floats: SegmentRunner, quantized: Segmen
         _, reduce_axis = onnxshrink.weight_axes(layer.uses[0], array.ndim)
         if group and array.shape[reduce_axis] >= group:
             qt = onnxshrink.quantize(array, bits, symmetric=symmetric, axis=reduce_axis, block_size=group)
-            row.update(algorithm="rtn", granularity=f"groups of {group}", reason=f"{layer.op_type} weight: no linear map to take a Hessian from, so rounded to nearest")
+            row.update(
+                algorithm="rtn",
+                granularity=f"groups of {group}",
+                reason=f"{layer.op_type} weight: no linear map to take a Hessian from, so rounded to nearest",
+            )
         else:
-            qt = onnxshrink.quantize(array, bits, symmetric=symmetric, axis=0 if layer.op_type in RESHAPED_OPS else layer.axis)
-            row.update(algorithm="rtn", granularity="per-channel", reason=f"{layer.op_type} weight: no linear map to take a Hessian from, so rounded to nearest per output channel")
+            qt = onnxshrink.quantize(
+                array, bits, symmetric=symmetric, axis=0 if layer.op_type in RESHAPED_OPS else layer.axis
+            )
+            row.update(
+                algorithm="rtn",
+                granularity="per-channel",
+                reason=f"{layer.op_type} weight: no linear map to take a Hessian from, so rounded to nearest per output channel",
+            )
         return qt, layer.weight.shape, row
     if not views:
         qt = onnxshrink.quantize(array, bits, symmetric=symmetric, axis=layer.axis)
-        row.update(algorithm="rtn", granularity="per-channel", reason=f"{reason}: rounded to nearest per output channel")
+        row.update(
+            algorithm="rtn", granularity="per-channel", reason=f"{reason}: rounded to nearest per output channel"
+        )
         return qt, layer.weight.shape, row
     w = views[0].matrix(array)
     if w.shape[1] < max(group, 1):
         group = 0
     if not observable:
         qt, shape = views[0].stored(rtn(w, bits, symmetric, group))
-        row.update(algorithm="rtn", granularity=f"groups of {group}" if group else "per-channel", reason=observable_reason)
+        row.update(
+            algorithm="rtn", granularity=f"groups of {group}" if group else "per-channel", reason=observable_reason
+        )
         return qt, shape, row
     names = sorted({v.activation for v in views})
     float_inputs = floats.values(names)  # taken even when unused, so both runs move forward together
@@ -244,7 +304,16 @@ def _quantize_layer(layer: Layer, work, floats: SegmentRunner, quantized: Segmen
         means_q.append(total / max(hessian.rows - before, 1))
     nearest = rtn(w, bits, symmetric, group)
     if options.algorithm == "gptq":
-        qt_oi = gptq(w, hessian.h, bits, symmetric=symmetric, group_size=group, percdamp=options.percdamp, block=options.block, act_order=options.act_order)
+        qt_oi = gptq(
+            w,
+            hessian.h,
+            bits,
+            symmetric=symmetric,
+            group_size=group,
+            percdamp=options.percdamp,
+            block=options.block,
+            act_order=options.act_order,
+        )
     else:
         qt_oi = nearest
     qt, shape = views[0].stored(qt_oi)
@@ -260,7 +329,9 @@ def _quantize_layer(layer: Layer, work, floats: SegmentRunner, quantized: Segmen
     return qt, shape, row
 
 
-def _correct_bias(layer: Layer, views: list[LinearView], w, qt_oi, means_q, work, floats: dict[str, list[np.ndarray]]) -> list[dict]:
+def _correct_bias(
+    layer: Layer, views: list[LinearView], w, qt_oi, means_q, work, floats: dict[str, list[np.ndarray]]
+) -> list[dict]:
     """Subtract each use's mean output error (quantized model vs float model, calibration data)."""
     wq = qt_oi.dequantize().astype(np.float64)
     out = []
@@ -268,7 +339,9 @@ def _correct_bias(layer: Layer, views: list[LinearView], w, qt_oi, means_q, work
         mean_f = _mean_rows(view, floats[view.activation])
         delta = view.scale * (mean_q @ wq.T - mean_f @ np.asarray(w, np.float64).T)
         how = add_bias(work, use, -delta.astype(np.float32), layer.weight.dtype)
-        out.append({"node": use.node.name or use.node.output[0], "into": how, "mean_abs_shift": float(np.mean(np.abs(delta)))})
+        out.append(
+            {"node": use.node.name or use.node.output[0], "into": how, "mean_abs_shift": float(np.mean(np.abs(delta)))}
+        )
     return out
 
 
@@ -281,13 +354,17 @@ def _store(work: onnx.ModelProto, done, options, context) -> list[onnxshrink.Sto
         try:
             work.CopyFrom(onnxshrink.upgrade_opset(work, PACKED_OPSET))
         except ValueError as exc:
-            raise onnxshrink.UsageError(f"plugin 'gptq': the packed form needs opset {PACKED_OPSET} and {exc}") from None
+            raise onnxshrink.UsageError(
+                f"plugin 'gptq': the packed form needs opset {PACKED_OPSET} and {exc}"
+            ) from None
     if form == "dequantize_linear" and done:
         needed = max(onnxshrink.required_opset(qt) for _, qt, _, _ in done)
         have = onnxshrink.model_opset(work)
         if have < needed:
             if not options.opset_upgrade:
-                context.warn(f"form=dequantize_linear needs opset {needed} (the model has {have}) and opset_upgrade=false: packed form used")
+                context.warn(
+                    f"form=dequantize_linear needs opset {needed} (the model has {have}) and opset_upgrade=false: packed form used"
+                )
                 form = "packed"
             else:
                 try:

@@ -71,7 +71,9 @@ def _conv_rank(node: onnx.NodeProto) -> int:
     return len(kernel) if kernel else 2
 
 
-def _new_input(model: onnx.ModelProto, graph: onnx.GraphProto, node: onnx.NodeProto, index: int, values: np.ndarray, suffix: str) -> None:
+def _new_input(
+    model: onnx.ModelProto, graph: onnx.GraphProto, node: onnx.NodeProto, index: int, values: np.ndarray, suffix: str
+) -> None:
     name = onnxshrink.unique_name(onnxshrink.all_names(model), f"{node.name or node.output[0]}_{suffix}")
     graph.initializer.append(numpy_helper.from_array(values, name))
     while len(node.input) <= index:
@@ -87,5 +89,10 @@ def _add_after(model: onnx.ModelProto, graph: onnx.GraphProto, node: onnx.NodePr
     node.output[0] = raw
     graph.initializer.append(numpy_helper.from_array(values, bias))
     position = next(i for i, n in enumerate(graph.node) if n is node) + 1
-    graph.node.insert(position, helper.make_node("Add", [raw, bias], [output], name=onnxshrink.unique_name(taken, f"{output}_bias_correction_add")))
+    graph.node.insert(
+        position,
+        helper.make_node(
+            "Add", [raw, bias], [output], name=onnxshrink.unique_name(taken, f"{output}_bias_correction_add")
+        ),
+    )
     return "new Add"

@@ -144,7 +144,9 @@ def gptq(
             column = start + i
             group = order[column] // group_size if group_size else 0
             if not static and column % group_size == 0:
-                scales[:, group], zp = _row_params(np.asarray(w1[:, i : i + group_size], dtype=np.float32), bits, symmetric)
+                scales[:, group], zp = _row_params(
+                    np.asarray(w1[:, i : i + group_size], dtype=np.float32), bits, symmetric
+                )
                 if zeros is not None:
                     zeros[:, group] = zp
             scale = scales[:, group].astype(np.float32)

@@ -30,9 +30,15 @@ def split_feeds(feeds: list[dict[str, np.ndarray]]) -> tuple[list, list]:
     return feeds[:rank], feeds[rank:][:JUDGE_FEEDS]
 
 
-def prune_to_budget(model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context, op_inputs) -> dict[str, Any]:
+def prune_to_budget(
+    model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context, op_inputs
+) -> dict[str, Any]:
     budget, store = options.budget, options.store or "auto"
-    head: dict[str, Any] = {"mode": "budget", "budget": budget, "criterion": "worst per-feed cosine over the outputs (and the logits before a final Softmax/Sigmoid)"}
+    head: dict[str, Any] = {
+        "mode": "budget",
+        "budget": budget,
+        "criterion": "worst per-feed cosine over the outputs (and the logits before a final Softmax/Sigmoid)",
+    }
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise onnxshrink.UsageError(
             f"plugin {context.plugin or 'weight_prune'!r}: pruning to a budget runs the model with swapped weights in memory, "
@@ -57,19 +63,33 @@ def prune_to_budget(model: onnx.ModelProto, options: onnxshrink.Options, context
             level = _smallest_storable_level(model, candidate)
             if level is None:
                 candidates.remove(candidate)
-                skipped.append({"name": candidate.name, "reason": f"the bitmask form would not be smaller even at sparsity {LEVELS[-1]}"})
+                skipped.append(
+                    {
+                        "name": candidate.name,
+                        "reason": f"the bitmask form would not be smaller even at sparsity {LEVELS[-1]}",
+                    }
+                )
             candidate.min_level = level or 0.0
     head["skipped"] = skipped
     if not candidates:
         _undo_upgrade(model, original, head)
         context.warn("no weight tensor can be pruned to a smaller file (see 'skipped'); the model is unchanged")
-        return {**head, "stopped": "no prunable tensor", "pruned_tensors": 0, "sparsity": 0.0, "bytes_saved": 0, "tensors": []}
+        return {
+            **head,
+            "stopped": "no prunable tensor",
+            "pruned_tensors": 0,
+            "sparsity": 0.0,
+            "bytes_saved": 0,
+            "tensors": [],
+        }
 
     feeds = list(context.calibration_feeds())
     if not feeds:
         feeds = synthetic_feeds(model, context.rng, SYNTHETIC_FEEDS)
     if context.calibration_is_synthetic or not context.calibration_feeds():
-        context.warn("the budget is judged on synthetic random inputs (no --data): pass --data with real inputs for a budget that means something")
+        context.warn(
+            "the budget is judged on synthetic random inputs (no --data): pass --data with real inputs for a budget that means something"
+        )
     rank, judge = split_feeds(feeds)
     if rank is judge:
         context.warn("only one calibration feed: sensitivity and the budget are judged on the same feed")
@@ -79,7 +99,9 @@ def prune_to_budget(model: onnx.ModelProto, options: onnxshrink.Options, context
     probes = len(candidates) * len(PROBES)
     with context.progress(f"sensitivity of {len(candidates)} tensors on {len(rank)} feeds", total=probes) as task:
         measure_sensitivity(candidates, session, rank, lambda: task.advance())
-    with context.progress(f"searching the budget on {len(judge)} held-back feeds", total=QUICK_RUNS + MAX_ROUNDS) as task:
+    with context.progress(
+        f"searching the budget on {len(judge)} held-back feeds", total=QUICK_RUNS + MAX_ROUNDS
+    ) as task:
         found = search_budget(candidates, session, judge, budget, lambda: task.advance())
     levels, stopped = found.levels, found.stopped
     context.log(f"stopped: {stopped}")
@@ -96,7 +118,13 @@ def prune_to_budget(model: onnx.ModelProto, options: onnxshrink.Options, context
         if store == "auto":  # zeros that would stay dense cost fidelity and save nothing: leave the tensor whole
             size, dense = sparse_bytes(model, candidate.weight, pruned), candidate.weight.proto.ByteSize()
             if size >= dense:
-                undone.append({"tensor": candidate.name, "sparsity": level, "reason": f"bitmask form {size} B >= dense {dense} B: left unpruned"})
+                undone.append(
+                    {
+                        "tensor": candidate.name,
+                        "sparsity": level,
+                        "reason": f"bitmask form {size} B >= dense {dense} B: left unpruned",
+                    }
+                )
                 levels[index] = 0.0
                 continue
         candidate.weight.set_array(pruned)
@@ -160,7 +188,9 @@ def _undo_upgrade(model: onnx.ModelProto, original: onnx.ModelProto | None, head
         head["opset_upgraded"] += " (undone: nothing pruned)"
 
 
-def _scan(model: onnx.ModelProto, op_inputs, min_size: int, store: str, ignore_opset: bool = False) -> tuple[list, list[dict]]:
+def _scan(
+    model: onnx.ModelProto, op_inputs, min_size: int, store: str, ignore_opset: bool = False
+) -> tuple[list, list[dict]]:
     """(weights to prune, skipped with reasons)."""
     weights, skipped = [], []
     for weight in onnxshrink.weight_tensors(model, op_inputs):
@@ -172,7 +202,9 @@ def _scan(model: onnx.ModelProto, op_inputs, min_size: int, store: str, ignore_o
     return weights, skipped
 
 
-def _skip_reason(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, min_size: int, store: str, ignore_opset: bool = False) -> str | None:
+def _skip_reason(
+    model: onnx.ModelProto, weight: onnxshrink.WeightTensor, min_size: int, store: str, ignore_opset: bool = False
+) -> str | None:
     if len(weight.shape) < 2:
         return "1-D tensor (bias-like)"
     if weight.size < min_size:
@@ -184,8 +216,9 @@ def _skip_reason(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, min_si
     if store != "dense":
         blocker = sparse_blocker(model, weight, ignore_opset)
         if blocker:
-            return f"cannot be stored sparse ({blocker}); zeros would not shrink the file (store=dense prunes it anyway)"
+            return (
+                f"cannot be stored sparse ({blocker}); zeros would not shrink the file (store=dense prunes it anyway)"
+            )
     if not np.all(np.isfinite(weight.array())):
         return "holds NaN or Inf"
     return None
-

@@ -77,7 +77,9 @@ def removed_energy(values: np.ndarray, sparsities: Sequence[float]) -> dict[floa
     return {s: (float(cumulative[int(round(s * squares.size))]) / total if total else 0.0) for s in sparsities}
 
 
-def measure_sensitivity(candidates: list[Candidate], session: SwappableSession, feeds, advance: Callable[[], None]) -> None:
+def measure_sensitivity(
+    candidates: list[Candidate], session: SwappableSession, feeds, advance: Callable[[], None]
+) -> None:
     for candidate in candidates:
         candidate.removed_energy = removed_energy(candidate.values, sorted(set(LEVELS) | set(PROBES)))
         for probe in PROBES:
@@ -134,8 +136,17 @@ def _all_reached(frozen: dict) -> str:
     return f"every tensor reached the largest sparsity tried ({LEVELS[-1]}) within the budget"
 
 
-def _bisect(measure_at: Callable[[int], float], budget: float, lo: int, lo_cos: float, hi: int, hi_cos: float | None,
-            k: int, tried: int, jump_to: int | None = None) -> tuple[int, float, int, float | None, int]:
+def _bisect(
+    measure_at: Callable[[int], float],
+    budget: float,
+    lo: int,
+    lo_cos: float,
+    hi: int,
+    hi_cos: float | None,
+    k: int,
+    tried: int,
+    jump_to: int | None = None,
+) -> tuple[int, float, int, float | None, int]:
     """Narrow ``lo`` (meets the budget) and ``hi`` (does not) by measuring prefix ``k`` first, then midpoints,
     within QUICK_RUNS measurements in all; ``jump_to``: the second probe when the first one passed
     (try the whole order before halving). Returns ``(lo, lo_cos, hi, hi_cos, tried)``."""
@@ -152,7 +163,9 @@ def _bisect(measure_at: Callable[[int], float], budget: float, lo: int, lo_cos: 
     return lo, lo_cos, hi, hi_cos, tried
 
 
-def search_budget(candidates: list[Candidate], session: SwappableSession, judge, budget: float, advance: Callable[[], None]) -> Search:
+def search_budget(
+    candidates: list[Candidate], session: SwappableSession, judge, budget: float, advance: Callable[[], None]
+) -> Search:
     """Rounds of: order the remaining steps, bisect the longest prefix that keeps the worst cosine >=
     ``budget`` on the first QUICK_FEEDS judging feeds, confirm it on all of them (halving the prefix
     while it fails), then freeze the tensor whose step broke the budget and go on with the others."""
@@ -175,17 +188,36 @@ def search_budget(candidates: list[Candidate], session: SwappableSession, judge,
         base = sum(c.predicted_drop(s) for c, s in zip(candidates, levels) if s > 0)
         predicted = [base]
         for k in range(1, len(steps) + 1):
-            predicted.append(sum(c.predicted_drop(s) for c, s in zip(candidates, levels_after(levels, steps, k)) if s > 0))
+            predicted.append(
+                sum(c.predicted_drop(s) for c, s in zip(candidates, levels_after(levels, steps, k)) if s > 0)
+            )
         k = max(1, max(j for j, p in enumerate(predicted) if p <= max(1.0 - budget, base)))
-        lo, lo_cos, hi, hi_cos, tried = _bisect(lambda j: measure(levels_after(levels, steps, j), quick), budget,
-                                                0, cosine, len(steps) + 1, None, k, tried, jump_to=len(steps))
+        lo, lo_cos, hi, hi_cos, tried = _bisect(
+            lambda j: measure(levels_after(levels, steps, j), quick),
+            budget,
+            0,
+            cosine,
+            len(steps) + 1,
+            None,
+            k,
+            tried,
+            jump_to=len(steps),
+        )
         if lo > 0 and len(judge) > len(quick):  # confirm on every judging feed; bisect on all of them if it fails
             value = measure(levels_after(levels, steps, lo), judge)
             if value >= budget:
                 lo_cos = value
             else:
-                lo, lo_cos, hi, hi_cos, tried = _bisect(lambda j: measure(levels_after(levels, steps, j), judge), budget,
-                                                        0, lo_cos, lo, value, lo // 2, tried)
+                lo, lo_cos, hi, hi_cos, tried = _bisect(
+                    lambda j: measure(levels_after(levels, steps, j), judge),
+                    budget,
+                    0,
+                    lo_cos,
+                    lo,
+                    value,
+                    lo // 2,
+                    tried,
+                )
         levels, cosine = levels_after(levels, steps, lo), (lo_cos if lo > 0 else cosine)
         if hi > len(steps):
             stopped = _all_reached(frozen)
@@ -194,9 +226,13 @@ def search_budget(candidates: list[Candidate], session: SwappableSession, judge,
             stopped = f"bisection runs ({QUICK_RUNS}) used up: {lo} of {len(steps)} further steps kept; {hi} steps gave worst per-feed cosine {hi_cos:.4f} < {budget}"
             break
         i, target = steps[lo]
-        frozen[i] = {"tensor": candidates[i].name, "kept_sparsity": levels[i], "failed_sparsity": target, "worst_cosine": round(hi_cos, 6)}
+        frozen[i] = {
+            "tensor": candidates[i].name,
+            "kept_sparsity": levels[i],
+            "failed_sparsity": target,
+            "worst_cosine": round(hi_cos, 6),
+        }
         stopped = f"budget: {candidates[i].name} to sparsity {target} gave worst per-feed cosine {hi_cos:.4f} < {budget} (last of {len(frozen)} tensors stopped this way)"
     else:
         stopped += f"; search rounds ({MAX_ROUNDS}) used up"
     return Search(levels, cosine, list(frozen.values()), runs, stopped)
-

@@ -106,7 +106,9 @@ class SwappableSession:
         self.runs = 0
         self._references: dict[int, list[list[np.ndarray]]] = {}
 
-    def run(self, feeds: Sequence[Mapping[str, np.ndarray]], overrides: Mapping[str, np.ndarray] | None = None) -> list[list[np.ndarray]]:
+    def run(
+        self, feeds: Sequence[Mapping[str, np.ndarray]], overrides: Mapping[str, np.ndarray] | None = None
+    ) -> list[list[np.ndarray]]:
         self.runs += 1
         return [self.session.run(None, {**feed, **(overrides or {})}) for feed in feeds]
 

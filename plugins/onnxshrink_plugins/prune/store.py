@@ -25,7 +25,14 @@ def sparse_blocker(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, igno
 
 def sparse_bytes(model: onnx.ModelProto, weight: onnxshrink.WeightTensor, values: np.ndarray) -> int:
     """Bytes the bitmask form of ``values`` adds to the file: its initializers and its decoder nodes."""
-    _, nodes, inits = onnxshrink.weight_chain(values, weight.name, onnxshrink.all_names(model), form="sparse", dtype=weight.dtype, opset=onnxshrink.model_opset(model))
+    _, nodes, inits = onnxshrink.weight_chain(
+        values,
+        weight.name,
+        onnxshrink.all_names(model),
+        form="sparse",
+        dtype=weight.dtype,
+        opset=onnxshrink.model_opset(model),
+    )
     return sum(t.ByteSize() for t in inits) + sum(n.ByteSize() for n in nodes)
 
 

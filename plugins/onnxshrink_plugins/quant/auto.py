@@ -79,7 +79,19 @@ def choose(
         digest = hashlib.sha256(built.model.SerializeToString(deterministic=True)).hexdigest()
         if digest in digests and digests[digest]["judged_on_feeds"] == len(judge_feeds):
             twin = digests[digest]
-            row.update({k: twin[k] for k in ("bytes", "size_ratio", "cosine", "worst_cosine_per_output", "top1_agreement", "latency_ratio")})
+            row.update(
+                {
+                    k: twin[k]
+                    for k in (
+                        "bytes",
+                        "size_ratio",
+                        "cosine",
+                        "worst_cosine_per_output",
+                        "top1_agreement",
+                        "latency_ratio",
+                    )
+                }
+            )
             row["note"] = f"same model as mode={twin['mode']}"
         else:
             candidate_outputs = outputs(built.model, judge_feeds)
@@ -109,7 +121,16 @@ def choose(
         row: dict = {"mode": mode}
         try:
             if sensitivity:
-                mixed = mixed_precision(model, candidate, feeds, reference, target, calibrated, advance, check=check_only if mode == "static" else every)
+                mixed = mixed_precision(
+                    model,
+                    candidate,
+                    feeds,
+                    reference,
+                    target,
+                    calibrated,
+                    advance,
+                    check=check_only if mode == "static" else every,
+                )
                 built = mixed.built
                 row["kept_float"] = mixed.kept_float
             else:
@@ -130,7 +151,9 @@ def choose(
             try:
                 if table is None:
                     table = layer_table(model, storage, feeds, reference, calibrated, advance)
-                mixed = mixed_precision(model, storage, feeds, reference, target, calibrated, advance, check=every, wider=wider, table=table)
+                mixed = mixed_precision(
+                    model, storage, feeds, reference, target, calibrated, advance, check=every, wider=wider, table=table
+                )
                 row["kept_" + ("wider" if wider else "float")] = mixed.kept_float
                 if wider:
                     row["kept_as"] = kept_as
@@ -147,13 +170,18 @@ def choose(
     if not good:
         report["winner"] = None
         misses = "; ".join(f"{r['mode']}: {_miss(r, target, tolerance)}" for r in rows)
-        report["why"] = f"no representation met the target (smaller than float, worst per-feed cosine ≥ {target} on held-back feeds, latency ≤ {1 + tolerance:.2f}x float), the model is left float: {misses}"
+        report["why"] = (
+            f"no representation met the target (smaller than float, worst per-feed cosine ≥ {target} on held-back feeds, latency ≤ {1 + tolerance:.2f}x float), the model is left float: {misses}"
+        )
         return Choice(None, None, report)
     if prefer == "speed":
         fastest = min(r["latency_ratio"] for r in good)
         close = [r for r in good if r["latency_ratio"] <= fastest + tolerance]  # within timing noise
         winner = min(close, key=lambda r: (r["bytes"], _rank(r["mode"])))
-        why = _describe(winner, target, tolerance) + f"; the smallest of the fastest candidates (within {tolerance:.2f}x of {fastest:.2f}x, prefer=speed)"
+        why = (
+            _describe(winner, target, tolerance)
+            + f"; the smallest of the fastest candidates (within {tolerance:.2f}x of {fastest:.2f}x, prefer=speed)"
+        )
     else:
         smallest = min(r["bytes"] for r in good)
         tied = sorted((r for r in good if r["bytes"] <= smallest * (1 + SIZE_TIE)), key=lambda r: _rank(r["mode"]))
@@ -162,14 +190,20 @@ def choose(
         # confirmed by timing the two against each other
         winner = simplest
         if fastest["latency_ratio"] < simplest["latency_ratio"] - tolerance:
-            head_to_head = latency_ratio(builds[simplest["mode"]].model, builds[fastest["mode"]].model, every[0][0], rounds=15)
+            head_to_head = latency_ratio(
+                builds[simplest["mode"]].model, builds[fastest["mode"]].model, every[0][0], rounds=15
+            )
             fastest["versus_" + simplest["mode"]] = round(head_to_head, 4)
             if head_to_head < 1 - tolerance:
                 winner = fastest
         why = _describe(winner, target, tolerance)
         if len(tied) > 1:
             others = ", ".join(f"{r['mode']} {r['latency_ratio']:.2f}x" for r in tied if r is not winner)
-            how = "the fastest (confirmed head to head)" if winner is not simplest else f"the simplest (none confirmed faster by more than {tolerance:.2f}x)"
+            how = (
+                "the fastest (confirmed head to head)"
+                if winner is not simplest
+                else f"the simplest (none confirmed faster by more than {tolerance:.2f}x)"
+            )
             why += f"; {how} of the candidates within {SIZE_TIE:.0%} of the smallest size ({others})"
         else:
             why += "; the smallest candidate that meets the target"
@@ -220,7 +254,9 @@ def _describe(row: dict, target: float, tolerance: float) -> str:
     return text
 
 
-def _latency(baseline: onnx.ModelProto, candidate: onnx.ModelProto, feed: dict[str, np.ndarray], tolerance: float) -> float:
+def _latency(
+    baseline: onnx.ModelProto, candidate: onnx.ModelProto, feed: dict[str, np.ndarray], tolerance: float
+) -> float:
     """Interleaved ratio; a result just over the limit is measured again, longer, and that one counts."""
     ratio = latency_ratio(baseline, candidate, feed)
     if 1 + tolerance < ratio <= 1 + 3 * tolerance:

@@ -114,7 +114,9 @@ def _dq_opset(scheme: Scheme) -> int:
     return 13 if scheme.per_channel else 10
 
 
-def _ensure_opset(model: onnx.ModelProto, needed: int, settings: Settings, why: str, notes: list[str]) -> tuple[onnx.ModelProto, bool]:
+def _ensure_opset(
+    model: onnx.ModelProto, needed: int, settings: Settings, why: str, notes: list[str]
+) -> tuple[onnx.ModelProto, bool]:
     """``model`` at opset ``needed`` or higher (upgraded when allowed), and whether that worked."""
     current = onnxshrink.model_opset(model)
     if current >= needed:
@@ -131,7 +133,13 @@ def _ensure_opset(model: onnx.ModelProto, needed: int, settings: Settings, why: 
     return upgraded, True
 
 
-def _build_weight_forms(work: onnx.ModelProto, settings: Settings, keep_float: tuple[str, ...], unfused: frozenset[str] = frozenset(), progress: Progress | None = None) -> Built:
+def _build_weight_forms(
+    work: onnx.ModelProto,
+    settings: Settings,
+    keep_float: tuple[str, ...],
+    unfused: frozenset[str] = frozenset(),
+    progress: Progress | None = None,
+) -> Built:
     """Storage, weights or dynamic: each target in the mode's own form where that runs well, else storage.
 
     With ``weights_format=dequantize_linear``, a DequantizeLinear that onnxruntime does not fuse after
@@ -151,7 +159,9 @@ def _build_weight_forms(work: onnx.ModelProto, settings: Settings, keep_float: t
     if settings.mode == "weights":
         wanted = [t for t in plan.targets if _weights_form(t, settings, scheme, unfused)[0] == "dequantize_linear"]
         if wanted:
-            upgraded, ok = _ensure_opset(work, _dq_opset(scheme), settings, f"{scheme.bits}-bit DequantizeLinear ({_granularity(scheme)})", notes)
+            upgraded, ok = _ensure_opset(
+                work, _dq_opset(scheme), settings, f"{scheme.bits}-bit DequantizeLinear ({_granularity(scheme)})", notes
+            )
             if ok and upgraded is not work:
                 work = upgraded
                 plan = _plan(work, settings, keep_float)
@@ -161,7 +171,9 @@ def _build_weight_forms(work: onnx.ModelProto, settings: Settings, keep_float: t
             elif not ok:
                 dq_scheme = None
     elif settings.mode == "dynamic":
-        work, special_ok = _ensure_opset(work, 10, settings, "dynamic int8 (DynamicQuantizeLinear, MatMulInteger)", notes)
+        work, special_ok = _ensure_opset(
+            work, 10, settings, "dynamic int8 (DynamicQuantizeLinear, MatMulInteger)", notes
+        )
         plan = _plan(work, settings, keep_float)
     taken = onnxshrink.all_names(work)
     quantized, left = [], list(plan.left)
@@ -169,7 +181,14 @@ def _build_weight_forms(work: onnx.ModelProto, settings: Settings, keep_float: t
     with (progress or _no_progress)(sum(sizes)) as task:
         for target, size in zip(plan.targets, sizes):
             if scheme.bits == 16 and float16_reason(target):
-                left.append({"tensor": target.weight.name, "layers": target.layers, "shape": list(target.weight.shape), "reason": f"kept float: {float16_reason(target)}"})
+                left.append(
+                    {
+                        "tensor": target.weight.name,
+                        "layers": target.layers,
+                        "shape": list(target.weight.shape),
+                        "reason": f"kept float: {float16_reason(target)}",
+                    }
+                )
                 task.advance(size)
                 continue
             form, reason = _form(target, settings, dq_scheme, special_ok, unfused)
@@ -180,10 +199,21 @@ def _build_weight_forms(work: onnx.ModelProto, settings: Settings, keep_float: t
             elif form == "dynamic":
                 quantized.append(write_dynamic(work, target, scheme, taken, reduce_range=settings.static.reduce_range))
             elif storage_ok:
-                quantized.append(write_storage(work, target, scheme, taken, note=f"stored with the folded chain: {reason}" if reason else ""))
+                quantized.append(
+                    write_storage(
+                        work, target, scheme, taken, note=f"stored with the folded chain: {reason}" if reason else ""
+                    )
+                )
             else:
                 why = f"{scheme.bits}-bit storage needs opset {storage_opset} (the model has {onnxshrink.model_opset(work)})"
-                left.append({"tensor": target.weight.name, "layers": target.layers, "shape": list(target.weight.shape), "reason": why})
+                left.append(
+                    {
+                        "tensor": target.weight.name,
+                        "layers": target.layers,
+                        "shape": list(target.weight.shape),
+                        "reason": why,
+                    }
+                )
             task.advance(size)
     if _dq_format(settings) and not unfused:
         missed = _unfused_dequantize(work, quantized)
@@ -201,7 +231,9 @@ def _build_wider(work: onnx.ModelProto, settings: Settings, kept: tuple[str, ...
         item["kept_wider"] = True
     second = _build_weight_forms(first.model, settings, ())
     kept_float = [item for item in first.left if item.get("reason") != "kept float by the sensitivity search"]
-    return Built(second.model, first.quantized + second.quantized, kept_float + second.left, first.notes + second.notes, {})
+    return Built(
+        second.model, first.quantized + second.quantized, kept_float + second.left, first.notes + second.notes, {}
+    )
 
 
 def _dq_format(settings: Settings) -> bool:
@@ -225,12 +257,17 @@ def _weights_form(target, settings: Settings, scheme: Scheme | None, unfused: fr
     if scheme is None:
         return "storage", "DequantizeLinear at these bits needs a newer opset"
     if target.weight.name in unfused:
-        return "storage", "onnxruntime did not fuse its DequantizeLinear (it fused the Gemm with the next activation first)"
+        return (
+            "storage",
+            "onnxruntime did not fuse its DequantizeLinear (it fused the Gemm with the next activation first)",
+        )
     reason = dequantize_linear_reason(target, scheme, settings.dq_conv)
     return ("storage", reason) if reason else ("dequantize_linear", "")
 
 
-def _form(target, settings: Settings, dq_scheme: Scheme | None, special_ok: bool, unfused: frozenset[str]) -> tuple[str, str]:
+def _form(
+    target, settings: Settings, dq_scheme: Scheme | None, special_ok: bool, unfused: frozenset[str]
+) -> tuple[str, str]:
     """(form, why the storage form) for ``target`` in the mode being built."""
     if settings.mode == "weights":
         return _weights_form(target, settings, dq_scheme, unfused)
@@ -244,28 +281,42 @@ def _form(target, settings: Settings, dq_scheme: Scheme | None, special_ok: bool
 
 def _unfused_dequantize(model: onnx.ModelProto, quantized: list[dict]) -> set[str]:
     """MatMul/Gemm weights whose DequantizeLinear is still in the graph onnxruntime runs."""
-    wanted = {item["tensor"] for item in quantized if item["form"] == "dequantize_linear" and item["op_types"] != ["Conv"]}
+    wanted = {
+        item["tensor"] for item in quantized if item["form"] == "dequantize_linear" and item["op_types"] != ["Conv"]
+    }
     if not wanted:
         return set()
     try:
         optimized = session_graph(model)
     except Exception:  # noqa: BLE001 - e.g. over 2 GB: the fusion check is skipped, the forms stay as built
         return set()
-    left = {out for g, _ in onnxshrink.iter_graphs(optimized.graph) for n in g.node if n.op_type == "DequantizeLinear" for out in n.output}
+    left = {
+        out
+        for g, _ in onnxshrink.iter_graphs(optimized.graph)
+        for n in g.node
+        if n.op_type == "DequantizeLinear"
+        for out in n.output
+    }
     return wanted & left
 
 
-def _build_static(work: onnx.ModelProto, settings: Settings, keep_float: tuple[str, ...], calibrated: static_qdq.Calibrated | None) -> Built:
+def _build_static(
+    work: onnx.ModelProto, settings: Settings, keep_float: tuple[str, ...], calibrated: static_qdq.Calibrated | None
+) -> Built:
     notes: list[str] = []
     if any(t.data_type == TensorProto.FLOAT16 for t in onnxshrink.iter_tensors(work.graph)):
-        notes.append("float16 model: static QDQ needs float32 activations; weights stored with the folded chain instead")
+        notes.append(
+            "float16 model: static QDQ needs float32 activations; weights stored with the folded chain instead"
+        )
         storage = replace(settings, mode="storage")
         built = _build_weight_forms(work, storage, keep_float)
         built.notes[:0] = notes
         return built
     if calibrated is None:
         raise ValueError("static mode needs a calibrated model")
-    qdq = static_qdq.quantize_calibrated(calibrated, settings.static, exclude_nodes=_excluded_labels(calibrated.model, settings, keep_float))
+    qdq = static_qdq.quantize_calibrated(
+        calibrated, settings.static, exclude_nodes=_excluded_labels(calibrated.model, settings, keep_float)
+    )
     notes.extend(calibrated.notes)
     quantized = static_qdq.qdq_weights(qdq)
     # What the QDQ pass left float (If/Loop branches, ops it skips) still shrinks with the folded chain.
@@ -275,8 +326,14 @@ def _build_static(work: onnx.ModelProto, settings: Settings, keep_float: tuple[s
     for label, why in calibrated.unsafe_nodes.items():
         left.append({"node": label, "reason": why})
     for target in plan.targets:
-        why = "in an If/Loop branch, which onnxruntime's QDQ quantizer does not reach" if target.weight.in_subgraph else _unsafe_reason(target, calibrated) or "left float by onnxruntime's QDQ quantizer"
-        quantized.append(write_storage(qdq, target, settings.scheme, taken, note=f"stored with the folded chain: {why}"))
+        why = (
+            "in an If/Loop branch, which onnxruntime's QDQ quantizer does not reach"
+            if target.weight.in_subgraph
+            else _unsafe_reason(target, calibrated) or "left float by onnxruntime's QDQ quantizer"
+        )
+        quantized.append(
+            write_storage(qdq, target, settings.scheme, taken, note=f"stored with the folded chain: {why}")
+        )
     return Built(qdq, quantized, left, notes, {})
 
 

@@ -27,7 +27,9 @@ def dynamic_reason(target: Target) -> str | None:
     return reason
 
 
-def write_dynamic(model: onnx.ModelProto, target: Target, scheme: Scheme, taken: set[str], *, reduce_range: bool = False) -> dict:
+def write_dynamic(
+    model: onnx.ModelProto, target: Target, scheme: Scheme, taken: set[str], *, reduce_range: bool = False
+) -> dict:
     """Store the weight as (K, N) int8 and rewrite every reader into the dynamic int8 pattern.
 
     ``reduce_range``: 7-bit values (±63), so that onnxruntime's uint8 x int8 kernels on x86 CPUs
@@ -36,7 +38,9 @@ def write_dynamic(model: onnx.ModelProto, target: Target, scheme: Scheme, taken:
     transposed, _ = matmul_layout(target)
     original = weight.array()
     matrix = (original.T if transposed else original).astype(np.float32)
-    qt = onnxshrink.quantize(matrix, 7 if reduce_range else 8, symmetric=scheme.symmetric, axis=1 if scheme.per_channel else None)
+    qt = onnxshrink.quantize(
+        matrix, 7 if reduce_range else 8, symmetric=scheme.symmetric, axis=1 if scheme.per_channel else None
+    )
     base = weight.name
     names = {key: onnxshrink.unique_name(taken, f"{base}_{key}") for key in ("quantized", "scale", "zero_point")}
     zero_point = qt.zero_point if qt.zero_point is not None else np.zeros(qt.scale.shape, np.int8)
@@ -66,7 +70,9 @@ def _pattern(node: onnx.NodeProto, names: dict[str, str], taken: set[str]) -> li
     nodes = [
         helper.make_node("DynamicQuantizeLinear", [node.input[0]], [xq, xs, xz], name=fresh("DynamicQuantizeLinear")),
         helper.make_node("Mul", [xs, names["scale"]], [scale], name=fresh("scale_Mul")),
-        helper.make_node("MatMulInteger", [xq, names["quantized"], xz, names["zero_point"]], [acc], name=fresh("MatMulInteger")),
+        helper.make_node(
+            "MatMulInteger", [xq, names["quantized"], xz, names["zero_point"]], [acc], name=fresh("MatMulInteger")
+        ),
         helper.make_node("Cast", [acc], [acc_f], name=fresh("Cast"), to=TensorProto.FLOAT),
         helper.make_node("Mul", [acc_f, scale], [product], name=fresh("Mul") if bias else (node.name or fresh("Mul"))),
     ]

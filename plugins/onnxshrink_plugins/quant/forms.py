@@ -37,12 +37,21 @@ class Scheme:
 
     def quantize(self, array: np.ndarray, channel_axis: int, reduce_axis: int) -> QuantizedTensor:
         if self.block_size:
-            return onnxshrink.quantize(array, self.bits, symmetric=self.symmetric, axis=reduce_axis, block_size=self.block_size)
+            return onnxshrink.quantize(
+                array, self.bits, symmetric=self.symmetric, axis=reduce_axis, block_size=self.block_size
+            )
         axis = channel_axis if self.per_channel else None
         return onnxshrink.quantize(array, self.bits, symmetric=self.symmetric, axis=axis)
 
 
-def record(target: Target, form: str, qt: QuantizedTensor | None, original: np.ndarray, inits: list[onnx.TensorProto], note: str = "") -> dict:
+def record(
+    target: Target,
+    form: str,
+    qt: QuantizedTensor | None,
+    original: np.ndarray,
+    inits: list[onnx.TensorProto],
+    note: str = "",
+) -> dict:
     weight = target.weight
     out = {
         "tensor": weight.name,
@@ -69,7 +78,12 @@ def record(target: Target, form: str, qt: QuantizedTensor | None, original: np.n
     return out
 
 
-_SUBBYTE_BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT2: 2, onnx.TensorProto.UINT2: 2}
+_SUBBYTE_BITS = {
+    onnx.TensorProto.INT4: 4,
+    onnx.TensorProto.UINT4: 4,
+    onnx.TensorProto.INT2: 2,
+    onnx.TensorProto.UINT2: 2,
+}
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
@@ -77,7 +91,9 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     count = math.prod(tensor.dims)
     if tensor.HasField("raw_data") and count:
         bits = _SUBBYTE_BITS.get(tensor.data_type)
-        return (count * bits + 7) // 8 if bits else count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        return (
+            (count * bits + 7) // 8 if bits else count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        )
     return tensor.ByteSize()
 
 
@@ -97,12 +113,22 @@ def write_float16(model: onnx.ModelProto, target: Target, taken: set[str], note:
     """A float16 copy + Cast to float32 in front of the readers (folded at load, half the bytes)."""
     weight = target.weight
     original = weight.array()
-    half = onnx.numpy_helper.from_array(original.astype(np.float16), onnxshrink.unique_name(taken, f"{weight.name}_float16"))
-    cast = onnx.helper.make_node("Cast", [half.name], [weight.name], name=onnxshrink.unique_name(taken, f"{weight.name}_cast"), to=onnx.TensorProto.FLOAT)
+    half = onnx.numpy_helper.from_array(
+        original.astype(np.float16), onnxshrink.unique_name(taken, f"{weight.name}_float16")
+    )
+    cast = onnx.helper.make_node(
+        "Cast",
+        [half.name],
+        [weight.name],
+        name=onnxshrink.unique_name(taken, f"{weight.name}_cast"),
+        to=onnx.TensorProto.FLOAT,
+    )
     onnxshrink.replace_weight(model, weight, [cast], [half], uses=target.uses if target.kept_uses else None)
     out = record(target, "storage", None, original, [half], note)
     out["scheme"] = "float16"
-    out["max_abs_error"] = float(np.max(np.abs(original - original.astype(np.float16).astype(np.float32)))) if original.size else 0.0
+    out["max_abs_error"] = (
+        float(np.max(np.abs(original - original.astype(np.float16).astype(np.float32)))) if original.size else 0.0
+    )
     return out
 
 
@@ -161,7 +187,9 @@ def dequantize_linear_reason(target: Target, scheme: Scheme, dq_conv: bool) -> s
     return None
 
 
-def write_dequantize_linear(model: onnx.ModelProto, target: Target, scheme: Scheme, taken: set[str], note: str = "") -> dict:
+def write_dequantize_linear(
+    model: onnx.ModelProto, target: Target, scheme: Scheme, taken: set[str], note: str = ""
+) -> dict:
     """A DequantizeLinear in front of a single MatMul/Gemm B (or Conv) weight.
 
     A Gemm with transB=1 gets its weight stored transposed and transB=0, the layout onnxruntime's
@@ -204,7 +232,10 @@ def matmul_layout(target: Target) -> tuple[bool, str | None]:
     for use in target.uses:
         op = use.node.op_type
         if op == "Conv":
-            return False, "Conv has no weight-only integer kernel on onnxruntime's CPU EP (DequantizeLinear → Conv is not fused)"
+            return (
+                False,
+                "Conv has no weight-only integer kernel on onnxruntime's CPU EP (DequantizeLinear → Conv is not fused)",
+            )
         if op not in ("MatMul", "Gemm") or use.index != 1 or len(weight.shape) != 2:
             return False, f"{op} input {use.index}: only 2-D MatMul/Gemm B weights have an integer kernel"
         transposed = False

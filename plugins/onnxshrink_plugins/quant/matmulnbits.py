@@ -35,11 +35,15 @@ def matmulnbits_reason(target: Target, scheme: Scheme) -> str | None:
     if reason:
         return reason
     k = target.weight.shape[1 if transposed else 0]
-    probe = onnxshrink.QuantizedTensor(np.zeros((k, 1), np.int8), np.ones((1, 1), np.float32), None, scheme.bits, 0, kernel_block(scheme, k)[0])
+    probe = onnxshrink.QuantizedTensor(
+        np.zeros((k, 1), np.int8), np.ones((1, 1), np.float32), None, scheme.bits, 0, kernel_block(scheme, k)[0]
+    )
     return onnxshrink.matmul_nbits_reason(probe)
 
 
-def write_matmulnbits(model: onnx.ModelProto, target: Target, scheme: Scheme, taken: set[str], accuracy_level: int) -> dict:
+def write_matmulnbits(
+    model: onnx.ModelProto, target: Target, scheme: Scheme, taken: set[str], accuracy_level: int
+) -> dict:
     """Quantize the weight in blocks along K and turn every reader into a MatMulNBits node."""
     weight = target.weight
     transposed, _ = matmul_layout(target)
@@ -52,7 +56,9 @@ def write_matmulnbits(model: onnx.ModelProto, target: Target, scheme: Scheme, ta
     for use in target.uses:
         node = use.node
         bias = _bias(node, model, matrix.shape[1])
-        nodes, new_inits = onnxshrink.matmul_nbits(qt, node.input[0], node.output[0], taken, bias=bias, accuracy_level=accuracy_level)
+        nodes, new_inits = onnxshrink.matmul_nbits(
+            qt, node.input[0], node.output[0], taken, bias=bias, accuracy_level=accuracy_level
+        )
         if shared is None:
             shared = list(nodes[0].input[1:4])
             inits = new_inits
@@ -66,7 +72,14 @@ def write_matmulnbits(model: onnx.ModelProto, target: Target, scheme: Scheme, ta
         if extra:  # a bias MatMulNBits cannot take (not a 1-D constant of N): add it after
             product = onnxshrink.unique_name(taken, f"{node.output[0]}_product")
             nodes[0].output[0] = product
-            nodes.append(helper.make_node("Add", [product, extra], [node.output[0]], name=onnxshrink.unique_name(taken, f"{nodes[0].name}_bias")))
+            nodes.append(
+                helper.make_node(
+                    "Add",
+                    [product, extra],
+                    [node.output[0]],
+                    name=onnxshrink.unique_name(taken, f"{nodes[0].name}_bias"),
+                )
+            )
         replace_node(use, nodes)
     drop_definition(weight)
     _import_contrib_domain(model)

@@ -125,7 +125,14 @@ def top1_agreement(reference: list[list[np.ndarray]], candidate: list[list[np.nd
     return float(np.mean(ref == cand))
 
 
-def latency_ratio(baseline: onnx.ModelProto, candidate: onnx.ModelProto, feed: dict[str, np.ndarray], *, rounds: int = 7, budget_s: float = 0.05) -> float:
+def latency_ratio(
+    baseline: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    feed: dict[str, np.ndarray],
+    *,
+    rounds: int = 7,
+    budget_s: float = 0.05,
+) -> float:
     """Median of candidate/baseline time over interleaved rounds (A B A B …) on 1 thread, after warm-up.
 
     Each round times a batch of runs of each model sized to about ``budget_s`` seconds.

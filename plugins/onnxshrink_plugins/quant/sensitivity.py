@@ -39,7 +39,13 @@ class MixedPrecision:
 def quantizable_layers(model: onnx.ModelProto, settings: Settings, calibrated: Calibrated | None) -> dict[str, str]:
     """label → op type of every layer the build would quantize (the static build's pre-processed graph)."""
     source = calibrated.model if settings.mode == "static" and calibrated is not None else model
-    plan = plan_targets(source, op_types=settings.op_types, embeddings=settings.embeddings, exclude=settings.exclude, min_size=settings.min_size)
+    plan = plan_targets(
+        source,
+        op_types=settings.op_types,
+        embeddings=settings.embeddings,
+        exclude=settings.exclude,
+        min_size=settings.min_size,
+    )
     layers = {}
     for target in plan.targets:
         for use in target.uses:
@@ -62,7 +68,9 @@ def layer_table(
         others = [other for other in layers if other != label]
         built = build(model, settings, keep_float=others, calibrated=calibrated)
         score = worst_feed_cosine(reference, outputs(built.model, feeds))
-        rows.append({"layer": label, "op_type": layers[label], "cosine": round(score, 8), "sensitivity": round(1.0 - score, 8)})
+        rows.append(
+            {"layer": label, "op_type": layers[label], "cosine": round(score, 8), "sensitivity": round(1.0 - score, 8)}
+        )
         advance()
     rows.sort(key=lambda row: (-row["sensitivity"], row["layer"]))
     return rows
@@ -87,7 +95,11 @@ def mixed_precision(
     given, else on ``feeds``. With ``wider`` the kept layers are stored at that scheme, not float.
     ``table``: a :func:`layer_table` already measured for these settings (reused, copied).
     """
-    table = [dict(row) for row in table] if table is not None else layer_table(model, settings, feeds, reference, calibrated, advance)
+    table = (
+        [dict(row) for row in table]
+        if table is not None
+        else layer_table(model, settings, feeds, reference, calibrated, advance)
+    )
     judge_feeds, judge_reference = check if check is not None else (feeds, reference)
     order = [row["layer"] for row in table]
     searched: list[dict] = []
@@ -98,7 +110,13 @@ def mixed_precision(
             built = build(model, settings, keep_float=order[:k], calibrated=calibrated, wider=wider)
             score = worst_feed_cosine(judge_reference, outputs(built.model, judge_feeds))
             cache[k] = (built, score)
-            searched.append({"kept_" + ("wider" if wider else "float"): k, "cosine": round(score, 8), "meets_target": score >= target})
+            searched.append(
+                {
+                    "kept_" + ("wider" if wider else "float"): k,
+                    "cosine": round(score, 8),
+                    "meets_target": score >= target,
+                }
+            )
         return cache[k]
 
     if attempt(0)[1] >= target or not order:

@@ -31,9 +31,17 @@ def shape_only_constants(model: onnx.ModelProto, min_size: int) -> list[dict]:
             continue
         if any(u.node.domain not in ("", "ai.onnx") for u in weight.weight_uses):
             continue
-        dims = numpy_helper.from_array(np.array(weight.shape, np.int64), onnxshrink.unique_name(taken, f"{weight.name}_dims"))
+        dims = numpy_helper.from_array(
+            np.array(weight.shape, np.int64), onnxshrink.unique_name(taken, f"{weight.name}_dims")
+        )
         zero = numpy_helper.from_array(np.zeros(1, onnx.helper.tensor_dtype_to_np_dtype(weight.dtype)), "value")
-        node = helper.make_node("ConstantOfShape", [dims.name], [weight.name], name=onnxshrink.unique_name(taken, f"{weight.name}_shape_only"), value=zero)
+        node = helper.make_node(
+            "ConstantOfShape",
+            [dims.name],
+            [weight.name],
+            name=onnxshrink.unique_name(taken, f"{weight.name}_shape_only"),
+            value=zero,
+        )
         before = weight.nbytes
         onnxshrink.replace_weight(model, weight, [node], [dims])
         done.append(

@@ -135,25 +135,41 @@ def calibrate(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], se
             notes.append("opset upgraded to 10 for QuantizeLinear/DequantizeLinear")
         except ValueError as exc:
             raise onnxshrink.UsageError(f"plugin 'int_quant': static QDQ needs opset 10 or later and {exc}") from None
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[settings.calibration]
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[settings.calibration]
     extra = {"percentile": settings.percentile, "symmetric": False} if settings.calibration == "percentile" else {}
     with private_folder() as folder:
         work = optimize_for_quantization(work, folder)
         source = os.path.join(folder, "model.onnx")
         onnx.save_model(work, source)
         calibrator = create_calibrator(
-            source, None, augmented_model_path=os.path.join(folder, "augmented.onnx"), calibrate_method=method,
-            providers=["CPUExecutionProvider"], extra_options=extra,
+            source,
+            None,
+            augmented_model_path=os.path.join(folder, "augmented.onnx"),
+            calibrate_method=method,
+            providers=["CPUExecutionProvider"],
+            extra_options=extra,
         )
         calibrator.collect_data(_Reader(feeds))
         ranges = calibrator.compute_data()
         del calibrator
     name_unnamed_nodes(work)
     samples = sum(_rows(feed) for feed in feeds)
-    return Calibrated(work, ranges, per_channel, unsafe_ranges(work, ranges, qdq_op_types(settings)), notes, len(feeds), samples)
+    return Calibrated(
+        work, ranges, per_channel, unsafe_ranges(work, ranges, qdq_op_types(settings)), notes, len(feeds), samples
+    )
 
 
-def quantize_calibrated(calibrated: Calibrated, settings: StaticSettings, *, exclude_nodes: Sequence[str] = (), only_nodes: Sequence[str] | None = None) -> onnx.ModelProto:
+def quantize_calibrated(
+    calibrated: Calibrated,
+    settings: StaticSettings,
+    *,
+    exclude_nodes: Sequence[str] = (),
+    only_nodes: Sequence[str] | None = None,
+) -> onnx.ModelProto:
     """QDQ on a copy of the calibrated model with onnxruntime's QDQQuantizer (no recalibration)."""
     from onnxruntime.quantization import QDQQuantizer, QuantType
 
@@ -211,7 +227,13 @@ def promote_constant_weights(model: onnx.ModelProto) -> int:
     keep = []
     for node in g.node:
         value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
-        if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS and value is not None and value.dims and value.data_type in onnxshrink.FLOAT_TYPES:
+        if (
+            node.op_type == "Constant"
+            and node.domain in DEFAULT_DOMAINS
+            and value is not None
+            and value.dims
+            and value.data_type in onnxshrink.FLOAT_TYPES
+        ):
             tensor = TensorProto()
             tensor.CopyFrom(value)
             tensor.name = node.output[0]
@@ -256,13 +278,17 @@ def unsafe_ranges(model: onnx.ModelProto, ranges, op_types: Sequence[str]) -> di
     bad: dict[str, str] = {}
     for tensor, (low, high) in bounds.items():
         if not (np.isfinite(low) and np.isfinite(high)) or max(abs(low), abs(high)) >= RANGE_LIMIT:
-            bad[tensor] = f"tensor {tensor!r} has calibrated range [{low:.3g}, {high:.3g}] (a sentinel such as an attention mask)"
+            bad[tensor] = (
+                f"tensor {tensor!r} has calibrated range [{low:.3g}, {high:.3g}] (a sentinel such as an attention mask)"
+            )
     for node in model.graph.node:
         if node.op_type == "Concat" and node.output[0] not in bad:
             spans = [max(abs(bounds[t][0]), abs(bounds[t][1])) for t in node.input if t in bounds]
             spans = [s for s in spans if s > 0]
             if len(spans) > 1 and max(spans) / min(spans) > CONCAT_SCALE_RATIO:
-                bad[node.output[0]] = f"tensor {node.output[0]!r} concatenates inputs whose ranges differ {max(spans) / min(spans):.0f}x"
+                bad[node.output[0]] = (
+                    f"tensor {node.output[0]!r} concatenates inputs whose ranges differ {max(spans) / min(spans):.0f}x"
+                )
     overridable = {i.name for i in model.graph.input} & {t.name for t in model.graph.initializer}
     unsafe: dict[str, str] = {}
     for node in model.graph.node:
@@ -272,7 +298,9 @@ def unsafe_ranges(model: onnx.ModelProto, ranges, op_types: Sequence[str]) -> di
         if touched:
             unsafe[node_label(node)] = f"{bad[touched[0]]}; one int8 scale cannot hold it, kept float"
         elif any(name in overridable for name in node.input):
-            unsafe[node_label(node)] = "reads a weight that is also a graph input (a caller may feed another value); kept float"
+            unsafe[node_label(node)] = (
+                "reads a weight that is also a graph input (a caller may feed another value); kept float"
+            )
     return unsafe
 
 
@@ -327,7 +355,11 @@ def qdq_weights(model: onnx.ModelProto) -> list[dict]:
             if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
                 continue
             quantized = inits[node.input[0]]
-            users = [u for u in readers.get(node.output[0], []) if u.op_type in WEIGHTED_OPS and list(u.input).index(node.output[0]) == 1]
+            users = [
+                u
+                for u in readers.get(node.output[0], [])
+                if u.op_type in WEIGHTED_OPS and list(u.input).index(node.output[0]) == 1
+            ]
             if not users or quantized.data_type not in (TensorProto.INT8, TensorProto.UINT8):
                 continue
             scale = numpy_helper.to_array(inits[node.input[1]])

@@ -21,9 +21,17 @@ RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 # reshaped before use (quantized on a matrix view). Storage form only.
 QUANTIZABLE_OPS = (*WEIGHTED_OPS, *RECURRENT_OPS, "Einsum", "Reshape")
 DEFAULT_DOMAINS = ("", "ai.onnx")
-_OP_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2), "Einsum": (0, 1, 2, 3), "Reshape": (0,)}
-
-
+_OP_INPUTS = {
+    "Conv": (1,),
+    "ConvTranspose": (1,),
+    "Gemm": (0, 1),
+    "MatMul": (0, 1),
+    "LSTM": (1, 2),
+    "GRU": (1, 2),
+    "RNN": (1, 2),
+    "Einsum": (0, 1, 2, 3),
+    "Reshape": (0,),
+}
 
 
 @dataclass
@@ -50,8 +58,6 @@ class Plan:
     targets: list[Target]
     left: list[dict]
     layers: dict[str, str]  # label → op type, for every weighted node that could be quantized
-
-
 
 
 def plan_targets(
@@ -91,15 +97,17 @@ def plan_targets(
             else:
                 uses.append(use)
         if not uses:
-            why = "kept float by the sensitivity search" if all(node_label(u.node) in kept for u in kept_uses) else "excluded (exclude=)"
+            why = (
+                "kept float by the sensitivity search"
+                if all(node_label(u.node) in kept for u in kept_uses)
+                else "excluded (exclude=)"
+            )
             left.append(_left(weight, why, labels))
             continue
         channel_axis, reduce_axis = weight_axes(uses[0], len(weight.shape))
         targets.append(Target(weight, uses, channel_axis, reduce_axis, kept_uses))
     left.extend(_custom_domain_nodes(model, min_size))
     return Plan(targets, left, layers)
-
-
 
 
 def _left(weight: WeightTensor, reason: str, labels: list[str]) -> dict:
@@ -140,7 +148,11 @@ def _custom_domain_nodes(model: onnx.ModelProto, min_size: int) -> list[dict]:
         for node in g.node:
             if node.domain in DEFAULT_DOMAINS:
                 continue
-            weights = [n for n in node.input if n in constants and len(constants[n].dims) >= 2 and math.prod(constants[n].dims) >= min_size]
+            weights = [
+                n
+                for n in node.input
+                if n in constants and len(constants[n].dims) >= 2 and math.prod(constants[n].dims) >= min_size
+            ]
             if weights:
                 out.append(
                     {
@@ -150,4 +162,3 @@ def _custom_domain_nodes(model: onnx.ModelProto, min_size: int) -> list[dict]:
                     }
                 )
     return out
-

@@ -37,16 +37,14 @@ def matrix_view(shape: tuple[int, ...], row: int = 32) -> tuple[int, int]:
         if k >= row:
             break
     return size // max(k, 1), k
+
+
 WEIGHT_INPUTS = {**onnxshrink.DEFAULT_WEIGHT_INPUTS, **TABLE_INPUTS}
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-
-
 def _ints(node: onnx.NodeProto) -> dict[str, int]:
     return {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
-
-
 
 
 @dataclass
@@ -85,7 +83,11 @@ def find_layers(
     for weight in onnxshrink.weight_tensors(model, op_inputs):
         labels = [node_label(u.node) for u in weight.weight_uses]
         reason = _skip_reason(weight, min_size)
-        if reason is None and (weight.name in excluded or any(lab in excluded for lab in labels) or any(u.node.op_type in excluded for u in weight.weight_uses)):
+        if reason is None and (
+            weight.name in excluded
+            or any(lab in excluded for lab in labels)
+            or any(u.node.op_type in excluded for u in weight.weight_uses)
+        ):
             reason = "excluded (exclude=)"
         axes = {weight_axes(u, len(weight.shape))[0] for u in weight.weight_uses}
         if reason is None and len(axes) > 1:
@@ -95,8 +97,6 @@ def find_layers(
             continue
         layers.append(Layer(weight, list(weight.weight_uses), axes.pop(), labels))
     return layers, left
-
-
 
 
 def _skip_reason(weight: WeightTensor, min_size: int) -> str | None:
@@ -172,7 +172,14 @@ class LinearView:
         axis = None if qt.axis is None else 1 - qt.axis
         scale = qt.scale.T if qt.scale.ndim == 2 else qt.scale
         zp = None if qt.zero_point is None else (qt.zero_point.T if qt.zero_point.ndim == 2 else qt.zero_point)
-        return QuantizedTensor(qt.values.T.copy(), np.ascontiguousarray(scale), None if zp is None else np.ascontiguousarray(zp), qt.bits, axis, qt.block_size), self.shape
+        return QuantizedTensor(
+            qt.values.T.copy(),
+            np.ascontiguousarray(scale),
+            None if zp is None else np.ascontiguousarray(zp),
+            qt.bits,
+            axis,
+            qt.block_size,
+        ), self.shape
 
     def rows(self, x: np.ndarray) -> np.ndarray:
         """The inputs of the linear map as rows (n, in), float32."""
