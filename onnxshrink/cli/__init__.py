@@ -141,7 +141,8 @@ def _validation_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--data",
             type=click.Path(path_type=Path),
             help="Evaluation/calibration data: a .npz (keys = input names, optional 'labels'), a folder of .npz files "
-            "(each a full set of keys, read in name order), or a folder of <input>.npy files (+ labels.npy). An array with "
+            "(each a full set of keys, read in name order), or a folder of <input>.npy files (+ labels.npy). An "
+            "array with "
             "the input's rank is one batch (cut into feeds of 32 samples when every input's first dim is dynamic); one "
             "more axis is a stack, axis 0 separating feeds. Methods that calibrate take the first half of the feeds, "
             "fidelity and latency the rest. Without --data, synthetic inputs the model runs on are made.",
@@ -193,7 +194,8 @@ def _gate_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--strict-latency",
             is_flag=True,
             default=None,
-            help="A latency check passes only when its whole 95% interval meets the threshold (default: an interval straddling it is 'inconclusive' and passes).",
+            help="A latency check passes only when its whole 95% interval meets the threshold (default: an interval "
+            "straddling it is 'inconclusive' and passes).",
         ),
         click.option("--junit", type=click.Path(path_type=Path), help="Write the gate checks as JUnit XML."),
         click.option("--report", "report_json", type=click.Path(path_type=Path), help="Write the JSON report here."),
@@ -512,7 +514,8 @@ def report_command(report_file: Path, html: Path) -> int:
     flag_value="",
     default=None,
     metavar="[ADDRESS]",
-    help="Run trials as Ray tasks: --ray starts a local Ray runtime, --ray ADDRESS joins a cluster (pip install 'onnxshrink[ray]').",
+    help="Run trials as Ray tasks: --ray starts a local Ray runtime, --ray ADDRESS joins a cluster (pip install "
+    "'onnxshrink[ray]').",
 )
 @click.option(
     "-o",

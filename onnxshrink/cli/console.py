@@ -258,7 +258,10 @@ class Heartbeat:
         if self.unit == "B" and done:
             return f"{self.description}: {human_bytes(done)} in {elapsed:.1f} s{_rate(done, elapsed, 'B')}"
         if done:
-            return f"{self.description}: done, {_amount(done, self.total, '')} in {elapsed:.1f} s{_rate(done, elapsed, '')}"
+            return (
+                f"{self.description}: done, {_amount(done, self.total, '')} in {elapsed:.1f} "
+                f"s{_rate(done, elapsed, '')}"
+            )
         return f"{self.description}: done in {elapsed:.1f} s"
 
     def _so_far(self, elapsed: float) -> str:

@@ -61,7 +61,8 @@ def external_source(tensor: onnx.TensorProto) -> tuple[Path, int, int]:
     folder = _FOLDER.get()
     if folder is None:
         raise RuntimeError(
-            f"tensor {tensor.name!r} keeps its data in an external file, but no folder is set (onnxshrink.ir.external.external_data_dir)"
+            f"tensor {tensor.name!r} keeps its data in an external file, but no folder is set "
+            "(onnxshrink.ir.external.external_data_dir)"
         )
     info = {entry.key: entry.value for entry in tensor.external_data}
     path = folder / info["location"]

@@ -87,7 +87,8 @@ def read_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
         if size > PROTOBUF_LIMIT:  # refused before reading: protobuf cannot parse it anyway
             raise _fail(
                 p,
-                f"{_human(size)} is over protobuf's 2 GiB limit for an .onnx file; large models keep their weights in external data",
+                f"{_human(size)} is over protobuf's 2 GiB limit for an .onnx file; large models keep their weights "
+                "in external data",
             )
         with open(p, "rb") as fh:
             data = fh.read()
@@ -163,7 +164,8 @@ def _external_reference(tensor: onnx.TensorProto, path: Path, base: Path) -> tup
     if os.path.isabs(location) or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
         raise _fail(
             path,
-            f"{where}: external data location {location!r} is absolute; only paths inside the model's folder are allowed",
+            f"{where}: external data location {location!r} is absolute; only paths inside the model's folder are "
+            "allowed",
         )
     target = (base / location).resolve()
     if target != base and base not in target.parents:
@@ -181,7 +183,8 @@ def _external_reference(tensor: onnx.TensorProto, path: Path, base: Path) -> tup
     if offset + length > file_size:
         raise _fail(
             path,
-            f"{where}: external data {location!r} is too short: needs bytes {offset}..{offset + length}, file has {file_size}",
+            f"{where}: external data {location!r} is too short: needs bytes {offset}..{offset + length}, file has "
+            f"{file_size}",
         )
     _check_dims(path, tensor)
     expected = raw_nbytes(tensor)
@@ -284,7 +287,8 @@ def _check_structure(path: Path, model: onnx.ModelProto) -> None:
             if node.name and node.name in seen:
                 raise _fail(
                     path,
-                    f"node name {node.name!r} is used by more than one node in graph {g.name!r} (ONNX requires unique node names)",
+                    f"node name {node.name!r} is used by more than one node in graph {g.name!r} (ONNX requires "
+                    "unique node names)",
                 )
             seen.add(node.name)
     for kind in ("input", "output"):
@@ -297,7 +301,8 @@ def _check_structure(path: Path, model: onnx.ModelProto) -> None:
             if not tensor.HasField("shape"):
                 raise _fail(
                     path,
-                    f"graph {kind} {value.name!r} has no shape (ONNX requires one for graph inputs and outputs; its dimensions may be unknown)",
+                    f"graph {kind} {value.name!r} has no shape (ONNX requires one for graph inputs and outputs; its "
+                    "dimensions may be unknown)",
                 )
 
 

@@ -90,7 +90,8 @@ class Context:
         return runtime.intermediate_values(model, names, feeds)
 
     def segments(self, model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]]) -> SegmentRunner:
-        """A runner that takes ``model`` forward piece by piece over ``feeds`` (see :class:`~onnxshrink.SegmentRunner`)."""
+        """A runner that takes ``model`` forward piece by piece over ``feeds``
+        (see :class:`~onnxshrink.SegmentRunner`)."""
         return SegmentRunner(model, feeds)
 
     def progress(

@@ -278,7 +278,8 @@ class Method:
             unmet = opt.unmet_condition(values) if opt.name in raw else None
             if unmet is not None:
                 raise UsageError(
-                    f"{where}: option {opt.name!r} only applies to {opt.condition()} ({unmet}={_value_text(values[unmet])})"
+                    f"{where}: option {opt.name!r} only applies to {opt.condition()} "
+                    f"({unmet}={_value_text(values[unmet])})"
                 )
         cls.check_options(values, given=set(raw))
         return values
@@ -374,7 +375,10 @@ def check_method_class(cls: Any) -> str | None:
         for key, allowed in opt.only_with or ():
             other = cls.option(key)
             if other is None or key == opt.name:
-                return f"method {cls.name!r}: option {opt.name!r}: only_with names {'itself' if other else f'unknown option {key!r}'}"
+                return (
+                    f"method {cls.name!r}: option {opt.name!r}: only_with names "
+                    f"{'itself' if other else f'unknown option {key!r}'}"
+                )
             try:
                 for value in allowed:
                     other.parse(value, f"method {cls.name!r}: option {opt.name!r}: only_with")

@@ -52,7 +52,8 @@ def report_kind(report: Mapping[str, Any]) -> str:
         if "model" in report:
             return "bench"
     raise UsageError(
-        f"not an onnxshrink report (schema {schema!r}): expected onnxshrink.report/1 from shrink, gate or bench, or {TUNE_SCHEMA}"
+        f"not an onnxshrink report (schema {schema!r}): expected onnxshrink.report/1 from shrink, gate or bench, or "
+        f"{TUNE_SCHEMA}"
     )
 
 

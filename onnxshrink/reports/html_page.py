@@ -27,11 +27,18 @@ ERROR_HOOK = """window.__reportErrors = [];
       document.body.setAttribute("data-render", "failed");
     }
   }
-  window.addEventListener("error", function (e) { record("error: " + (e.message || e.type) + (e.filename ? " at " + e.filename + ":" + e.lineno : "")); });
+  window.addEventListener("error", function (e) {
+    record("error: " + (e.message || e.type) + (e.filename ? " at " + e.filename + ":" + e.lineno : ""));
+  });
   window.addEventListener("unhandledrejection", function (e) { record("unhandled rejection: " + e.reason); });
-  document.addEventListener("securitypolicyviolation", function (e) { record("blocked by the page's policy: " + e.violatedDirective + " " + e.blockedURI); });
+  document.addEventListener("securitypolicyviolation", function (e) {
+    record("blocked by the page's policy: " + e.violatedDirective + " " + e.blockedURI);
+  });
   var original = console.error;
-  console.error = function () { record("console.error: " + Array.prototype.join.call(arguments, " ")); return original.apply(console, arguments); };
+  console.error = function () {
+    record("console.error: " + Array.prototype.join.call(arguments, " "));
+    return original.apply(console, arguments);
+  };
 })();"""
 
 
@@ -72,14 +79,20 @@ class Page:
     def chart(self, spec: dict[str, Any], title: str, height: int) -> str:
         spec = {**spec, "id": f"chart-{len(self.charts) + 1}"}
         self.charts.append(spec)
-        return f'<div class="chart"><h3>{esc(title)}</h3><div style="height:{int(height)}px"><canvas id="{spec["id"]}" role="img" aria-label="{esc(title)}"></canvas></div></div>'
+        return (
+            f'<div class="chart"><h3>{esc(title)}</h3><div style="height:{int(height)}px"><canvas '
+            f'id="{spec["id"]}" role="img" aria-label="{esc(title)}"></canvas></div></div>'
+        )
 
     def html(self, title: str) -> str:
         library = asset("chart.umd.min.js")
         library = "\n".join(line for line in library.splitlines() if not line.startswith("//# sourceMappingURL="))
         page_script = asset("report.js")
         scripts = [ERROR_HOOK, library, page_script]
-        csp = f"default-src 'none'; script-src {' '.join(csp_hash(s) for s in scripts)}; style-src 'unsafe-inline'; img-src data:"
+        csp = (
+            f"default-src 'none'; script-src {' '.join(csp_hash(s) for s in scripts)}; style-src 'unsafe-inline'; "
+            "img-src data:"
+        )
         return "\n".join(
             [
                 "<!DOCTYPE html>",
@@ -163,7 +176,8 @@ def html_table(
     scroll: bool = False,
 ) -> str:
     head = "".join(f'<th{" class=num" if i in numeric else ""} scope="col">{esc(h)}</th>' for i, h in enumerate(header))
-    table = f"<table{' class=sortable' if sortable else ''}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    attributes = " class=sortable" if sortable else ""
+    table = f"<table{attributes}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     return f'<div class="scroll">{table}</div>' if scroll else table
 
 
@@ -177,7 +191,10 @@ def section(title: str, body: str, note: str = "") -> str:
 
 
 def tile(label: str, value: str, sub: str = "") -> str:
-    return f'<div class="tile"><div class="label">{esc(label)}</div><div class="value">{esc(value)}</div><div class="sub">{esc(sub)}</div></div>'
+    return (
+        f'<div class="tile"><div class="label">{esc(label)}</div><div class="value">{esc(value)}</div><div '
+        f'class="sub">{esc(sub)}</div></div>'
+    )
 
 
 def model_paths(report: Mapping[str, Any]) -> tuple[str | None, str | None]:

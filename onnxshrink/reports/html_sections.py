@@ -52,14 +52,17 @@ def _verdict(page: Page, report: Mapping[str, Any], kind: str) -> None:
         return  # measurements only: there is nothing to judge
     if not isinstance(gate, Mapping):
         page.add(
-            '<div class="verdict none"><span class="big">NO GATE</span><span>No --gate checks were given: numbers only, no verdict.</span></div>'
+            '<div class="verdict none"><span class="big">NO GATE</span><span>No --gate checks were given: numbers '
+            "only, no verdict.</span></div>"
         )
         return
     checks = gate.get("checks") or []
     passed = sum(1 for c in checks if c.get("passed"))
     verdict = "pass" if gate.get("passed") else "fail"
     page.add(
-        f'<div class="verdict {verdict}"><span class="big">GATE {"PASSED" if verdict == "pass" else "FAILED"}</span><span>{passed} of {len(checks)} checks passed</span></div>'
+        f'<div class="verdict {verdict}"><span class="big">GATE '
+        f"{'PASSED' if verdict == 'pass' else 'FAILED'}</span><span>{passed} of {len(checks)} checks "
+        "passed</span></div>"
     )
     rows = []
     for check in checks:
@@ -266,16 +269,19 @@ def _bytes_section(page: Page, report: Mapping[str, Any]) -> None:
         body.append("<tr>" + "".join(cells) + "</tr>")
     other = tensors.get("other") or {}
     notes = [
-        "Every stored tensor is counted once, at the layer input it feeds (through any decoder onnxruntime folds at load). Click a column to sort."
+        "Every stored tensor is counted once, at the layer input it feeds (through any decoder onnxruntime folds at "
+        "load). Click a column to sort."
     ]
     if other.get("rows"):
         notes.append(
-            f"{other['rows']} smaller layer inputs are not listed ({human_bytes(other.get('before'))} before, {human_bytes(other.get('after'))} after)."
+            f"{other['rows']} smaller layer inputs are not listed ({human_bytes(other.get('before'))} before, "
+            f"{human_bytes(other.get('after'))} after)."
         )
     unattributed = tensors.get("unattributed") or {}
     if unattributed.get("before") or unattributed.get("after"):
         notes.append(
-            f"Stored tensors no layer reads: {human_bytes(unattributed.get('before'))} before, {human_bytes(unattributed.get('after'))} after."
+            f"Stored tensors no layer reads: {human_bytes(unattributed.get('before'))} before, "
+            f"{human_bytes(unattributed.get('after'))} after."
         )
     table = html_table(header, body, sortable=True, numeric=numeric, scroll=True)
     page.add(
@@ -431,7 +437,10 @@ def _latency_section(page: Page, latency: Mapping[str, Any], *, single: bool) ->
     table = html_table(
         ["provider", "model", "median ms", "p90 ms", "runs", "ratio [interval]", "note"], rows, numeric=(2, 3, 4)
     )
-    note = "Baseline and candidate timed interleaved (A B A B …) after warm-up, fixed thread count. The ratio is candidate / baseline median; its interval, where given, is what a gate should trust on a noisy machine."
+    note = (
+        "Baseline and candidate timed interleaved (A B A B …) after warm-up, fixed thread count. The ratio is "
+        "candidate / baseline median; its interval, where given, is what a gate should trust on a noisy machine."
+    )
     page.add(
         section(
             "Latency per provider", (f'<div class="grid2">{"".join(blocks)}</div>' if blocks else "") + table, esc(note)
@@ -490,7 +499,10 @@ def _fidelity_section(page: Page, fidelity: Mapping[str, Any]) -> None:
     )
     accuracy = fidelity.get("accuracy")
     if isinstance(accuracy, Mapping):
-        body += f"<p>Accuracy on labels ({esc(accuracy.get('output'))}): {esc(num(accuracy.get('baseline')))} → {esc(num(accuracy.get('candidate')))}, drop {esc(num(accuracy.get('drop')))}.</p>"
+        body += (
+            f"<p>Accuracy on labels ({esc(accuracy.get('output'))}): {esc(num(accuracy.get('baseline')))} → "
+            f"{esc(num(accuracy.get('candidate')))}, drop {esc(num(accuracy.get('drop')))}.</p>"
+        )
     warnings = list(fidelity.get("warnings") or [])
     if warnings:
         body += "".join(f'<p class="warn">{esc(w)}</p>' for w in warnings)
@@ -544,5 +556,6 @@ def _footer(page: Page, report: Mapping[str, Any]) -> None:
     parts = [f"{k} {v}" for k, v in tool.items() if k != "name"]
     seed = f" · seed {report['seed']}" if "seed" in report else ""
     page.add(
-        f"<footer>onnxshrink report ({esc(report.get('schema'))}) · {esc(' · '.join(parts))}{esc(seed)} · charts: Chart.js (MIT), inlined</footer>"
+        f"<footer>onnxshrink report ({esc(report.get('schema'))}) · {esc(' · '.join(parts))}{esc(seed)} · charts: "
+        "Chart.js (MIT), inlined</footer>"
     )

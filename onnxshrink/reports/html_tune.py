@@ -27,18 +27,23 @@ def render_tune(page: Page, report: Mapping[str, Any]) -> None:
     pareto = set(report.get("pareto") or [])
     chosen = report.get("chosen")
     page.add(
-        f'<header class="top"><h1>onnxshrink tune report</h1><div class="paths"><code>{esc(model.get("path"))}</code> · {esc(human_bytes(model.get("file_bytes")))}</div></header>'
+        '<header class="top"><h1>onnxshrink tune report</h1><div '
+        f'class="paths"><code>{esc(model.get("path"))}</code> · '
+        f"{esc(human_bytes(model.get('file_bytes')))}</div></header>"
     )
     by_number = {t.get("number"): t for t in trials}
     best = by_number.get(chosen)
     if best is not None:
         metrics = best.get("metrics") or {}
         page.add(
-            f'<div class="verdict pass"><span class="big">CHOSEN: TRIAL {esc(chosen)}</span><span>{esc(_chain_text(best.get("chain")))} · size ratio {esc(num(metrics.get("size_ratio")))} · cosine {esc(num(metrics.get("cosine"), 6))}</span></div>'
+            '<div class="verdict pass"><span class="big">CHOSEN: TRIAL '
+            f"{esc(chosen)}</span><span>{esc(_chain_text(best.get('chain')))} · size ratio "
+            f"{esc(num(metrics.get('size_ratio')))} · cosine {esc(num(metrics.get('cosine'), 6))}</span></div>"
         )
     else:
         page.add(
-            '<div class="verdict fail"><span class="big">NO TRIAL CHOSEN</span><span>No trial passed every gate.</span></div>'
+            '<div class="verdict fail"><span class="big">NO TRIAL CHOSEN</span><span>No trial passed every '
+            "gate.</span></div>"
         )
     ok = [t for t in trials if t.get("status") == "ok"]
     tiles = [
@@ -118,7 +123,8 @@ def render_tune(page: Page, report: Mapping[str, Any]) -> None:
         section(
             "Search: the Pareto front",
             body,
-            "Each point is a trial that ran; the front holds the trials no other beats on both size and latency. Click a column to sort.",
+            "Each point is a trial that ran; the front holds the trials no other beats on both size and latency. "
+            "Click a column to sort.",
         )
     )
     page.add(f"<footer>onnxshrink report ({esc(report.get('schema'))}) · charts: Chart.js (MIT), inlined</footer>")

@@ -115,7 +115,8 @@ def _header(report: Mapping[str, Any]) -> list[str]:
     if baseline or candidate:
         lines += [
             "",
-            f"**Baseline** {_code(baseline) if baseline else DASH} → **Candidate** {_code(candidate) if candidate else DASH}",
+            f"**Baseline** {_code(baseline) if baseline else DASH} → **Candidate** "
+            f"{_code(candidate) if candidate else DASH}",
         ]
     return lines
 
@@ -218,7 +219,8 @@ def _fidelity(validation: Mapping[str, Any]) -> list[str]:
         rows.append(
             [
                 "accuracy",
-                f"{_num(accuracy.get('baseline'))} → {_num(accuracy.get('candidate'))} (drop {_num(accuracy.get('drop'))})",
+                f"{_num(accuracy.get('baseline'))} → {_num(accuracy.get('candidate'))} (drop "
+                f"{_num(accuracy.get('drop'))})",
             ]
         )
     else:
@@ -280,7 +282,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if tool.get("version"):
         blocks.append(
             [
-                f"<sub>{_cell(tool.get('name') or 'onnxshrink')} {_cell(tool['version'])} · {_cell(report.get('schema') or '')}</sub>"
+                f"<sub>{_cell(tool.get('name') or 'onnxshrink')} {_cell(tool['version'])} · "
+                f"{_cell(report.get('schema') or '')}</sub>"
             ]
         )
     return "\n\n".join("\n".join(b) for b in blocks if b) + "\n"

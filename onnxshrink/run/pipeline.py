@@ -227,9 +227,15 @@ def _interface_change(before: tuple, after: tuple) -> str:
     if dtype != dtype2:
         return f"{name!r} type {dtype} -> {dtype2}"
     if shape is None or shape2 is None or len(shape) != len(shape2):
-        return f"{name!r} rank {len(shape) if shape is not None else '?'} -> {len(shape2) if shape2 is not None else '?'} ({_fmt(shape)} -> {_fmt(shape2)})"
+        return (
+            f"{name!r} rank {len(shape) if shape is not None else '?'} -> "
+            f"{len(shape2) if shape2 is not None else '?'} ({_fmt(shape)} -> {_fmt(shape2)})"
+        )
     dims = [i for i, (a, b) in enumerate(zip(shape, shape2)) if a is not None and a != b]
-    return f"{name!r} declared dim {dims[0]} {shape[dims[0]]} -> {shape2[dims[0]] or '?'} ({_fmt(shape)} -> {_fmt(shape2)})"
+    return (
+        f"{name!r} declared dim {dims[0]} {shape[dims[0]]} -> {shape2[dims[0]] or '?'} ({_fmt(shape)} -> "
+        f"{_fmt(shape2)})"
+    )
 
 
 def check_interface(before: Signature, model: onnx.ModelProto, plugin: str) -> None:
@@ -283,14 +289,16 @@ def _check_inferred_outputs(before: dict, after: dict, model: onnx.ModelProto, p
         if want.elem_type and elem != want.elem_type:
             raise PluginError(
                 plugin,
-                f"changed graph output {declared.name!r}: it now holds {onnx.TensorProto.DataType.Name(elem)}, the model declares {onnx.TensorProto.DataType.Name(want.elem_type)}",
+                f"changed graph output {declared.name!r}: it now holds {onnx.TensorProto.DataType.Name(elem)}, the "
+                f"model declares {onnx.TensorProto.DataType.Name(want.elem_type)}",
             )
         if dims is None or not want.HasField("shape"):
             continue
         if len(want.shape.dim) != len(dims):
             raise PluginError(
                 plugin,
-                f"changed graph output {declared.name!r}: it now has rank {len(dims)}, the model declares rank {len(want.shape.dim)}",
+                f"changed graph output {declared.name!r}: it now has rank {len(dims)}, the model declares rank "
+                f"{len(want.shape.dim)}",
             )
         for i, (w, g) in enumerate(zip(want.shape.dim, dims)):
             if w.dim_value > 0 and g > 0 and w.dim_value != g:

@@ -131,7 +131,8 @@ class ConformanceReport:
     def __str__(self) -> str:
         hard = [r for r in self.results if r.hard]
         lines = [
-            f"{self.method}: {len(self.changed)} of {len(self.results)} graphs changed ({len(self.hard_changed)} of {len(hard)} hard ones), all checks passed"
+            f"{self.method}: {len(self.changed)} of {len(self.results)} graphs changed ({len(self.hard_changed)} of "
+            f"{len(hard)} hard ones), all checks passed"
         ]
         if hard and not self.hard_changed and self.hard_graphs_intended_unchanged:
             lines.append(f"  no hard graph changed, as intended: {self.hard_graphs_intended_unchanged}")
@@ -399,7 +400,8 @@ def _check_untouched(original, original_bytes, feeds, feeds_copy, fail) -> None:
             ):
                 raise fail(
                     "input not mutated",
-                    f"calibration feed {index} input {key!r} was modified in place (the feeds are shared by every step of a chain)",
+                    f"calibration feed {index} input {key!r} was modified in place (the feeds are shared by every "
+                    "step of a chain)",
                 )
 
 
@@ -450,7 +452,8 @@ def _check_runs(original: onnx.ModelProto, out: onnx.ModelProto, case: _Case, se
             if e.dtype != g.dtype or e.shape != g.shape:
                 raise fail(
                     "runs in onnxruntime",
-                    f"output {name!r} on {what} is {g.dtype}{list(g.shape)}, the original gives {e.dtype}{list(e.shape)}",
+                    f"output {name!r} on {what} is {g.dtype}{list(g.shape)}, the original gives "
+                    f"{e.dtype}{list(e.shape)}",
                 )
 
 

@@ -101,7 +101,8 @@ class SegmentRunner:
             node, position = index.producer(name), index.position(name)
             if node is None:
                 raise UsageError(
-                    f"tensor {name!r} is neither a graph input given in the data nor produced by a node of the main graph"
+                    f"tensor {name!r} is neither a graph input given in the data nor produced by a node of the main "
+                    "graph"
                 )
             if position not in chosen:
                 chosen[position] = node

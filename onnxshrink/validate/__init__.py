@@ -173,7 +173,8 @@ def _fidelity(baseline_path, candidate_path, dataset: DataSet, threads: int) -> 
         base_out = run_model(baseline_path, dataset.feeds, threads=threads)
     except Exception as e:
         raise UsageError(
-            f"baseline model {str(baseline_path)!r} cannot run on the data {dataset.source or '(synthetic)'}: {one_line(e)}"
+            f"baseline model {str(baseline_path)!r} cannot run on the data {dataset.source or '(synthetic)'}: "
+            f"{one_line(e)}"
         ) from None
     has_labels = dataset.labels is not None
     failed = {

@@ -215,7 +215,8 @@ def load_feeds(
     if with_labels and len(with_labels) != len(parts):
         missing = [p[3] for p in parts if p[2] is None]
         raise UsageError(
-            f"data files {missing[:3]} have no 'labels' array while {with_labels[:1]} has one; give labels in all or none"
+            f"data files {missing[:3]} have no 'labels' array while {with_labels[:1]} has one; give labels in all or "
+            "none"
         )
     feeds: list[Feed] = []
     counts: list[int] = []
@@ -256,7 +257,8 @@ def _check_keys(arrays: dict[str, np.ndarray], specs: list[InputSpec], where: st
     extra = [k for k in found if k not in names and k != LABELS_KEY]
     if extra:
         raise UsageError(
-            f"data {where!r} has key(s) {extra} that are not graph inputs; inputs required: {names} (plus optional 'labels')"
+            f"data {where!r} has key(s) {extra} that are not graph inputs; inputs required: {names} (plus optional "
+            "'labels')"
         )
 
 
@@ -291,7 +293,8 @@ def _normalize(
         else:
             raise UsageError(
                 f"data {where!r}: input {spec.name!r} has shape {list(arr.shape)} (rank {arr.ndim}); the model expects "
-                f"rank {len(spec.shape)} {_fmt_shape(spec.shape)} for one batch or rank {len(spec.shape) + 1} for a stack of feeds"
+                f"rank {len(spec.shape)} {_fmt_shape(spec.shape)} for one batch or rank {len(spec.shape) + 1} for a "
+                "stack of feeds"
             )
         if spec.shape is not None:
             per_feed = arr.shape[1:] if stacked[spec.name] else arr.shape
@@ -406,12 +409,14 @@ def _synthetic(
             continue
         if len(given) != len(spec.shape):
             raise UsageError(
-                f"input shape for {spec.name!r} has rank {len(given)}, the model declares rank {len(spec.shape)} {_fmt_shape(spec.shape)}"
+                f"input shape for {spec.name!r} has rank {len(given)}, the model declares rank {len(spec.shape)} "
+                f"{_fmt_shape(spec.shape)}"
             )
         for i, (want, got) in enumerate(zip(spec.shape, given)):
             if want is not None and want != got:
                 raise UsageError(
-                    f"input shape for {spec.name!r}: dim {i} is {got}, the model declares {want} (expected {_fmt_shape(spec.shape)})"
+                    f"input shape for {spec.name!r}: dim {i} is {got}, the model declares {want} (expected "
+                    f"{_fmt_shape(spec.shape)})"
                 )
 
     runner, warnings = None, [SYNTHETIC_WARNING]

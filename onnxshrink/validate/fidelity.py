@@ -240,7 +240,8 @@ def _accuracy(name: str, base: list[np.ndarray], cand: list[np.ndarray], labels:
     lab = lab.reshape(-1)
     if lab.size != pred_b.size:
         raise UsageError(
-            f"labels hold {lab.size} entries but output {name!r} has {pred_b.size} rows of class scores; give one label per row"
+            f"labels hold {lab.size} entries but output {name!r} has {pred_b.size} rows of class scores; give one "
+            "label per row"
         )
     acc_b = float((pred_b == lab).mean()) if lab.size else 0.0
     acc_c = float((pred_c == lab).mean()) if lab.size else 0.0

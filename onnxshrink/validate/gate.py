@@ -85,7 +85,8 @@ METRICS: dict[str, Metric] = {
         Metric(
             "latency_ratio",
             "validation.latency.<ep>.ratio",
-            "candidate / baseline latency on that provider (median of paired ratios, < 1 is faster), judged by its 95% interval ratio_ci",
+            "candidate / baseline latency on that provider (median of paired ratios, < 1 is faster), judged by its "
+            "95% interval ratio_ci",
             per_provider=True,
         ),
         Metric(
@@ -97,7 +98,8 @@ METRICS: dict[str, Metric] = {
         Metric(
             "cosine",
             "validation.fidelity.cosine",
-            "cosine similarity of candidate vs baseline outputs, per feed; the worst feed of the worst output (or of [output])",
+            "cosine similarity of candidate vs baseline outputs, per feed; the worst feed of the worst output (or of "
+            "[output])",
             per_output=True,
         ),
         Metric(
@@ -115,7 +117,8 @@ METRICS: dict[str, Metric] = {
         Metric(
             "rel_error",
             "validation.fidelity.rel_error",
-            "relative L2 error ||c - b|| / max(||b||, floor), per feed; the worst feed of the worst output (or [output])",
+            "relative L2 error ||c - b|| / max(||b||, floor), per feed; the worst feed of the worst output (or "
+            "[output])",
             per_output=True,
         ),
         Metric(
@@ -127,7 +130,8 @@ METRICS: dict[str, Metric] = {
         Metric(
             "top1_agreement",
             "validation.fidelity.top1_agreement",
-            "fraction of rows where candidate and baseline agree on the arg-max class (outputs shaped like class scores only; worst, or [output])",
+            "fraction of rows where candidate and baseline agree on the arg-max class (outputs shaped like class "
+            "scores only; worst, or [output])",
             per_output=True,
         ),
         Metric(
@@ -243,13 +247,15 @@ def parse_gate(expr: str) -> GateCheck:
             output = selector.strip()
             if not output:
                 raise UsageError(
-                    f"gate {text!r}: empty [output]; name an output of the model, or drop the brackets for the worst output"
+                    f"gate {text!r}: empty [output]; name an output of the model, or drop the brackets for the worst "
+                    "output"
                 )
         else:
             per_provider = ", ".join(m.name for m in METRICS.values() if m.per_provider)
             per_output = ", ".join(m.name for m in METRICS.values() if m.per_output)
             raise UsageError(
-                f"gate {text!r}: metric {metric!r} takes no [selector]; [provider] goes with {per_provider}, [output] with {per_output}"
+                f"gate {text!r}: metric {metric!r} takes no [selector]; [provider] goes with {per_provider}, "
+                f"[output] with {per_output}"
             )
     elif spec.per_provider:
         provider = DEFAULT_PROVIDER
@@ -372,10 +378,12 @@ def _output_value(check: GateCheck, fidelity: Mapping[str, Any]) -> Any:
     if value is None:
         if check.metric == "top1_agreement":
             raise _Missing(
-                f"output {check.output!r} is not shaped like class scores ({entry.get('class_scores_rule') or 'see docs/report.md'}), so it has no top-1"
+                f"output {check.output!r} is not shaped like class scores "
+                f"({entry.get('class_scores_rule') or 'see docs/report.md'}), so it has no top-1"
             )
         raise _Missing(
-            f"{check.metric} is not defined for output {check.output!r} (dtype {entry.get('dtype')}: compare it with exact_match)"
+            f"{check.metric} is not defined for output {check.output!r} (dtype {entry.get('dtype')}: compare it with "
+            "exact_match)"
         )
     return value
 
@@ -400,7 +408,8 @@ def _value(check: GateCheck, report: Mapping[str, Any]) -> tuple[Any, str | None
         value = fidelity[metric]
         if value is None and metric == "top1_agreement":
             raise _Missing(
-                "top1_agreement is null: no output is shaped like class scores (see the rule in docs/report.md), so there is no top-1 to compare"
+                "top1_agreement is null: no output is shaped like class scores (see the rule in docs/report.md), so "
+                "there is no top-1 to compare"
             )
         if value is None and metric in ("cosine", "cosine_mean", "rel_error", "snr_db"):
             raise _Missing(
@@ -560,7 +569,10 @@ def _interval_result(
     elif check.op != "==" and OPERATORS[check.op](lo if check.op in ("<=", "<") else hi, check.threshold):
         reason = f"{measured} straddles {wanted}; --strict-latency needs the whole interval {check.op} {wanted}"
     else:
-        reason = f"{measured} {'lies entirely ' + _NEGATED[check.op] if check.op != '==' else 'excludes'} {wanted} (needs {check.op} {wanted})"
+        reason = (
+            f"{measured} {'lies entirely ' + _NEGATED[check.op] if check.op != '==' else 'excludes'} {wanted} "
+            f"(needs {check.op} {wanted})"
+        )
     if note:
         reason += f"; note: {note}"
     return _result(check, value=value, passed=verdict != "fail", status=verdict, reason=reason, interval=interval)

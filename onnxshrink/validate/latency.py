@@ -321,7 +321,8 @@ def time_one(
 
 
 def summarize(times_ns: Sequence[int]) -> dict:
-    """``median_ms``, ``median_ci_ms``, ``p90_ms``, ``min_ms``, ``spread`` ((p90-median)/median), ``runs``, ``times_ms``."""
+    """``median_ms``, ``median_ci_ms``, ``p90_ms``, ``min_ms``, ``spread`` ((p90-median)/median), ``runs``,
+    ``times_ms``."""
     if not times_ns:
         raise ValueError("no timings to summarize")
     ms = np.asarray(times_ns, dtype=np.float64) / 1e6

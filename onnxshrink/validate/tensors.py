@@ -157,7 +157,8 @@ def tensor_breakdown(before: str | os.PathLike, after: str | os.PathLike | None 
     layer's op was replaced, e.g. Gemm by MatMulNBits: then one row holds all its inputs), ``tensor``
     (the name the layer reads),
     ``shape`` (of the largest stored tensor before), ``before`` and ``after`` (``form``: stored dtypes
-    and the folded decoder ops, ``bytes``, ``tensors``; ``after.shape`` only where it differs; ``null`` where the layer input has no stored tensor on
+    and the folded decoder ops, ``bytes``, ``tensors``; ``after.shape`` only where it differs; ``null`` where the
+    layer input has no stored tensor on
     that side, e.g. a removed layer). Rows are sorted by bytes before (then after), largest first; past
     ``MAX_ROWS`` the rest are summed in ``other`` (``rows``, ``before``, ``after``).
     """

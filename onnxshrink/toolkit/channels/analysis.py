@@ -39,7 +39,8 @@ class ChannelGroup:
 
     ``sources`` are the nodes producing the channels, ``sinks`` the nodes that contract them (their
     weights lose columns), ``slots`` where the sinks read them, ``weights`` the number of elements of
-    the weight tensors (producers', consumers', depthwise) that shrink with the group. ``unit`` > 1: only whole aligned runs
+    the weight tensors (producers', consumers', depthwise) that shrink with the group. ``unit`` > 1: only whole
+    aligned runs
     of ``unit`` channels can go (attention heads); ``blocks`` > 1: every one of ``blocks`` equal blocks
     must lose as many channels (grouped Conv). ``reasons`` says why the group is declined, if it is.
     """

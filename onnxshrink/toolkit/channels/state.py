@@ -79,7 +79,8 @@ class Propagation:
         if value is None:
             return (
                 None,
-                f"{node.op_type} {node_label(node)!r} reads weight {name!r} that is not a constant (a graph input or computed)",
+                f"{node.op_type} {node_label(node)!r} reads weight {name!r} that is not a constant (a graph input or "
+                "computed)",
             )
         if self.constants.readers[name] > 1:
             return value, f"weight {name!r} of {node_label(node)!r} is shared with other nodes"

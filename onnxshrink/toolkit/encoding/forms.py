@@ -172,7 +172,8 @@ class _Chain:
         return self._expand_blocks(current, qt, "zp") if expand else current
 
     def _expand_blocks(self, params: str, qt: QuantizedTensor, suffix: str) -> str:
-        """Repeat each block's parameter ``block_size`` times along the blocked axis (Reshape → Expand → Reshape → Slice)."""
+        """Repeat each block's parameter ``block_size`` times along the blocked axis (Reshape → Expand → Reshape →
+        Slice)."""
         grouped = list(qt.scale.shape)
         axis, n = qt.axis, qt.values.shape[qt.axis]
         spread = grouped[: axis + 1] + [qt.block_size] + grouped[axis + 1 :]

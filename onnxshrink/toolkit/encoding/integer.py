@@ -276,7 +276,8 @@ def storage_chain(
     8-bit values are stored as int8/uint8; narrower ones packed into uint8 and unpacked with
     Reshape → Div → Mod. Then Cast → Sub(zero point) → Mul(scale), block scales repeated along the
     axis with Reshape → Expand → Reshape (→ Slice), an optional Reshape to ``shape``, and a Cast to
-    ``dtype`` when that is not float32. Needs opset 10 (see :func:`required_opset`). Every input is constant, so onnxruntime folds the chain into one float initializer when
+    ``dtype`` when that is not float32. Needs opset 10 (see :func:`required_opset`). Every input is constant, so
+    onnxruntime folds the chain into one float initializer when
     it creates the session (verified on ORT 1.32 CPU: the session holds a plain MatMul or Conv).
     The result equals ``qt.dequantize()`` (cast to ``dtype``) bit for bit.
     """
