@@ -28,8 +28,8 @@ demo: $(STAMP)
 # ruff (style, imports, line length) and import-linter (the layers, no cycles, plugins use the public
 # API only); both are configured in pyproject.toml. make test runs it first.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check onnxshrink plugins tests benchmarks examples models
-	$(VENV)/bin/ruff format --check onnxshrink plugins tests benchmarks examples models
+	$(VENV)/bin/ruff check onnxshrink plugins tests benchmarks models
+	$(VENV)/bin/ruff format --check onnxshrink plugins tests benchmarks models
 	PYTHONPATH=plugins $(VENV)/bin/lint-imports
 
 test: lint

@@ -12,10 +12,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxshrink_fp16_example import Fp16Storage
 
 import onnxshrink
 from onnxshrink.testing import REFERENCE_GRAPHS, check_method, run_method, shipped_models, synthetic_feeds
+from onnxshrink_fp16_example import Fp16Storage
 
 
 def outputs(model, feeds):
@@ -67,9 +67,7 @@ def test_onnxruntime_folds_the_cast_at_load(tmp_path):
     runs, baseline = optimized(model, tmp_path / "fp16.onnx"), optimized(original, tmp_path / "float.onnx")
     assert [n.op_type for n in runs.graph.node] == [n.op_type for n in baseline.graph.node]
     assert "Cast" not in {n.op_type for n in runs.graph.node}
-    assert {t.name: t.data_type for t in runs.graph.initializer} == {
-        t.name: t.data_type for t in baseline.graph.initializer
-    }
+    assert {t.name: t.data_type for t in runs.graph.initializer} == {t.name: t.data_type for t in baseline.graph.initializer}
 
 
 def test_shared_weight_is_converted_once():
@@ -93,10 +91,7 @@ def test_tensors_it_cannot_store_exactly_enough_are_left_float32_with_reasons():
         [helper.make_node("MatMul", ["input", name], [f"{name}_out"], name=name) for name in weights],
         "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16])],
-        [
-            helper.make_tensor_value_info(f"{n}_out", TensorProto.FLOAT, ["batch", a.shape[1]])
-            for n, a in weights.items()
-        ],
+        [helper.make_tensor_value_info(f"{n}_out", TensorProto.FLOAT, ["batch", a.shape[1]]) for n, a in weights.items()],
         [numpy_helper.from_array(a, n) for n, a in weights.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -116,9 +111,7 @@ def test_tensors_it_cannot_store_exactly_enough_are_left_float32_with_reasons():
 
 
 def test_bad_option_is_a_usage_error():
-    with pytest.raises(
-        onnxshrink.UsageError, match=r"plugin 'fp16_storage': option 'max_error' must be .* \(got -1.0\)"
-    ):
+    with pytest.raises(onnxshrink.UsageError, match=r"plugin 'fp16_storage': option 'max_error' must be .* \(got -1.0\)"):
         Fp16Storage.validate_options({"max_error": "-1"})
 
 

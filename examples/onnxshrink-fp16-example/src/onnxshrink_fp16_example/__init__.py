@@ -39,16 +39,8 @@ class Fp16Storage(Method):
     name = "fp16_storage"
     kind = "transform"
     options = (
-        Option(
-            "min_size", int, 64, "Leave tensors with fewer elements float32 (the Cast costs more than it saves).", min=0
-        ),
-        Option(
-            "max_error",
-            float,
-            1e-3,
-            "Largest relative error ||w16 - w|| / ||w|| a tensor may take; above it, it stays float32.",
-            min=0.0,
-        ),
+        Option("min_size", int, 64, "Leave tensors with fewer elements float32 (the Cast costs more than it saves).", min=0),
+        Option("max_error", float, 1e-3, "Largest relative error ||w16 - w|| / ||w|| a tensor may take; above it, it stays float32.", min=0.0),
         Option("keep", list, None, "Weight names to leave float32, e.g. [head.weight,embed]."),
     )
 
@@ -68,11 +60,7 @@ class Fp16Storage(Method):
                 continue
             stored = numpy_helper.from_array(halved, onnxshrink.unique_name(taken, f"{weight.name}_fp16"))
             cast = helper.make_node(
-                "Cast",
-                [stored.name],
-                [weight.name],
-                name=onnxshrink.unique_name(taken, f"{weight.name}_to_float"),
-                to=TensorProto.FLOAT,
+                "Cast", [stored.name], [weight.name], name=onnxshrink.unique_name(taken, f"{weight.name}_to_float"), to=TensorProto.FLOAT
             )
             onnxshrink.replace_weight(model, weight, [cast], [stored])
             converted.append(
@@ -85,10 +73,7 @@ class Fp16Storage(Method):
                 }
             )
         if not converted:
-            why = (
-                "; ".join(f"{s['name']}: {s['reason']}" for s in skipped)
-                or "no Conv, Gemm, MatMul or Gather weight found"
-            )
+            why = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped) or "no Conv, Gemm, MatMul or Gather weight found"
             context.warn(f"no weight was converted, the model is unchanged ({why})")
         params = sum(int(np.prod(t["shape"], dtype=np.int64)) for t in converted)
         return {
@@ -102,9 +87,7 @@ class Fp16Storage(Method):
         }
 
 
-def _skip_reason(
-    weight: onnxshrink.WeightTensor, values: np.ndarray, options: dict[str, Any], keep: set[str]
-) -> str | None:
+def _skip_reason(weight: onnxshrink.WeightTensor, values: np.ndarray, options: dict[str, Any], keep: set[str]) -> str | None:
     if weight.name in keep:
         return "listed in keep"
     if weight.source == "overridable":
