@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from onnxshrink.errors import UsageError
+from onnxshrink.toolkit.weights import unknown_exclusions
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -291,6 +292,14 @@ class Method:
     @classmethod
     def option_error(cls, message: str) -> UsageError:
         return UsageError(f"plugin {cls.name!r}: {message}")
+
+    @classmethod
+    def check_exclude(cls, model: onnx.ModelProto, exclude: Sequence[str] | None) -> None:
+        """Refuse (UsageError, exit 2) the first ``exclude=`` entry that names no node, op type or tensor
+        of ``model``: a typo would otherwise exclude nothing, silently."""
+        unknown = unknown_exclusions(model, exclude or [])
+        if unknown:
+            raise cls.option_error(f"exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model")
 
     def apply(self, model: onnx.ModelProto, options: Options, context: Context) -> dict[str, Any]:
         """Edit ``model`` in place and return JSON-serialisable stats. ``options`` are the validated
