@@ -8,8 +8,8 @@ into one output as `output + 0 * mean(...)`: the outputs stay bit-identical (che
 grows. Each gate run is the real `onnxshrink gate BASELINE CANDIDATE --data ZOO.npz --gate
 'latency_ratio[cpu]<=1.0'` code path (measure.gate_models, in-process to spare the start-up time).
 
-    python benchmarks/bench_gate_latency.py                          # g2p_id_bert, vfl_dvector_int8, arabic_romanizer_encoder
-    python benchmarks/bench_gate_latency.py open_nsfw --runs 5       # other zoo models, fewer runs
+    python benchmarks/bench_gate_latency.py  # g2p_id_bert, vfl_dvector_int8, arabic_romanizer_encoder
+    python benchmarks/bench_gate_latency.py open_nsfw --runs 5  # other zoo models, fewer runs
     ONNXSHRINK_ZOO=/path/to/.zoo python benchmarks/bench_gate_latency.py
 """
 
@@ -192,7 +192,8 @@ def gate_runs(
         failed += not check["passed"]
         inconclusive += check["status"] == "inconclusive"
         print(
-            f"    {base.stem} vs {cand.stem}: {check['status']:12s} ratio {lat['ratio']:.3f} [{lat['ratio_ci'][0]:.3f}, {lat['ratio_ci'][1]:.3f}] {lat['rounds']} rounds ({lat['stopped']})",
+            f"    {base.stem} vs {cand.stem}: {check['status']:12s} ratio {lat['ratio']:.3f} "
+            f"[{lat['ratio_ci'][0]:.3f}, {lat['ratio_ci'][1]:.3f}] {lat['rounds']} rounds ({lat['stopped']})",
             file=sys.stderr,
             flush=True,
         )
@@ -215,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             base, heavy, work, k, total = build_heavier(name, Path(tmp))
             print(
-                f"{name}: duplicated the first {k} of {total} nodes; copy/original = {work[0]:.3f} [{work[1]:.3f}, {work[2]:.3f}]",
+                f"{name}: duplicated the first {k} of {total} nodes; "
+                f"copy/original = {work[0]:.3f} [{work[1]:.3f}, {work[2]:.3f}]",
                 file=sys.stderr,
                 flush=True,
             )
@@ -224,10 +226,12 @@ def main(argv: list[str] | None = None) -> int:
             more = gate_runs(base, heavy, data, args.runs)
             rows.append((name, work, same, more))
     print(
-        f"\ngate '{GATE}', {args.runs} runs each (onnxshrink gate A B --data ZOO.npz; 95% interval, fail only when it lies above 1.0)"
+        f"\ngate '{GATE}', {args.runs} runs each "
+        "(onnxshrink gate A B --data ZOO.npz; 95% interval, fail only when it lies above 1.0)"
     )
     print(
-        f"{'model':26s} {'copy work':>20s} | {'self: pass/fail/incon.':>22s} {'ratios seen':>16s} | {'~1.3x: pass/fail':>17s} {'ratios seen':>16s} | s/run"
+        f"{'model':26s} {'copy work':>20s} | {'self: pass/fail/incon.':>22s} {'ratios seen':>16s} | "
+        f"{'~1.3x: pass/fail':>17s} {'ratios seen':>16s} | s/run"
     )
     for name, work, same, more in rows:
 
@@ -236,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             return f"{min(ratios):.3f}-{max(ratios):.3f}" if ratios else "-"
 
         print(
-            f"{name:26s} {work[0]:6.3f} [{work[1]:.3f},{work[2]:.3f}] | {same[0]:>8d}/{same[1]}/{same[2]:<11d} {seen(same):>16s} | "
+            f"{name:26s} {work[0]:6.3f} [{work[1]:.3f},{work[2]:.3f}] | "
+            f"{same[0]:>8d}/{same[1]}/{same[2]:<11d} {seen(same):>16s} | "
             f"{more[0]:>10d}/{more[1]:<6d} {seen(more):>16s} | {(same[4] + more[4]) / 2:.1f}"
         )
     return 0

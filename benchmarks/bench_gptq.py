@@ -240,7 +240,10 @@ def rows_for(name: str) -> list[list[str]]:
     for variant in ("binary", "ternary"):
         for budget in (0.02, 1.0):
             out, stats = onnxshrink_step(model, feeds, "binarize", {"variant": variant, "budget": budget})
-            note = f"budget {budget:g}: {stats['binarized_tensors']}/{stats['candidate_tensors']} layers, calib loss {stats['fidelity_loss']:.3f}"
+            note = (
+                f"budget {budget:g}: {stats['binarized_tensors']}/{stats['candidate_tensors']} layers, "
+                f"calib loss {stats['fidelity_loss']:.3f}"
+            )
             add(
                 f"binarize {variant}",
                 1 if variant == "binary" else 2,

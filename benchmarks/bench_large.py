@@ -80,7 +80,10 @@ def main() -> None:
     gptq_sizes = {float(s) for s in os.environ.get("ONNXSHRINK_BENCH_LARGE_GPTQ_GB", "1").split(",") if s.strip()}
     root = Path(tempfile.mkdtemp(prefix="onnxshrink-bench-large-"))
     try:
-        header = f"{'model':>8} | {'job':<36} | {'time s':>7} | {'x floor':>7} | {'peak RSS GB':>11} | {'x model':>7} | {'output GB':>9} | note"
+        header = (
+            f"{'model':>8} | {'job':<36} | {'time s':>7} | {'x floor':>7} | {'peak RSS GB':>11} | "
+            f"{'x model':>7} | {'output GB':>9} | note"
+        )
         print(header)
         print("-" * len(header))
         for gb in sizes:

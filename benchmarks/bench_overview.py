@@ -49,8 +49,9 @@ def main() -> None:
                 cpu, acc = v["latency"]["cpu"], v["fidelity"].get("accuracy") or {}
                 note = cpu.get("warning") or ""
                 print(
-                    f"{model:<12} | {label:<32} | {v['size']['size_ratio']:>5.3f}x | {cpu.get('ratio', float('nan')):>10.3f}x | "
-                    f"{v['fidelity']['cosine']:>8.5f} | {acc.get('baseline', 0):.4f} -> {acc.get('candidate', 0):.4f} | {note[:40]}",
+                    f"{model:<12} | {label:<32} | {v['size']['size_ratio']:>5.3f}x | "
+                    f"{cpu.get('ratio', float('nan')):>10.3f}x | {v['fidelity']['cosine']:>8.5f} | "
+                    f"{acc.get('baseline', 0):.4f} -> {acc.get('candidate', 0):.4f} | {note[:40]}",
                     flush=True,
                 )
 

@@ -135,7 +135,8 @@ def print_table(rows: list[dict]) -> None:
     ]
     base = {r["model"]: r for r in rows if r["method"] == "float32 baseline"}
     table = Table(
-        title=f"structured pruning (onnxruntime {ort.__version__}, CPU EP, 1 thread; latency = candidate / float32 median, interleaved)"
+        title=f"structured pruning (onnxruntime {ort.__version__}, CPU EP, 1 thread; "
+        "latency = candidate / float32 median, interleaved)"
     )
     for h in headers:
         table.add_column(h, justify="left" if h in ("model", "method", "note") else "right")

@@ -252,7 +252,8 @@ def print_table(rows: list[dict]) -> None:
             print(" | ".join(c))
         return
     table = Table(
-        title=f"int_quant vs onnxruntime.quantization (onnxruntime {ort.__version__}, CPU EP, 1 thread; latency = candidate / float32 median, interleaved)"
+        title=f"int_quant vs onnxruntime.quantization (onnxruntime {ort.__version__}, CPU EP, 1 thread; "
+        "latency = candidate / float32 median, interleaved)"
     )
     for h in headers:
         table.add_column(h, justify="right" if h not in ("model", "method", "note") else "left")

@@ -296,7 +296,10 @@ def outputs_mismatch(original: Path, output: Path, baseline: list[dict], candida
     for i, (base, cand) in enumerate(zip(baseline, candidate)):
         for name, ref in base.items():
             if cand[name].shape != ref.shape or cand[name].dtype != ref.dtype:
-                return f"output {name!r} on evaluation feed {i}: {ref.dtype}{list(ref.shape)} became {cand[name].dtype}{list(cand[name].shape)}"
+                return (
+                    f"output {name!r} on evaluation feed {i}: "
+                    f"{ref.dtype}{list(ref.shape)} became {cand[name].dtype}{list(cand[name].shape)}"
+                )
     return None
 
 

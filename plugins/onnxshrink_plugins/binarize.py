@@ -29,7 +29,8 @@ def binarize(array: np.ndarray, axis: int) -> QuantizedTensor:
 
 
 def ternarize(array: np.ndarray, axis: int, threshold: float) -> QuantizedTensor:
-    """W ≈ α·t, t in {-1, 0, +1}: zero where |W| <= threshold·mean|W| (per output channel), α = mean |W| of the rest (TWN)."""
+    """W ≈ α·t, t in {-1, 0, +1}: zero where |W| <= threshold·mean|W| (per output channel),
+    α = mean |W| of the rest (TWN)."""
     reduce = tuple(i for i in range(array.ndim) if i != axis)
     magnitude = np.abs(array)
     delta = threshold * np.mean(magnitude, axis=reduce, keepdims=True)
@@ -223,11 +224,13 @@ class Binarize(Method):
         stored_bytes = sum(s.stored_bytes for s in stored)
         if stored:
             context.warn(
-                f"{len(stored)} layer(s) {options.variant}-quantized; fidelity loss on the calibration data {final['loss']:.4f} ({judge.metric}). {HONEST_NOTE}"
+                f"{len(stored)} layer(s) {options.variant}-quantized; "
+                f"fidelity loss on the calibration data {final['loss']:.4f} ({judge.metric}). {HONEST_NOTE}"
             )
         elif layers:
             context.warn(
-                f"no layer could be {options.variant}-quantized within budget {options.budget} ({judge.metric}); the model is unchanged"
+                f"no layer could be {options.variant}-quantized within budget {options.budget} ({judge.metric}); "
+                "the model is unchanged"
             )
         return {
             "variant": options.variant,
@@ -261,7 +264,8 @@ class _Fidelity:
         classes = first.ndim == 2 and first.shape[-1] >= 2
         if metric == "agreement" and not classes:
             raise onnxshrink.UsageError(
-                f"plugin 'binarize': metric=agreement needs a first output of shape (N, classes), got {first.shape}; use metric=cosine"
+                "plugin 'binarize': metric=agreement needs a first output of shape (N, classes), "
+                f"got {first.shape}; use metric=cosine"
             )
         self.metric = metric if metric != "auto" else ("agreement" if classes else "cosine")
         self.samples = sum(int(np.asarray(r[0]).shape[0]) for r in self.reference) if classes else len(feeds)

@@ -27,7 +27,8 @@ AUTO = {"mode": ("auto",)}
 
 
 class IntQuant(Method):
-    """Quantize every float weight onnxruntime folds (Conv, Gemm, MatMul, LSTM/GRU, embeddings...) to int8, int4 or int2.
+    """
+    Quantize every float weight onnxruntime folds (Conv, Gemm, MatMul, LSTM/GRU, embeddings...) to int8, int4 or int2.
 
     Modes (``mode=``):
 
@@ -257,7 +258,8 @@ class IntQuant(Method):
         markers = onnxshrink.quantization_markers(model)
         if markers:
             context.warn(
-                f"the model is already quantized ({markers[0]}{' and more' if len(markers) > 1 else ''}); left unchanged"
+                f"the model is already quantized ({markers[0]}{' and more' if len(markers) > 1 else ''}); "
+                "left unchanged"
             )
             return {
                 "mode": None,
@@ -277,8 +279,13 @@ class IntQuant(Method):
         declared = [onnx.ValueInfoProto.FromString(i.SerializeToString()) for i in model.graph.input]
         freed = _free_input_weights(model, options.input_weights)
         if freed:
+            why = (
+                "every initializer, as older exporters write them"
+                if options.input_weights == "auto"
+                else "input_weights=constant"
+            )
             context.log(
-                f"{freed} initializers were also graph inputs ({'every initializer, as older exporters write them' if options.input_weights == 'auto' else 'input_weights=constant'}); treated as constants and removed from the inputs"
+                f"{freed} initializers were also graph inputs ({why}); treated as constants and removed from the inputs"
             )
         needs_data = mode in ("auto", "static") or options.sensitivity
         on_disk = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
@@ -286,17 +293,20 @@ class IntQuant(Method):
             # choosing runs every candidate in memory; a model whose weights stay on disk gets the form that
             # is never slower and shrinks the file the most without measuring (storage)
             context.warn(
-                "the model keeps its weights in external data, which mode=auto cannot run candidates on; mode=storage used without a measured choice"
+                "the model keeps its weights in external data, which mode=auto cannot run candidates on; "
+                "mode=storage used without a measured choice"
             )
             mode, needs_data = "storage", False
             options = options.replace(mode="storage")
         elif needs_data and on_disk:
             raise self.option_error(
-                f"mode={mode}{', sensitivity' if options.sensitivity else ''} runs the model in memory, and this model keeps its weights in external data; use mode=storage or weights"
+                f"mode={mode}{', sensitivity' if options.sensitivity else ''} runs the model in memory, "
+                "and this model keeps its weights in external data; use mode=storage or weights"
             )
         if needs_data and model.ByteSize() > MEASURABLE_BYTES:
             raise self.option_error(
-                f"mode={mode}{', sensitivity' if options.sensitivity else ''} runs the model in memory and supports models under 2 GB; use mode=storage or weights"
+                f"mode={mode}{', sensitivity' if options.sensitivity else ''} runs the model in memory "
+                "and supports models under 2 GB; use mode=storage or weights"
             )
         feeds = _feeds(model, options, context) if needs_data else []
         extra: dict[str, Any] = {}
@@ -400,7 +410,10 @@ def _held_back(feeds: list[dict], extra: dict[str, Any]) -> tuple[list[dict], li
     extra["choice_feeds"] = {
         "calibrate": len(fit),
         "held_back": len(check),
-        "note": "static ranges and layer sensitivity from every other feed; static judged on the feeds held back from it, the uncalibrated forms on all of them",
+        "note": (
+            "static ranges and layer sensitivity from every other feed; "
+            "static judged on the feeds held back from it, the uncalibrated forms on all of them"
+        ),
     }
     return fit, check
 
@@ -481,7 +494,8 @@ def _mixed(model, settings: Settings, feeds, check, calibrated, options, context
         )
     if not result.met_target:
         context.warn(
-            f"sensitivity: worst per-feed cosine {result.cosine:.6f} < target {options.target_cosine} even with every layer kept float"
+            f"sensitivity: worst per-feed cosine {result.cosine:.6f} < target {options.target_cosine} "
+            "even with every layer kept float"
         )
     extra["sensitivity"] = {
         "target_cosine": options.target_cosine,

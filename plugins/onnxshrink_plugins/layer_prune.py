@@ -31,7 +31,8 @@ class LayerPrune(Method):
     Residual blocks are found on the graph: an Add of a tensor x and a branch f(x) computed from x
     alone (and constants), whose nodes nothing else reads, with x, f(x) and y of one static shape.
     A transformer's attention and MLP sub-blocks and a ResNet's identity blocks qualify; blocks with a
-    projection shortcut do not. (Symbolic dims such as the batch are not compared.) Each block is scored on the calibration data by its block influence
+    projection shortcut do not. (Symbolic dims such as the batch are not compared.) Each block is
+    scored on the calibration data by its block influence
     1 - cos(x, y) (ShortGPT, Men et al. 2024; cosine per sample over all its features) or by
     ``score=norm``, the relative norm ||f(x)|| / ||x||, and the ``n`` lowest (or the ``ratio``
     lowest fraction, or those scoring under ``threshold``) are removed by wiring y to x; the branch
@@ -72,7 +73,8 @@ class LayerPrune(Method):
         if unknown:
             listing = ", ".join(b.add for b in blocks) or "(none)"
             raise onnxshrink.UsageError(
-                f"plugin {self.name!r}: option 'exclude': no residual block ends at {sorted(unknown)[0]!r}; blocks: {listing}"
+                f"plugin {self.name!r}: option 'exclude': no residual block ends at {sorted(unknown)[0]!r}; "
+                f"blocks: {listing}"
             )
         candidates = [b for b in blocks if b.add not in excluded]
         wanted = _how_many(options, len(candidates))

@@ -63,7 +63,8 @@ class SparseStore(Method):
         unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
         if unknown:
             raise onnxshrink.UsageError(
-                f"plugin 'sparse_store': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model"
+                f"plugin 'sparse_store': exclude entry {unknown[0]!r} "
+                "matches no node name, op type or tensor of the model"
             )
         layers, left = find_layers(
             model, op_types=options.op_types, exclude=options.exclude or (), min_size=options.min_size

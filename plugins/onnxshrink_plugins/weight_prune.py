@@ -35,7 +35,8 @@ class WeightPrune(Method):
     smaller are pruned (``store=dense`` prunes every weight and keeps the zeros dense). Without
     ``--data`` the budget is judged on random inputs, with a warning.
 
-    Unstructured with ``sparsity`` or ``threshold``: zero the smallest weights of Conv, ConvTranspose, Gemm and MatMul (and
+    Unstructured with ``sparsity`` or ``threshold``: zero the smallest weights of Conv, ConvTranspose,
+    Gemm and MatMul (and
     Gather embedding tables with ``embeddings=true``) wherever they are stored: initializers, Constant
     nodes, shared tensors and subgraphs. Biases, normalization parameters, 1-D tensors and tensors under
     ``min_size`` elements are left alone. Zeros do not make onnxruntime faster or the .onnx file

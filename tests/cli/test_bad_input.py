@@ -506,11 +506,12 @@ def without_shape_information() -> onnx.ModelProto:
 
 
 def dims_stay_dynamic(before: onnx.ModelProto, after: onnx.ModelProto, report: dict) -> None:
+    def dims(model: onnx.ModelProto, kind: str) -> list[list[str | int]]:
+        values = getattr(model.graph, kind)
+        return [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values]
+
     for kind in ("input", "output"):
-        dims = lambda m: [
-            [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in getattr(m.graph, kind)
-        ]  # noqa: E731
-        assert dims(after) == dims(before), kind
+        assert dims(after, kind) == dims(before, kind), kind
     assert any(
         isinstance(d, str) and d
         for v in before.graph.input
@@ -602,7 +603,8 @@ def test_awkward_but_valid_input_is_handled(cli, tmp_path, case, method):
     out, report_path = tmp_path / "out" / "model.small.onnx", tmp_path / "out" / "report.json"
     result = shrink(cli, model, out, "--report", report_path, plugin=method)
     if not spec.runs_in_onnxruntime and result.exit_code == 2:
-        # a method that must run the model (calibration, measurement) may refuse such an input: one line, nothing written
+        # a method that must run the model (calibration, measurement) may refuse such an input:
+        # one line, nothing written
         assert_one_line_error(
             result, 2, f"plugin {method!r} needs to run the model", "onnxruntime cannot load the input model"
         )

@@ -122,7 +122,8 @@ class UnknownOp(Fault):
     def apply(self, model, options, context):
         first = model.graph.node[0]
         first.output[0], old = "renamed_by_fault", first.output[0]
-        model.graph.node.insert(1, helper.make_node("Mystery", ["renamed_by_fault"], [old], name="mystery", domain="com.fault"))
+        mystery = helper.make_node("Mystery", ["renamed_by_fault"], [old], name="mystery", domain="com.fault")
+        model.graph.node.insert(1, mystery)
         model.opset_import.append(helper.make_opsetid("com.fault", 1))
         return {}
 
@@ -158,7 +159,10 @@ class NotADict(Fault):
 
 @onnxshrink.hookimpl
 def register_methods(register):
-    for cls in (Raises, Exits, Interrupted, RefusesInput, Dangling, Cycle, WeightShape, OutputShape, UnknownOp, DuplicateNames, BadStats, NotADict):
+    for cls in (
+        Raises, Exits, Interrupted, RefusesInput, Dangling, Cycle,
+        WeightShape, OutputShape, UnknownOp, DuplicateNames, BadStats, NotADict,
+    ):
         register(cls)
 '''
 

@@ -89,7 +89,7 @@ def test_unknown_option_names_the_option_and_the_method():
         AttributeError,
         match=r"method 'modes_demo' has no option 'levle'; known options: fine, flag, level, mode, names",
     ):
-        options.levle
+        _ = options.levle
     assert not hasattr(options, "_private") and getattr(options, "nope", 1) == 1
 
 

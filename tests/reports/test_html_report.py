@@ -407,7 +407,8 @@ def _chromium() -> str | None:
 
 needs_browser = pytest.mark.skipif(
     _chromium() is None,
-    reason="no headless browser: install Debian's chromium package (or set ONNXSHRINK_CHROMIUM) to run the browser checks",
+    reason="no headless browser: install Debian's chromium package (or set ONNXSHRINK_CHROMIUM) "
+    "to run the browser checks",
 )
 
 

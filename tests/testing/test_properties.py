@@ -403,7 +403,8 @@ def interface(model: onnx.ModelProto) -> list[tuple]:
 
 
 def run_chain(model: onnx.ModelProto, chain: list[tuple[str, dict[str, Any]]], feeds) -> onnx.ModelProto | None:
-    """The chain applied to a copy of ``model`` exactly as ``--plugin A --plugin B`` runs it; None when a step refuses."""
+    """The chain applied to a copy of ``model`` exactly as ``--plugin A --plugin B`` runs it; None when a step
+    refuses."""
     steps = [PreparedStep(REGISTRY.get(name), REGISTRY.get(name).cls.validate_options(raw)) for name, raw in chain]
     out = onnx.ModelProto()
     out.CopyFrom(model)

@@ -46,6 +46,11 @@ def test_pack_rejects_codes_out_of_range():
         pack_codes(np.array([8]), 3)
 
 
+def first_output(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)[0]
+
+
 def matmul_model(nodes, inits, shape=SHAPE, opset=17, dtype=TensorProto.FLOAT) -> onnx.ModelProto:
     graph = helper.make_graph(
         [*nodes, helper.make_node("MatMul", ["x", "w"], ["y"])],
@@ -211,8 +216,7 @@ def test_store_weight_wherever_the_weight_lives(builder):
         stored.append(onnxshrink.store_weight(model, weight, qt, form="packed"))
     onnx.checker.check_model(model, full_check=True)
     assert all(s.form == "packed" and 3 < s.bits_per_weight < 16 for s in stored)
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]  # noqa: E731
-    np.testing.assert_array_equal(run(model), run(expected_model))
+    np.testing.assert_array_equal(first_output(model, feed), first_output(expected_model, feed))
 
 
 def test_conv_weight_stored_as_a_matrix_is_reshaped_back():
@@ -224,8 +228,7 @@ def test_conv_weight_stored_as_a_matrix_is_reshaped_back():
     twin.set_array(qt.dequantize().reshape(weight.shape))
     onnxshrink.store_weight(model, weight, qt, form="packed", shape=weight.shape)
     x = {"input": np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)}
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]  # noqa: E731
-    np.testing.assert_array_equal(run(model), run(reference))
+    np.testing.assert_array_equal(first_output(model, x), first_output(reference, x))
 
 
 def run_plugin(registry, model, name, feeds=None, **options):
@@ -248,10 +251,7 @@ def test_sparse_store_on_a_pruned_model_shrinks_the_file_with_its_sparsity(regis
         assert stats["stored_tensors"] == 3 and stats["weight_bytes_after"] < stats["weight_bytes_before"]
         sizes.append(stored.ByteSize())
         assert stored.ByteSize() < pruned.ByteSize()
-        run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-            None, {"input": x}
-        )[0]  # noqa: E731
-        np.testing.assert_array_equal(run(stored), run(pruned))
+        np.testing.assert_array_equal(first_output(stored, {"input": x}), first_output(pruned, {"input": x}))
     assert sizes[0] > sizes[1] > sizes[2]
 
 

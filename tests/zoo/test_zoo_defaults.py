@@ -111,7 +111,8 @@ def test_int_quant_default_shrinks_and_stays_faithful(zoo_runs, model):
     if ("int_quant", model) in KNOWN_GAPS and not cos >= INT_QUANT_MIN_WORST_COSINE:
         pytest.xfail(f"{model}: {KNOWN_GAPS['int_quant', model]} (measured now: {cos:.5f})")
     assert not math.isnan(cos) and cos >= INT_QUANT_MIN_WORST_COSINE, (
-        f"{model}: int_quant worst per-feed cosine {cos:.5f} on output {output!r} < {INT_QUANT_MIN_WORST_COSINE} (file {size:.3f}x)"
+        f"{model}: int_quant worst per-feed cosine {cos:.5f} on output {output!r} < {INT_QUANT_MIN_WORST_COSINE} "
+        f"(file {size:.3f}x)"
     )
 
 
@@ -123,5 +124,6 @@ def test_weight_prune_default_is_not_larger_and_stays_faithful(zoo_runs, model):
     assert size <= WEIGHT_PRUNE_MAX_SIZE_RATIO, f"{model}: weight_prune made the file larger: {size:.4f}x"
     cos, output = _worst(judged)
     assert not math.isnan(cos) and cos >= WEIGHT_PRUNE_MIN_WORST_COSINE, (
-        f"{model}: weight_prune worst per-feed cosine {cos:.5f} on output {output!r} < {WEIGHT_PRUNE_MIN_WORST_COSINE} (file {size:.3f}x)"
+        f"{model}: weight_prune worst per-feed cosine {cos:.5f} on output {output!r} "
+        f"< {WEIGHT_PRUNE_MIN_WORST_COSINE} (file {size:.3f}x)"
     )

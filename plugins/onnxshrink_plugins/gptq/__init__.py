@@ -55,7 +55,8 @@ class Gptq(Method):
     front of Conv on every inference. Weights in If/Loop subgraphs (their inputs cannot be
     observed), grouped or 3-D Conv and Gemm/MatMul weights on the left input are rounded to nearest
     on the same grid, or per output channel, and listed with the reason. Gather tables (embeddings)
-    LSTM/GRU/RNN W and R, Einsum operands and constants reshaped before use have no linear map to take a Hessian from: they are rounded to nearest
+    LSTM/GRU/RNN W and R, Einsum operands and constants reshaped before use have no linear map to
+    take a Hessian from: they are rounded to nearest
     in groups of ``group_size`` along their reduction axis and stored packed (folded at load), so
     a transformer's or a recurrent model's file shrinks as a whole. Float constants only Shape or
     Size read (exporter leftovers) become ConstantOfShape (``stats.shape_only``). Needs calibration data
@@ -206,7 +207,8 @@ def _feeds(model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshr
         raise onnxshrink.UsageError("plugin 'gptq': needs calibration data; pass --data (a .npz of model inputs)")
     if context.calibration_is_synthetic:
         context.warn(
-            "gptq calibrated on synthetic (random) inputs; pass --data with real inputs, or it may do worse than round-to-nearest"
+            "gptq calibrated on synthetic (random) inputs; pass --data with real inputs, "
+            "or it may do worse than round-to-nearest"
         )
     return feeds
 
@@ -271,7 +273,8 @@ def _quantize_layer(
             row.update(
                 algorithm="rtn",
                 granularity="per-channel",
-                reason=f"{layer.op_type} weight: no linear map to take a Hessian from, so rounded to nearest per output channel",
+                reason=f"{layer.op_type} weight: no linear map to take a Hessian from, "
+                "so rounded to nearest per output channel",
             )
         return qt, layer.weight.shape, row
     if not views:
@@ -363,7 +366,8 @@ def _store(work: onnx.ModelProto, done, options, context) -> list[onnxshrink.Sto
         if have < needed:
             if not options.opset_upgrade:
                 context.warn(
-                    f"form=dequantize_linear needs opset {needed} (the model has {have}) and opset_upgrade=false: packed form used"
+                    f"form=dequantize_linear needs opset {needed} (the model has {have}) and opset_upgrade=false: "
+                    "packed form used"
                 )
                 form = "packed"
             else:

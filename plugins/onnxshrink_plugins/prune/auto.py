@@ -41,7 +41,8 @@ def prune_to_budget(
     }
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise onnxshrink.UsageError(
-            f"plugin {context.plugin or 'weight_prune'!r}: pruning to a budget runs the model with swapped weights in memory, "
+            f"plugin {context.plugin or 'weight_prune'!r}: "
+            "pruning to a budget runs the model with swapped weights in memory, "
             "and this model keeps its weights in external data; give sparsity= or threshold="
         )
     opset = onnxshrink.model_opset(model)
@@ -88,7 +89,8 @@ def prune_to_budget(
         feeds = synthetic_feeds(model, context.rng, SYNTHETIC_FEEDS)
     if context.calibration_is_synthetic or not context.calibration_feeds():
         context.warn(
-            "the budget is judged on synthetic random inputs (no --data): pass --data with real inputs for a budget that means something"
+            "the budget is judged on synthetic random inputs (no --data): "
+            "pass --data with real inputs for a budget that means something"
         )
     rank, judge = split_feeds(feeds)
     if rank is judge:
@@ -109,7 +111,10 @@ def prune_to_budget(
     if store == "auto":
         saving = sum(c.dense_bytes - c.stored_bytes[lv] for c, lv in zip(candidates, levels) if lv > 0)
         if 0 < saving < MIN_SAVING * model.ByteSize():
-            stopped += f"; the {saving} B it would save are under {MIN_SAVING:.0%} of the file: not worth the fidelity, nothing pruned"
+            stopped += (
+                f"; the {saving} B it would save are under {MIN_SAVING:.0%} of the file: "
+                "not worth the fidelity, nothing pruned"
+            )
             levels = [0.0] * len(candidates)
     for index, (candidate, level) in enumerate(zip(candidates, levels)):
         if level <= 0:

@@ -193,7 +193,7 @@ def search_budget(
             )
         k = max(1, max(j for j, p in enumerate(predicted) if p <= max(1.0 - budget, base)))
         lo, lo_cos, hi, hi_cos, tried = _bisect(
-            lambda j: measure(levels_after(levels, steps, j), quick),
+            lambda j, levels=levels, steps=steps: measure(levels_after(levels, steps, j), quick),
             budget,
             0,
             cosine,
@@ -209,7 +209,7 @@ def search_budget(
                 lo_cos = value
             else:
                 lo, lo_cos, hi, hi_cos, tried = _bisect(
-                    lambda j: measure(levels_after(levels, steps, j), judge),
+                    lambda j, levels=levels, steps=steps: measure(levels_after(levels, steps, j), judge),
                     budget,
                     0,
                     lo_cos,
@@ -223,7 +223,10 @@ def search_budget(
             stopped = _all_reached(frozen)
             break
         if hi != lo + 1:
-            stopped = f"bisection runs ({QUICK_RUNS}) used up: {lo} of {len(steps)} further steps kept; {hi} steps gave worst per-feed cosine {hi_cos:.4f} < {budget}"
+            stopped = (
+                f"bisection runs ({QUICK_RUNS}) used up: {lo} of {len(steps)} further steps kept; "
+                f"{hi} steps gave worst per-feed cosine {hi_cos:.4f} < {budget}"
+            )
             break
         i, target = steps[lo]
         frozen[i] = {
@@ -232,7 +235,10 @@ def search_budget(
             "failed_sparsity": target,
             "worst_cosine": round(hi_cos, 6),
         }
-        stopped = f"budget: {candidates[i].name} to sparsity {target} gave worst per-feed cosine {hi_cos:.4f} < {budget} (last of {len(frozen)} tensors stopped this way)"
+        stopped = (
+            f"budget: {candidates[i].name} to sparsity {target} gave worst per-feed cosine {hi_cos:.4f} < {budget} "
+            f"(last of {len(frozen)} tensors stopped this way)"
+        )
     else:
         stopped += f"; search rounds ({MAX_ROUNDS}) used up"
     return Search(levels, cosine, list(frozen.values()), runs, stopped)

@@ -1,11 +1,13 @@
 """mode=auto: build each representation that applies, measure it, keep the smallest that is good enough.
 
 Good enough: smaller than the float model, worst per-feed cosine of every output against it ≥
-``target_cosine`` on calibration feeds held back from calibrating (``check``), and CPU latency (1 thread, interleaved with the float model) at most
+``target_cosine`` on calibration feeds held back from calibrating (``check``), and CPU latency
+(1 thread, interleaved with the float model) at most
 ``1 + latency_tolerance`` times the float model's. Among those, with ``prefer=size`` the smallest
 file wins; files within 2% of each other count as the same size, and among them the simplest form
 (storage, weights, dynamic, static in that order) wins unless another is faster by more than
-``latency_tolerance``, confirmed by timing the two against each other. With ``prefer=speed`` the fastest wins (the smallest of those within
+``latency_tolerance``, confirmed by timing the two against each other. With ``prefer=speed`` the
+fastest wins (the smallest of those within
 ``latency_tolerance`` of it). A candidate that fails to build or run is recorded with its error
 and skipped. When nothing is good enough, sensitivity-driven mixed precision is tried in the storage
 form (the most sensitive layers kept wider, then float) before the model is left float.
@@ -171,7 +173,8 @@ def choose(
         report["winner"] = None
         misses = "; ".join(f"{r['mode']}: {_miss(r, target, tolerance)}" for r in rows)
         report["why"] = (
-            f"no representation met the target (smaller than float, worst per-feed cosine ≥ {target} on held-back feeds, latency ≤ {1 + tolerance:.2f}x float), the model is left float: {misses}"
+            f"no representation met the target (smaller than float, worst per-feed cosine ≥ {target} "
+            f"on held-back feeds, latency ≤ {1 + tolerance:.2f}x float), the model is left float: {misses}"
         )
         return Choice(None, None, report)
     if prefer == "speed":
@@ -244,7 +247,8 @@ def _miss(row: dict, target: float, tolerance: float) -> str:
 
 def _describe(row: dict, target: float, tolerance: float) -> str:
     text = (
-        f"mode={row['mode']}: {row['bytes']} bytes ({row['size_ratio']:.3f} of float), worst per-feed cosine {row['cosine']:.6f} ≥ {target}, "
+        f"mode={row['mode']}: {row['bytes']} bytes ({row['size_ratio']:.3f} of float), "
+        f"worst per-feed cosine {row['cosine']:.6f} ≥ {target}, "
         f"latency {row['latency_ratio']:.2f}x float ≤ {1 + tolerance:.2f}x"
     )
     for key, how in (("kept_wider", f"kept at {row.get('kept_as')}"), ("kept_float", "kept float")):

@@ -205,7 +205,10 @@ def _build_weight_forms(
                     )
                 )
             else:
-                why = f"{scheme.bits}-bit storage needs opset {storage_opset} (the model has {onnxshrink.model_opset(work)})"
+                why = (
+                    f"{scheme.bits}-bit storage needs opset {storage_opset} "
+                    f"(the model has {onnxshrink.model_opset(work)})"
+                )
                 left.append(
                     {
                         "tensor": target.weight.name,

@@ -169,7 +169,10 @@ def dequantize_linear_reason(target: Target, scheme: Scheme, dq_conv: bool) -> s
     if weight.dtype != onnx.TensorProto.FLOAT:
         return "not float32: onnxruntime's integer kernels compute in float32 and would add Casts"
     if not target.single_use:
-        return "read by several nodes: onnxruntime fuses DequantizeLinear into MatMulNBits only for a weight read by one MatMul"
+        return (
+            "read by several nodes: "
+            "onnxruntime fuses DequantizeLinear into MatMulNBits only for a weight read by one MatMul"
+        )
     if op == "Conv":
         if dq_conv:
             return None

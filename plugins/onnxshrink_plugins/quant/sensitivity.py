@@ -142,7 +142,8 @@ def mixed_precision(
             scores = [rows[label]["cosine"] for label in item.get("layers", []) if label in rows]
             if scores:
                 item["reason"] = (
-                    f"{how} by the sensitivity search: quantized alone it gives a worst per-feed cosine of {min(scores):.6f}, "
+                    f"{how} by the sensitivity search: "
+                    f"quantized alone it gives a worst per-feed cosine of {min(scores):.6f}, "
                     f"among the {k} most sensitive layers kept back to reach {target} (reached {score:.6f})"
                 )
     for item in built.quantized:
@@ -150,7 +151,8 @@ def mixed_precision(
             scores = [rows[label]["cosine"] for label in item.get("layers", []) if label in rows]
             if scores:
                 item["note"] = (
-                    f"{how} by the sensitivity search: at {settings.scheme.bits} bits alone it gives a worst per-feed cosine of "
-                    f"{min(scores):.6f}, among the {k} most sensitive layers kept back to reach {target} (reached {score:.6f})"
+                    f"{how} by the sensitivity search: "
+                    f"at {settings.scheme.bits} bits alone it gives a worst per-feed cosine of {min(scores):.6f}, "
+                    f"among the {k} most sensitive layers kept back to reach {target} (reached {score:.6f})"
                 )
     return MixedPrecision(built, score, table, order[:k], searched, score >= target, wider)

@@ -136,7 +136,10 @@ def _all_finite(array: np.ndarray) -> bool:
 def _custom_domain_reader(weight: WeightTensor) -> str | None:
     for use in weight.other_uses:
         if use.node.domain not in DEFAULT_DOMAINS:
-            return f"also read by custom-domain op {use.node.domain}::{use.node.op_type} {node_label(use.node)!r}, which must see the original values"
+            return (
+                f"also read by custom-domain op {use.node.domain}::{use.node.op_type} {node_label(use.node)!r}, "
+                "which must see the original values"
+            )
     return None
 
 
@@ -158,7 +161,10 @@ def _custom_domain_nodes(model: onnx.ModelProto, min_size: int) -> list[dict]:
                     {
                         "node": node_label(node),
                         "tensors": weights,
-                        "reason": f"custom-domain op {node.domain}::{node.op_type}: int_quant does not know its semantics, so its weights stay float",
+                        "reason": (
+                            f"custom-domain op {node.domain}::{node.op_type}: "
+                            "int_quant does not know its semantics, so its weights stay float"
+                        ),
                     }
                 )
     return out
