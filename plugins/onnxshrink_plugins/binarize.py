@@ -111,11 +111,7 @@ class Binarize(Method):
             raise cls.option_error("op_types is empty; name at least one of " + ", ".join(WEIGHTED_OPS))
 
     def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
-        unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
-        if unknown:
-            raise onnxshrink.UsageError(
-                f"plugin 'binarize': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model"
-            )
+        self.check_exclude(model, options.exclude)
         opset = onnxshrink.model_opset(model)
         if opset >= PACKED_OPSET:
             return self._apply(model, options, context)

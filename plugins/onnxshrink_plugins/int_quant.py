@@ -269,11 +269,7 @@ class IntQuant(Method):
                 "quantized": [],
                 "left": [],
             }
-        unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
-        if unknown:
-            raise self.option_error(
-                f"exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model"
-            )
+        self.check_exclude(model, options.exclude)
         settings = _settings(options)
         mode = options.mode
         declared = [onnx.ValueInfoProto.FromString(i.SerializeToString()) for i in model.graph.input]

@@ -60,12 +60,7 @@ class SparseStore(Method):
             raise cls.option_error("op_types is empty; name at least one of " + ", ".join(WEIGHTED_OPS))
 
     def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
-        unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
-        if unknown:
-            raise onnxshrink.UsageError(
-                f"plugin 'sparse_store': exclude entry {unknown[0]!r} "
-                "matches no node name, op type or tensor of the model"
-            )
+        self.check_exclude(model, options.exclude)
         layers, left = find_layers(
             model, op_types=options.op_types, exclude=options.exclude or (), min_size=options.min_size
         )

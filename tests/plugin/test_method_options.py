@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import onnx
 import pytest
 
 from onnxshrink import Method, Option
 from onnxshrink.errors import UsageError
 from onnxshrink.plugin.method import check_method_class, parse_plugin_spec
+from tests.support.cli import assert_one_line_error
+from tests.support.files import MODELS
 
 
 class Demo(Method):
@@ -84,3 +87,30 @@ def test_method_class_checks():
         options = (Option("x", int, 1, ""),)
 
     assert "has no doc" in check_method_class(Undocumented)
+
+
+@pytest.mark.parametrize("method", ["binarize", "gptq", "int_quant", "sparse_store"])
+def test_an_exclude_entry_that_names_nothing_is_refused(method, cli, tmp_path):
+    """Method.check_exclude: one refusal, the same words for every method that takes exclude=."""
+    output = tmp_path / "out.onnx"
+    result = cli(MODELS / "mlp.onnx", "--plugin", f"{method}:exclude=[no_such_node]", "-o", output, "--no-validate")
+    assert_one_line_error(
+        result, 2, f"plugin '{method}': exclude entry 'no_such_node' matches no node name, op type or tensor"
+    )
+    assert not output.exists()
+
+
+def test_check_exclude_accepts_node_labels_op_types_and_tensors(write_model):
+    class Excluding(Method):
+        """Takes exclude= (a test method)."""
+
+        name = "excluding"
+        kind = "transform"
+        options = (Option("exclude", list, None, "Names to leave alone."),)
+
+    model = onnx.load(write_model("mlp"))
+    node = model.graph.node[0]
+    Excluding.check_exclude(model, [node.op_type, node.input[0]])
+    Excluding.check_exclude(model, None)
+    with pytest.raises(UsageError, match="plugin 'excluding': exclude entry 'nope' matches no node"):
+        Excluding.check_exclude(model, ["nope"])

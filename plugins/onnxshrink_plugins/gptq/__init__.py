@@ -163,11 +163,7 @@ class Gptq(Method):
         if markers:
             context.warn(f"the model is already quantized ({markers[0]}); left unchanged")
             return {"quantized_tensors": 0, "already_quantized": markers[:20], "layers": [], "left": []}
-        unknown = onnxshrink.unknown_exclusions(model, options.exclude or [])
-        if unknown:
-            raise onnxshrink.UsageError(
-                f"plugin 'gptq': exclude entry {unknown[0]!r} matches no node name, op type or tensor of the model"
-            )
+        self.check_exclude(model, options.exclude)
         feeds = _feeds(model, options, context)
         work = onnx.ModelProto()
         work.CopyFrom(model)
