@@ -21,8 +21,22 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from onnxshrink.cli.console import gate_table, human_bytes, print_bench, print_report, print_validation, rich_progress
 from onnxshrink.errors import ExitCode, OnnxShrinkError, UsageError
+from onnxshrink.ir.io import check_writable_file
+from onnxshrink.plugin.method import parse_plugin_spec
+from onnxshrink.plugin.registry import default_registry
+from onnxshrink.reports import report_json
+from onnxshrink.reports.html import read_report, write_html
+from onnxshrink.run.inspect_model import inspect_model
+from onnxshrink.run.measure import bench, gate_models
+from onnxshrink.run.shrink import REPORT_SCHEMA, job_from, shrink, tool_info, write_error_reports
+from onnxshrink.tune import TuneJob, parse_bytes, parse_duration, tune
+from onnxshrink.tune.summary import print_summary
+from onnxshrink.validate.data import parse_input_shape
 from onnxshrink.validate.gate import verdict_exit_code
+from onnxshrink.validate.providers import parse_providers
+from onnxshrink.validate.tensors import tensor_breakdown
 from onnxshrink.version import __version__
 
 
@@ -129,8 +143,6 @@ def _stderr_console(quiet: bool) -> Console:
 
 
 def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    from onnxshrink.validate.data import parse_input_shape
-
     return dict(parse_input_shape(v) for v in values)
 
 
@@ -214,8 +226,6 @@ def _gate_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _progress_and_log(quiet: bool) -> dict[str, Any]:
-    from onnxshrink.cli.console import rich_progress
-
     err = _stderr_console(quiet)
     return {
         "progress": lambda description, total, unit="": rich_progress(err, description, total, unit),
@@ -226,7 +236,6 @@ def _progress_and_log(quiet: bool) -> dict[str, Any]:
 def _providers(value: str | None) -> list[str] | None:
     if value is None:
         return None
-    from onnxshrink.validate.providers import parse_providers
 
     return list(parse_providers(value))
 
@@ -289,10 +298,6 @@ def shrink_command(model: Path | None, plugins: tuple[str, ...], recipe: Path | 
     internal failure. On 2 or 3 no model is written (a file already at the output path stays as it
     was) and the --report/--junit/--markdown files still say what failed.
     """
-    from onnxshrink.cli.console import print_report
-    from onnxshrink.plugin.method import parse_plugin_spec
-    from onnxshrink.run.shrink import REPORT_SCHEMA, job_from, shrink, tool_info, write_error_reports
-
     overrides = {
         "output": flags["output"],
         "seed": flags["seed"],
@@ -349,13 +354,9 @@ def bench_command(
 
     Works on any two models, e.g. another tool's output against its input.
     """
-    from onnxshrink.run.measure import bench
-
     if len(models) > 2:
         raise UsageError(f"bench takes one or two models, got {len(models)}")
     if html:
-        from onnxshrink.ir.io import check_writable_file
-
         check_writable_file(html)
     result = bench(
         list(models),
@@ -366,12 +367,8 @@ def bench_command(
         repeats=repeats or 20,
     )
     if as_json:
-        from onnxshrink.reports import report_json
-
         click.echo(report_json(result), nl=False)
     else:
-        from onnxshrink.cli.console import print_bench
-
         print_bench(result, _console())
     if html:
         _write_html(result, html, models)
@@ -404,14 +401,9 @@ def gate_command(
     repeats: int | None,
 ) -> int:
     """Validate CANDIDATE against BASELINE and apply the --gate checks (exit 1 when one fails)."""
-    from onnxshrink.cli.console import gate_table, print_validation
-    from onnxshrink.run.measure import gate_models
-
     if not gates:
         raise UsageError("gate needs at least one --gate check, e.g. --gate 'cosine>=0.999'")
     if html:
-        from onnxshrink.ir.io import check_writable_file
-
         check_writable_file(html)
     report = gate_models(
         baseline,
@@ -440,9 +432,6 @@ def gate_command(
 
 def _write_html(report: dict[str, Any], path: Path, models: tuple[Path, ...]) -> None:
     """The HTML page, with the per-tensor byte breakdown of the models compared (see docs/report.md)."""
-    from onnxshrink.reports.html import write_html
-    from onnxshrink.validate.tensors import tensor_breakdown
-
     if "tensors" not in report:
         report = {**report, "tensors": tensor_breakdown(*models[:2])}
     write_html(report, path)
@@ -459,8 +448,6 @@ def report_command(report_file: Path, html: Path) -> int:
     \b
     onnxshrink report out/report.json --html out/report.html
     """
-    from onnxshrink.reports.html import read_report, write_html
-
     write_html(read_report(report_file), html)
     return ExitCode.OK
 
@@ -595,10 +582,6 @@ def tune_command(
     Exit codes: 0 a model passing every gate was written, 1 none passed (the report is still written),
     2 usage, 3 internal failure. See docs/tune.md.
     """
-    from onnxshrink.ir.io import check_writable_file
-    from onnxshrink.plugin.method import parse_plugin_spec
-    from onnxshrink.tune import TuneJob, parse_bytes, parse_duration, tune
-
     html = flags.pop("html")
     if html:
         check_writable_file(html)
@@ -626,12 +609,8 @@ def tune_command(
     )
     report, code = tune(job, console=_stderr_console(quiet))
     if html:
-        from onnxshrink.reports.html import write_html
-
         write_html(report, html)
     if not quiet:
-        from onnxshrink.tune.summary import print_summary
-
         print_summary(report, _console())
     return code
 
@@ -642,8 +621,6 @@ def tune_command(
 @handle_errors
 def plugins_command(as_json: bool) -> int:
     """List every method: kind, source distribution and version, options with types, defaults and docs."""
-    from onnxshrink.plugin.registry import default_registry
-
     registry = default_registry()
     methods = [info.describe() for _, info in sorted(registry.methods.items())]
     errors = [
@@ -710,13 +687,8 @@ def search_space_text(space: list[dict], fixed: dict) -> str:
 @handle_errors
 def inspect_command(model: Path, as_json: bool) -> int:
     """Show file size (with external data), parameters, non-zeros, op histogram, inputs, outputs and opsets."""
-    from onnxshrink.cli.console import human_bytes
-    from onnxshrink.run.inspect_model import inspect_model
-
     info = inspect_model(model)
     if as_json:
-        from onnxshrink.reports import report_json
-
         click.echo(report_json(info), nl=False)
         return ExitCode.OK
     console = _console()
