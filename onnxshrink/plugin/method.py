@@ -11,15 +11,13 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
+
+import onnx
 
 from onnxshrink.errors import UsageError
+from onnxshrink.plugin.context import Context
 from onnxshrink.toolkit.weights import unknown_exclusions
-
-if TYPE_CHECKING:  # pragma: no cover
-    import onnx
-
-    from onnxshrink.plugin.context import Context
 
 _T = TypeVar("_T")
 KINDS = ("quantize", "prune", "transform")
