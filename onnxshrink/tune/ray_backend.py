@@ -116,7 +116,8 @@ class RayBackend:
                 if address:
                     ray.init(address=address, log_to_driver=False)
                 else:
-                    ray.init(include_dashboard=False, log_to_driver=False)
+                    # a runtime of its own, even when `ray start` left a cluster running on this machine
+                    ray.init(address="local", include_dashboard=False, log_to_driver=False)
             except Exception as exc:  # noqa: BLE001 - a bad address is the user's input
                 raise UsageError(f"--ray {address or ''}: cannot start or join Ray: {one_line(exc)}".replace("  ", " ")) from None
             self.started = True

@@ -15,7 +15,8 @@ MLP, MLP_DATA = MODELS / "mlp.onnx", MODELS / "mlp_eval.npz"
 
 @pytest.fixture(scope="module")
 def ray_runtime():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    # address="local": a runtime of the test's own, whatever Ray cluster may run on the machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     yield
     ray.shutdown()
 
