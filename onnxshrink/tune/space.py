@@ -31,6 +31,10 @@ from onnxshrink.plugin.method import Method, PluginSpec, Tunable, check_search_s
 from onnxshrink.plugin.registry import Registry
 
 CHAIN_PARAM = "chain"
+# The start points try each quantize method with an option of this name (the weight bit width, the
+# convention every built-in quantizer follows) at START_BITS: the strong, cheap corner of most spaces.
+BITS_OPTION = "bits"
+START_BITS = 4
 
 
 @dataclass
@@ -70,6 +74,35 @@ class MethodSpace:
                     middle = t.low + round((middle - t.low) / t.step) * t.step
                 out[name] = int(middle) if self.cls.option(name).type is int else middle
         return out
+
+
+    def low_bit_values(self) -> list[dict[str, Any]]:
+        """Starting values at ``START_BITS`` bits: other numeric choices (block or group sizes) at their
+        smallest positive value, then at their largest; [] when the space has no such ``bits`` option."""
+        bits = self.tunables.get(BITS_OPTION)
+        if bits is None or not _can_take(bits, START_BITS):
+            return []
+        base = {**self.first_values(), BITS_OPTION: START_BITS}
+        sized = {
+            name: [v for v in t.choices if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+            for name, t in self.tunables.items()
+            if name != BITS_OPTION and t.choices is not None
+        }
+        sized = {name: values for name, values in sized.items() if values}
+        out = []
+        for pick in (min, max):
+            values = {**base, **{name: pick(choices) for name, choices in sized.items()}}
+            if values not in out:
+                out.append(values)
+        return out
+
+
+def _can_take(t: Tunable, value: Any) -> bool:
+    if t.choices is not None:
+        return value in t.choices
+    if t.low is None or t.high is None or not t.low <= value <= t.high:
+        return False
+    return t.step is None or abs((value - t.low) / t.step - round((value - t.low) / t.step)) < 1e-9
 
 
 @dataclass
@@ -131,14 +164,29 @@ class SearchSpace:
         return out
 
     def start_points(self) -> list[dict[str, Any]]:
-        """One trial per single quantize method at its starting values (tried first, so a method's
-        default is always measured; prune methods alone rarely make the file smaller)."""
-        points = []
+        """The first trials, strong and cheap ones before the optimizer explores: every single
+        quantize method as it is by default (its starting values), then each at ``START_BITS`` bits
+        (where its space has a ``bits`` option that can take them) with each of its other numeric
+        choices at its finest positive value (smallest blocks or groups: the most accurate), then at
+        its coarsest (the smallest file). Derived from the declared spaces and the defaults only."""
+        singles = []
         for chain in self.chains:
             plugin, as_default = split_element(chain[0])
             if len(chain) == 1 and self.methods[plugin].cls.kind == "quantize":
-                values = {} if as_default else self.methods[plugin].first_values()
-                points.append({CHAIN_PARAM: chain_label(chain), **{f"{plugin}.{k}": v for k, v in values.items()}})
+                singles.append((chain, plugin, as_default))
+        points: list[dict[str, Any]] = []
+
+        def add(chain: tuple[str, ...], plugin: str, values: dict[str, Any]) -> None:
+            point = {CHAIN_PARAM: chain_label(chain), **{f"{plugin}.{k}": v for k, v in values.items()}}
+            if point not in points:
+                points.append(point)
+
+        for chain, plugin, as_default in singles:
+            add(chain, plugin, {} if as_default else self.methods[plugin].first_values())
+        for chain, plugin, as_default in singles:
+            if not as_default:
+                for values in self.methods[plugin].low_bit_values():
+                    add(chain, plugin, values)
         return points
 
 
