@@ -20,7 +20,7 @@ from onnxshrink.tune.space import CHAIN_PARAM, MethodSpace, SearchSpace
 from .conftest import MODELS
 
 MLP, MLP_DATA = MODELS / "mlp.onnx", MODELS / "mlp_eval.npz"
-ONE_CONFIG = 'chains = [["int_quant:default"]]\n[int_quant]\nmode = "storage"\n'
+ONE_CONFIG = 'chains = [["int_quant:default"]]\n[int_quant]\nmode = "storage"\nbits = 8\n'
 
 
 class CountingBackend(LocalBackend):
@@ -130,14 +130,15 @@ def test_no_low_bit_start_point_where_bits_cannot_be_four_or_the_method_does_not
 
 def test_builtin_start_points_try_each_quantizer_at_4_bits(registry_space):
     points = registry_space.start_points()
-    assert points[0] == {CHAIN_PARAM: "int_quant:default"}
+    assert points[0] == {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 8}
+    assert {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 4} in points  # mode=auto at 4 bits
     assert len({tuple(sorted(p.items())) for p in points}) == len(points)  # no point twice
-    four_bit = [p for p in points if any(k.endswith(".bits") and v == 4 for k, v in p.items())]
+    four_bit = [p for p in points if any(k.endswith(".bits") and v == 4 for k, v in p.items()) and ":" not in p[CHAIN_PARAM]]
     assert {p[CHAIN_PARAM] for p in four_bit} >= {"int_quant", "gptq"}
     sizes = {(p[CHAIN_PARAM], p.get("int_quant.block_size", p.get("gptq.group_size"))) for p in four_bit}
     assert {("int_quant", 32), ("int_quant", 128), ("gptq", 32), ("gptq", 128)} <= sizes
-    for p in points[1:]:  # every one is a valid option set for its method
-        plugin = p[CHAIN_PARAM]
+    for p in points:  # every one is a valid option set for its method
+        plugin = p[CHAIN_PARAM].replace(":default", "")
         options = {k.split(".", 1)[1]: v for k, v in p.items() if k != CHAIN_PARAM}
         registry_space.methods[plugin].cls.validate_options({**registry_space.methods[plugin].fixed, **options})
 

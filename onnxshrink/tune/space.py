@@ -76,6 +76,12 @@ class MethodSpace:
         return out
 
 
+    def searched(self, as_default: bool = False) -> list[str]:
+        """The options searched: every tunable; as ``NAME:default`` only ``bits`` (when it is one), the rest at the defaults."""
+        if not as_default:
+            return list(self.tunables)
+        return [BITS_OPTION] if BITS_OPTION in self.tunables else []
+
     def low_bit_values(self) -> list[dict[str, Any]]:
         """Starting values at ``START_BITS`` bits: other numeric choices (block or group sizes) at their
         smallest positive value, then at their largest; [] when the space has no such ``bits`` option."""
@@ -132,9 +138,8 @@ class SearchSpace:
             plugin, as_default = split_element(element)
             space = self.methods[plugin]
             options = dict(space.fixed)
-            if not as_default:
-                for name, t in space.tunables.items():
-                    options[name] = _suggest(trial, f"{plugin}.{name}", t, space.cls.option(name).type)
+            for name in space.searched(as_default):
+                options[name] = _suggest(trial, f"{plugin}.{name}", space.tunables[name], space.cls.option(name).type)
             steps.append(PluginSpec(plugin, options))
         return steps
 
@@ -143,8 +148,7 @@ class SearchSpace:
         out = set()
         for element in label.split("+"):
             plugin, as_default = split_element(element)
-            if not as_default:
-                out |= {f"{plugin}.{name}" for name in self.methods[plugin].tunables}
+            out |= {f"{plugin}.{name}" for name in self.methods[plugin].searched(as_default)}
         return out
 
     def distributions(self) -> dict[str, Any]:
@@ -182,11 +186,13 @@ class SearchSpace:
                 points.append(point)
 
         for chain, plugin, as_default in singles:
-            add(chain, plugin, {} if as_default else self.methods[plugin].first_values())
+            space = self.methods[plugin]
+            first = space.first_values()
+            add(chain, plugin, {k: first[k] for k in space.searched(as_default)})
         for chain, plugin, as_default in singles:
-            if not as_default:
-                for values in self.methods[plugin].low_bit_values():
-                    add(chain, plugin, values)
+            space = self.methods[plugin]
+            for values in space.low_bit_values():
+                add(chain, plugin, {k: values[k] for k in space.searched(as_default)})
         return points
 
 
@@ -198,7 +204,8 @@ DEFAULT_SUFFIX = ":default"
 
 
 def split_element(element: str) -> tuple[str, bool]:
-    """``"int_quant:default"`` → ``("int_quant", True)``: the method with its defaults (and fixed options), nothing searched."""
+    """``"int_quant:default"`` → ``("int_quant", True)``: the method with its defaults (and fixed options);
+    only its ``bits`` is searched, when its space has that option."""
     if element.endswith(DEFAULT_SUFFIX):
         return element[: -len(DEFAULT_SUFFIX)], True
     return element, False
