@@ -16,9 +16,26 @@ MLP, MLP_DATA = MODELS / "mlp.onnx", MODELS / "mlp_eval.npz"
 
 @pytest.fixture(scope="module")
 def ray_runtime():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
+    """A runtime whose workers (and this process) have a temporary folder of their own, so the check
+    that the nodes' copies were removed sees no other test run's copies (/tmp is shared)."""
+    import os
+    import shutil
+    import tempfile
+
+    private = tempfile.mkdtemp(prefix="ostr")  # short: Ray puts its sockets under it
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = private, private
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        yield
+        ray.shutdown()
+    finally:
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        tempfile.tempdir = saved_tempdir
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def test_tune_on_ray_matches_the_local_report(ray_runtime, tmp_path):
