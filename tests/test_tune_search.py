@@ -109,7 +109,8 @@ def _probe(kind="quantize"):
 def test_start_points_are_the_defaults_then_low_bits_at_the_finest_then_coarsest_size():
     cls = _probe()
     space = SearchSpace(
-        {"probe": MethodSpace(cls, {"bits": Tunable("bits", low=2, high=8), "group": Tunable("group", choices=(0, 64, 16)),
+        {"probe": MethodSpace(cls, {"bits": Tunable("bits", low=2, high=8),
+                                    "group": Tunable("group", choices=(0, 64, 16)),
                                     "mode": Tunable("mode", choices=("b", "a"))})},
         [("probe",)],
     )
@@ -124,7 +125,8 @@ def test_no_low_bit_start_point_where_bits_cannot_be_four_or_the_method_does_not
     cls = _probe()
     no_four = SearchSpace({"probe": MethodSpace(cls, {"bits": Tunable("bits", choices=(8, 2))})}, [("probe",)])
     assert no_four.start_points() == [{CHAIN_PARAM: "probe", "probe.bits": 8}]
-    pruner = SearchSpace({"probe": MethodSpace(_probe(kind="prune"), {"bits": Tunable("bits", low=2, high=8)})}, [("probe",)])
+    pruning = MethodSpace(_probe(kind="prune"), {"bits": Tunable("bits", low=2, high=8)})
+    pruner = SearchSpace({"probe": pruning}, [("probe",)])
     assert pruner.start_points() == []
 
 
@@ -133,7 +135,9 @@ def test_builtin_start_points_try_each_quantizer_at_4_bits(registry_space):
     assert points[0] == {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 8}
     assert {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 4} in points  # mode=auto at 4 bits
     assert len({tuple(sorted(p.items())) for p in points}) == len(points)  # no point twice
-    four_bit = [p for p in points if any(k.endswith(".bits") and v == 4 for k, v in p.items()) and ":" not in p[CHAIN_PARAM]]
+    four_bit = [
+        p for p in points if any(k.endswith(".bits") and v == 4 for k, v in p.items()) and ":" not in p[CHAIN_PARAM]
+    ]
     assert {p[CHAIN_PARAM] for p in four_bit} >= {"int_quant", "gptq"}
     sizes = {(p[CHAIN_PARAM], p.get("int_quant.block_size", p.get("gptq.group_size"))) for p in four_bit}
     assert {("int_quant", 32), ("int_quant", 128), ("gptq", 32), ("gptq", 128)} <= sizes
@@ -183,7 +187,8 @@ class ScriptedTiming:
 
 
 def _retime(tmp_path, passes):
-    job = TuneJob(model=MLP, data=MLP_DATA, gates=["cosine>=0.99", "latency_ratio[cpu]<=1.0"], output=tmp_path / "o.onnx", time_s=600)
+    gates = ["cosine>=0.99", "latency_ratio[cpu]<=1.0"]
+    job = TuneJob(model=MLP, data=MLP_DATA, gates=gates, output=tmp_path / "o.onnx", time_s=600)
     checked = tune_run._Checked(job)
     backend = ScriptedTiming(passes)
     tuner = tune_run._Tuner(job, checked, backend, tmp_path, time.monotonic(), None)
