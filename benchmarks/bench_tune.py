@@ -60,7 +60,8 @@ def tuned(model: Path, data: Path, workdir: Path) -> dict:
         Path(REPORTS).mkdir(parents=True, exist_ok=True)
         (Path(REPORTS) / f"{model.stem}.tune.json").write_bytes((workdir / "tune.json").read_bytes())
     out = {"code": code, "trials": len(report["trials"]), "seconds": time.perf_counter() - started,
-           "statuses": {s: sum(t["status"] == s for t in report["trials"]) for s in ("ok", "failed", "timeout", "invalid")}}
+           "statuses": {s: sum(t["status"] == s for t in report["trials"]) for s in ("ok", "failed", "timeout", "invalid")},
+           "repeats": sum(t.get("same_as") is not None for t in report["trials"])}
     if report["chosen"] is not None:
         chosen = next(t for t in report["trials"] if t["number"] == report["chosen"])
         out.update(chosen["metrics"], chain=" -> ".join(
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = list(argv or []) or sorted(p.stem for p in (ZOO / "models").glob("*.onnx"))
     print(f"gate {', '.join(GATES)}; tune budget {BUDGET} per model, --jobs {JOBS}; {os.cpu_count()} CPUs")
-    print("| model | file | int_quant default: size, cosine, latency, passed | tuned: size, cosine, latency | trials (ok/failed/timeout/invalid) | wall | chosen chain |")
+    print("| model | file | int_quant default: size, cosine, latency, passed | tuned: size, cosine, latency | trials (ok/failed/timeout/invalid; repeats reused) | wall | chosen chain |")
     print("|---|---:|---|---|---|---:|---|")
     for name in names:
         model, data = ZOO / "models" / f"{name}.onnx", ZOO / "data" / f"{name}.npz"
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                   if tune_out["code"] == 0 else "none passed")
         s = tune_out["statuses"]
         print(f"| {name} | {model.stat().st_size / 2**20:.1f} MiB | {default} | {result} | {tune_out['trials']} "
-              f"({s['ok']}/{s['failed']}/{s['timeout']}/{s['invalid']}) | {tune_out['seconds']:.0f} s | {tune_out.get('chain', '-')} |", flush=True)
+              f"({s['ok']}/{s['failed']}/{s['timeout']}/{s['invalid']}; {tune_out['repeats']} repeats) | {tune_out['seconds']:.0f} s | {tune_out.get('chain', '-')} |", flush=True)
     return 0
 
 

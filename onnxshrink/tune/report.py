@@ -9,6 +9,8 @@ Report keys (at least)::
      "pareto": [trial numbers], "chosen": trial number | None, "seconds": float}
 
 Extra keys: per trial ``params`` (the optimizer's parameters, replayed by ``--resume``), ``timed``,
+``same_as`` (the earlier trial whose configuration this one repeats: its result was reused, no process ran),
+``latency_passes`` (each timing of a re-timed candidate, when its first was too noisy to trust),
 ``gate_checks`` (every check with value and reason), ``fidelity``; at the top ``seed``, ``backend``,
 ``space``, ``budget``, ``interrupted``, ``output``, ``recipe`` and ``tool``.
 """
@@ -59,8 +61,13 @@ def _cosine_loss(trial: dict[str, Any]) -> float:
 
 def untimed_front(trials: list[dict[str, Any]]) -> list[int]:
     """Among trials that met every gate but latency: the front on (file bytes, 1 - worst cosine)."""
-    points = {t["number"]: (t["metrics"]["file_bytes"], _cosine_loss(t)) for t in trials if t["status"] == "ok" and t["gates_passed_untimed"]}
+    points = {t["number"]: (t["metrics"]["file_bytes"], _cosine_loss(t)) for t in trials if _candidate(t)}
     return pareto(points)
+
+
+def _candidate(trial: dict[str, Any]) -> bool:
+    """Met every gate but latency, and is no repeat of an earlier trial (``same_as``: its model is that trial's)."""
+    return trial["status"] == "ok" and bool(trial["gates_passed_untimed"]) and trial.get("same_as") is None
 
 
 def to_time(trials: list[dict[str, Any]], limit: int) -> list[int]:
@@ -68,7 +75,7 @@ def to_time(trials: list[dict[str, Any]], limit: int) -> list[int]:
     by_number = {t["number"]: t for t in trials}
     front = sorted(untimed_front(trials), key=lambda n: (by_number[n]["metrics"]["file_bytes"], n))
     rest = sorted(
-        (t["number"] for t in trials if t["status"] == "ok" and t["gates_passed_untimed"] and t["number"] not in front),
+        (t["number"] for t in trials if _candidate(t) and t["number"] not in front),
         key=lambda n: (by_number[n]["metrics"]["file_bytes"], n),
     )
     return (front + rest)[:limit]

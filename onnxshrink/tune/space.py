@@ -31,6 +31,10 @@ from onnxshrink.plugin.method import Method, PluginSpec, Tunable, check_search_s
 from onnxshrink.plugin.registry import Registry
 
 CHAIN_PARAM = "chain"
+# The start points try each quantize method with an option of this name (the weight bit width, the
+# convention every built-in quantizer follows) at START_BITS: the strong, cheap corner of most spaces.
+BITS_OPTION = "bits"
+START_BITS = 4
 
 
 @dataclass
@@ -72,6 +76,41 @@ class MethodSpace:
         return out
 
 
+    def searched(self, as_default: bool = False) -> list[str]:
+        """The options searched: every tunable; as ``NAME:default`` only ``bits`` (when it is one), the rest at the defaults."""
+        if not as_default:
+            return list(self.tunables)
+        return [BITS_OPTION] if BITS_OPTION in self.tunables else []
+
+    def low_bit_values(self) -> list[dict[str, Any]]:
+        """Starting values at ``START_BITS`` bits: other numeric choices (block or group sizes) at their
+        smallest positive value, then at their largest; [] when the space has no such ``bits`` option."""
+        bits = self.tunables.get(BITS_OPTION)
+        if bits is None or not _can_take(bits, START_BITS):
+            return []
+        base = {**self.first_values(), BITS_OPTION: START_BITS}
+        sized = {
+            name: [v for v in t.choices if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+            for name, t in self.tunables.items()
+            if name != BITS_OPTION and t.choices is not None
+        }
+        sized = {name: values for name, values in sized.items() if values}
+        out = []
+        for pick in (min, max):
+            values = {**base, **{name: pick(choices) for name, choices in sized.items()}}
+            if values not in out:
+                out.append(values)
+        return out
+
+
+def _can_take(t: Tunable, value: Any) -> bool:
+    if t.choices is not None:
+        return value in t.choices
+    if t.low is None or t.high is None or not t.low <= value <= t.high:
+        return False
+    return t.step is None or abs((value - t.low) / t.step - round((value - t.low) / t.step)) < 1e-9
+
+
 @dataclass
 class SearchSpace:
     methods: dict[str, MethodSpace]
@@ -99,9 +138,8 @@ class SearchSpace:
             plugin, as_default = split_element(element)
             space = self.methods[plugin]
             options = dict(space.fixed)
-            if not as_default:
-                for name, t in space.tunables.items():
-                    options[name] = _suggest(trial, f"{plugin}.{name}", t, space.cls.option(name).type)
+            for name in space.searched(as_default):
+                options[name] = _suggest(trial, f"{plugin}.{name}", space.tunables[name], space.cls.option(name).type)
             steps.append(PluginSpec(plugin, options))
         return steps
 
@@ -110,8 +148,7 @@ class SearchSpace:
         out = set()
         for element in label.split("+"):
             plugin, as_default = split_element(element)
-            if not as_default:
-                out |= {f"{plugin}.{name}" for name in self.methods[plugin].tunables}
+            out |= {f"{plugin}.{name}" for name in self.methods[plugin].searched(as_default)}
         return out
 
     def distributions(self) -> dict[str, Any]:
@@ -131,14 +168,31 @@ class SearchSpace:
         return out
 
     def start_points(self) -> list[dict[str, Any]]:
-        """One trial per single quantize method at its starting values (tried first, so a method's
-        default is always measured; prune methods alone rarely make the file smaller)."""
-        points = []
+        """The first trials, strong and cheap ones before the optimizer explores: every single
+        quantize method as it is by default (its starting values), then each at ``START_BITS`` bits
+        (where its space has a ``bits`` option that can take them) with each of its other numeric
+        choices at its finest positive value (smallest blocks or groups: the most accurate), then at
+        its coarsest (the smallest file). Derived from the declared spaces and the defaults only."""
+        singles = []
         for chain in self.chains:
             plugin, as_default = split_element(chain[0])
             if len(chain) == 1 and self.methods[plugin].cls.kind == "quantize":
-                values = {} if as_default else self.methods[plugin].first_values()
-                points.append({CHAIN_PARAM: chain_label(chain), **{f"{plugin}.{k}": v for k, v in values.items()}})
+                singles.append((chain, plugin, as_default))
+        points: list[dict[str, Any]] = []
+
+        def add(chain: tuple[str, ...], plugin: str, values: dict[str, Any]) -> None:
+            point = {CHAIN_PARAM: chain_label(chain), **{f"{plugin}.{k}": v for k, v in values.items()}}
+            if point not in points:
+                points.append(point)
+
+        for chain, plugin, as_default in singles:
+            space = self.methods[plugin]
+            first = space.first_values()
+            add(chain, plugin, {k: first[k] for k in space.searched(as_default)})
+        for chain, plugin, as_default in singles:
+            space = self.methods[plugin]
+            for values in space.low_bit_values():
+                add(chain, plugin, {k: values[k] for k in space.searched(as_default)})
         return points
 
 
@@ -150,7 +204,8 @@ DEFAULT_SUFFIX = ":default"
 
 
 def split_element(element: str) -> tuple[str, bool]:
-    """``"int_quant:default"`` → ``("int_quant", True)``: the method with its defaults (and fixed options), nothing searched."""
+    """``"int_quant:default"`` → ``("int_quant", True)``: the method with its defaults (and fixed options);
+    only its ``bits`` is searched, when its space has that option."""
     if element.endswith(DEFAULT_SUFFIX):
         return element[: -len(DEFAULT_SUFFIX)], True
     return element, False

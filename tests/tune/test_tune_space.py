@@ -84,9 +84,9 @@ def test_every_builtin_space_is_valid_and_chains_prune_before_quantize(registry)
     assert ("weight_prune", "int_quant") in space.chains and ("int_quant",) in space.chains
     # the start points are valid option sets for their methods
     assert space.chains[0] == ("int_quant:default",)  # its default (mode=auto) lies outside the space: measured as is
-    assert space.start_points()[0] == {"chain": "int_quant:default"}
-    for point in space.start_points()[1:]:
-        [plugin] = point["chain"].split("+")
+    assert space.start_points()[0] == {"chain": "int_quant:default", "int_quant.bits": 8}  # as it is by default
+    for point in space.start_points():
+        [plugin] = point["chain"].replace(":default", "").split("+")
         options = {k.split(".", 1)[1]: v for k, v in point.items() if k != "chain"}
         registry.get(plugin).cls.validate_options({**space.methods[plugin].fixed, **options})
 
@@ -161,7 +161,7 @@ def test_same_seed_same_trials(registry, batch):
     first = run(7)
     assert first == run(7)
     assert first != run(8)
-    assert first[0][1] == [("int_quant", {})]  # start points come first: int_quant as it is by default
+    assert first[0][1] == [("int_quant", {"bits": 8})]  # start points come first: int_quant as it is by default
     assert first[1][1][0][0] == "binarize"
 
 
