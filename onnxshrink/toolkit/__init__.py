@@ -1,4 +1,4 @@
-"""Layer 2, what methods edit models with: weights and where they are used, a producer/reader index,
+"""What methods edit models with: weights and where they are used, a producer/reader index,
 integer/packed/sparse encodings, structured channel removal, layer-by-layer runs, tidying, and
 onnxruntime sessions for all of these.
 

@@ -37,9 +37,6 @@ class GraphIndex:
         """The nodes that read ``name`` (each once, in graph order)."""
         return list(self._readers.get(name, ()))
 
-    def is_output(self, name: str) -> bool:
-        return any(o.name == name for o in self.graph.output)
-
 
 def producer(graph: onnx.GraphProto, name: str) -> onnx.NodeProto | None:
     """The node of ``graph`` that outputs ``name``, or None (an input, initializer or outer tensor).
