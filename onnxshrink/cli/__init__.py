@@ -675,6 +675,10 @@ def search_space_text(space: list[dict], fixed: dict) -> str:
         else:
             extra = ([f"step {t['step']}"] if "step" in t else []) + (["log scale"] if t.get("log") else [])
             parts.append(f"{t['option']} {t['low']}..{t['high']}" + (f" ({', '.join(extra)})" if extra else ""))
+        if t.get("where") == "default":
+            parts[-1] += " (at its defaults only)"
+        elif t.get("where") == "both":
+            parts[-1] += " (also at its defaults)"
     if fixed:
         parts.append("with " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
     return "; ".join(parts)

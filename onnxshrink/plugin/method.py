@@ -143,12 +143,20 @@ class Option:
         raise UsageError(f"{where}: option {self.name!r} has unsupported type {self.type!r}")
 
 
+TUNABLE_WHERE = ("space", "default", "both")
+
+
 @dataclass(frozen=True)
 class Tunable:
     """One option worth searching (``onnxshrink tune``) and its range.
 
     Either ``choices`` (values tried as categories) or ``low``/``high`` (numbers; ``step`` makes the
     range discrete, ``log`` samples it on a log scale). The values must be valid for the option.
+
+    ``where`` says in which chains the option is searched: ``"space"`` (the default) when the method
+    runs with its searched options (chain element ``NAME``), ``"default"`` only when it runs at its
+    own defaults (``NAME:default``, e.g. a fidelity target that only its default mode reads),
+    ``"both"`` in either.
     """
 
     option: str
@@ -157,16 +165,20 @@ class Tunable:
     high: float | None = None
     step: float | None = None
     log: bool = False
+    where: str = "space"
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description (``onnxshrink plugins --json``, tune reports)."""
         if self.choices is not None:
-            return {"option": self.option, "choices": list(self.choices)}
-        out: dict[str, Any] = {"option": self.option, "low": self.low, "high": self.high}
-        if self.step is not None:
-            out["step"] = self.step
-        if self.log:
-            out["log"] = True
+            out: dict[str, Any] = {"option": self.option, "choices": list(self.choices)}
+        else:
+            out = {"option": self.option, "low": self.low, "high": self.high}
+            if self.step is not None:
+                out["step"] = self.step
+            if self.log:
+                out["log"] = True
+        if self.where != "space":
+            out["where"] = self.where
         return out
 
 
@@ -412,6 +424,8 @@ def check_search_space(
         if t.option in seen or t.option in fixed:
             return f"{where} names option {t.option!r} twice"
         seen.add(t.option)
+        if t.where not in TUNABLE_WHERE:
+            return f"{where}: option {t.option!r}: where must be one of {', '.join(TUNABLE_WHERE)} (got {t.where!r})"
         if t.choices is not None:
             if not t.choices or t.low is not None or t.high is not None:
                 return f"{where}: option {t.option!r} needs either non-empty choices or low/high"

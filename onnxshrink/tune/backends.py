@@ -24,7 +24,9 @@ class LocalBackend:
     def __init__(self, jobs: int):
         self.jobs = jobs
 
-    def run_batch(self, specs: list[dict[str, Any]], timeout_s: float, memory_bytes: int | None) -> list[dict[str, Any]]:
+    def run_batch(
+        self, specs: list[dict[str, Any]], timeout_s: float, memory_bytes: int | None
+    ) -> list[dict[str, Any]]:
         """Results in the order of ``specs``. Ctrl-C kills the running children and is re-raised."""
         running = [Running(spec, timeout_s, memory_bytes) for spec in specs]
         try:
@@ -35,7 +37,9 @@ class LocalBackend:
                 r.kill()
         return [r.result for r in running]
 
-    def time_candidates(self, job: Any, candidates: list[tuple[int, Path]], providers: list[str], seconds: float | None) -> dict[int, dict[str, Any]]:
+    def time_candidates(
+        self, job: Any, candidates: list[tuple[int, Path]], providers: list[str], seconds: float | None
+    ) -> dict[int, dict[str, Any]]:
         feeds = evaluation_feeds(job.model, job.data, job.input_shapes, job.seed)
         return time_candidates(job.model, candidates, feeds, providers, threads=job.threads, seconds=seconds)
 

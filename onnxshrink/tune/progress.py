@@ -33,7 +33,10 @@ class TuneProgress:
         best = "none passed yet"
         if self.best is not None:
             m = self.best["metrics"]
-            best = f"best trial {self.best['number']}: size {m['size_ratio']:.3f}x, cosine {m['cosine'] if m['cosine'] is None else round(m['cosine'], 5)}"
+            best = (
+                f"best trial {self.best['number']}: size {m['size_ratio']:.3f}x, cosine "
+                f"{m['cosine'] if m['cosine'] is None else round(m['cosine'], 5)}"
+            )
         left = f", {_clock(self.deadline - time.monotonic())} left" if self.deadline is not None else ""
         return f"tune: {self.done}{total} trials done ({self.failed} failed), {best}{left}"
 

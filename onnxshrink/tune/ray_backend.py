@@ -49,7 +49,9 @@ def write_files(folder: Path, files: dict[str, bytes]) -> None:
         target.write_bytes(data)
 
 
-def _materialize(key: str, model_name: str, model_files: dict[str, bytes], data_name: str | None, data_files: dict[str, bytes] | None) -> tuple[Path, Path | None, Path]:
+def _materialize(
+    key: str, model_name: str, model_files: dict[str, bytes], data_name: str | None, data_files: dict[str, bytes] | None
+) -> tuple[Path, Path | None, Path]:
     """Model and data written once per node and run into ``<tmp>/onnxshrink_ray_<key>``; returns (model, data, root)."""
     root = Path(tempfile.gettempdir()) / f"onnxshrink_ray_{key}"
     ready = root / ".ready"
@@ -69,9 +71,23 @@ def _materialize(key: str, model_name: str, model_files: dict[str, bytes], data_
     return root / "model" / model_name, data, root
 
 
-def _remote_trial(spec: dict[str, Any], shipped: dict[str, Any], model_files: dict[str, bytes], data_files: dict[str, bytes] | None, timeout_s: float, memory_bytes: int | None) -> dict[str, Any]:
-    model, data, root = _materialize(shipped["key"], shipped["model_name"], model_files, shipped["data_name"], data_files)
-    spec = {**spec, "model": str(model), "data": str(data) if data else None, "workdir": str(root / "trials" / uuid.uuid4().hex)}
+def _remote_trial(
+    spec: dict[str, Any],
+    shipped: dict[str, Any],
+    model_files: dict[str, bytes],
+    data_files: dict[str, bytes] | None,
+    timeout_s: float,
+    memory_bytes: int | None,
+) -> dict[str, Any]:
+    model, data, root = _materialize(
+        shipped["key"], shipped["model_name"], model_files, shipped["data_name"], data_files
+    )
+    spec = {
+        **spec,
+        "model": str(model),
+        "data": str(data) if data else None,
+        "workdir": str(root / "trials" / uuid.uuid4().hex),
+    }
     result = run_isolated(spec, timeout_s, memory_bytes)
     if result["status"] == "ok" and result.get("gates_passed") and spec.get("keep"):
         folder = candidate_path(spec).parent
@@ -82,10 +98,22 @@ def _remote_trial(spec: dict[str, Any], shipped: dict[str, Any], model_files: di
     return result
 
 
-def _remote_timing(shipped: dict[str, Any], model_files: dict[str, bytes], data_files: dict[str, bytes] | None, candidates: list[tuple[int, dict[str, bytes]]], providers: list[str], input_shapes: dict, seed: int, threads: int, seconds: float | None) -> dict[int, dict[str, Any]]:
+def _remote_timing(
+    shipped: dict[str, Any],
+    model_files: dict[str, bytes],
+    data_files: dict[str, bytes] | None,
+    candidates: list[tuple[int, dict[str, bytes]]],
+    providers: list[str],
+    input_shapes: dict,
+    seed: int,
+    threads: int,
+    seconds: float | None,
+) -> dict[int, dict[str, Any]]:
     from onnxshrink.tune.timing import evaluation_feeds, time_candidates
 
-    model, data, root = _materialize(shipped["key"], shipped["model_name"], model_files, shipped["data_name"], data_files)
+    model, data, root = _materialize(
+        shipped["key"], shipped["model_name"], model_files, shipped["data_name"], data_files
+    )
     folder = Path(tempfile.mkdtemp(prefix="onnxshrink_timing_"))
     try:
         paths = []
@@ -94,7 +122,10 @@ def _remote_timing(shipped: dict[str, Any], model_files: dict[str, bytes], data_
             paths.append((number, folder / str(number) / "candidate.onnx"))
         feeds = evaluation_feeds(model, data, input_shapes, seed)
         out = time_candidates(model, paths, feeds, providers, threads=threads, seconds=seconds)
-        return {number: {"node": os.uname().nodename, **{ep: entry for ep, entry in lat.items()}} for number, lat in out.items()}
+        return {
+            number: {"node": os.uname().nodename, **{ep: entry for ep, entry in lat.items()}}
+            for number, lat in out.items()
+        }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -108,7 +139,9 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, address: str | None, jobs: int | None, model: Path, external_files: list[Path], data: Path | None):
+    def __init__(
+        self, address: str | None, jobs: int | None, model: Path, external_files: list[Path], data: Path | None
+    ):
         ray = self.ray = import_ray()
         self.started = False
         if not ray.is_initialized():
@@ -119,7 +152,9 @@ class RayBackend:
                     # a runtime of its own, even when `ray start` left a cluster running on this machine
                     ray.init(address="local", include_dashboard=False, log_to_driver=False)
             except Exception as exc:  # noqa: BLE001 - a bad address is the user's input
-                raise UsageError(f"--ray {address or ''}: cannot start or join Ray: {one_line(exc)}".replace("  ", " ")) from None
+                raise UsageError(
+                    f"--ray {address or ''}: cannot start or join Ray: {one_line(exc)}".replace("  ", " ")
+                ) from None
             self.started = True
         self.address = address
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -140,9 +175,14 @@ class RayBackend:
         self._trial = ray.remote(num_cpus=1, max_retries=0)(_remote_trial)
         self._timing = ray.remote(num_cpus=1, max_retries=0)(_remote_timing)
 
-    def run_batch(self, specs: list[dict[str, Any]], timeout_s: float, memory_bytes: int | None) -> list[dict[str, Any]]:
+    def run_batch(
+        self, specs: list[dict[str, Any]], timeout_s: float, memory_bytes: int | None
+    ) -> list[dict[str, Any]]:
         ray = self.ray
-        refs = [self._trial.remote(spec, self.shipped, self.model_ref, self.data_ref, timeout_s, memory_bytes) for spec in specs]
+        refs = [
+            self._trial.remote(spec, self.shipped, self.model_ref, self.data_ref, timeout_s, memory_bytes)
+            for spec in specs
+        ]
         started = time.monotonic()
         results: dict[int, dict[str, Any]] = {}
         pending = list(refs)
@@ -153,14 +193,28 @@ class RayBackend:
                 if not done:
                     for ref in pending:
                         ray.cancel(ref, force=True)
-                        results[refs.index(ref)] = {"status": "timeout", "error": f"Ray task gave no result within {timeout_s + 60:.0f} s", "metrics": None, "constraints": None, "gates_passed": False, "files": []}
+                        results[refs.index(ref)] = {
+                            "status": "timeout",
+                            "error": f"Ray task gave no result within {timeout_s + 60:.0f} s",
+                            "metrics": None,
+                            "constraints": None,
+                            "gates_passed": False,
+                            "files": [],
+                        }
                     break
                 for ref in done:
                     i = refs.index(ref)
                     try:
                         results[i] = ray.get(ref)
                     except Exception as exc:  # noqa: BLE001 - a lost worker is a failed trial
-                        results[i] = {"status": "failed", "error": f"Ray task failed: {one_line(exc)}", "metrics": None, "constraints": None, "gates_passed": False, "files": []}
+                        results[i] = {
+                            "status": "failed",
+                            "error": f"Ray task failed: {one_line(exc)}",
+                            "metrics": None,
+                            "constraints": None,
+                            "gates_passed": False,
+                            "files": [],
+                        }
                     results[i].setdefault("seconds", round(time.monotonic() - started, 3))
         except KeyboardInterrupt:
             for ref in pending:
@@ -178,16 +232,35 @@ class RayBackend:
             out.append(result)
         return out
 
-    def time_candidates(self, job: Any, candidates: list[tuple[int, Path]], providers: list[str], seconds: float | None) -> dict[int, dict[str, Any]]:
-        shipped = [(number, read_files(path, [p for p in path.parent.iterdir() if p != path])) for number, path in candidates]
-        ref = self._timing.remote(self.shipped, self.model_ref, self.data_ref, shipped, providers, job.input_shapes, job.seed, job.threads, seconds)
+    def time_candidates(
+        self, job: Any, candidates: list[tuple[int, Path]], providers: list[str], seconds: float | None
+    ) -> dict[int, dict[str, Any]]:
+        shipped = [
+            (number, read_files(path, [p for p in path.parent.iterdir() if p != path])) for number, path in candidates
+        ]
+        ref = self._timing.remote(
+            self.shipped,
+            self.model_ref,
+            self.data_ref,
+            shipped,
+            providers,
+            job.input_shapes,
+            job.seed,
+            job.threads,
+            seconds,
+        )
         out = self.ray.get(ref)
         nodes = {v.pop("node") for v in out.values()}
         self.timing_node = nodes.pop() if nodes else None
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "jobs": self.jobs, "address": self.address, "timing_node": getattr(self, "timing_node", None)}
+        return {
+            "name": self.name,
+            "jobs": self.jobs,
+            "address": self.address,
+            "timing_node": getattr(self, "timing_node", None),
+        }
 
     def close(self) -> None:
         """Remove the model and data copies from every node, and stop the runtime if tune started it."""
@@ -196,7 +269,9 @@ class RayBackend:
 
             cleanup = self.ray.remote(num_cpus=0, max_retries=0)(_remote_cleanup)
             refs = [
-                cleanup.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(self.shipped["key"])
+                cleanup.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+                    self.shipped["key"]
+                )
                 for node in self.ray.nodes()
                 if node.get("Alive")
             ]

@@ -33,7 +33,11 @@ def _toml_value(value: Any) -> str:
 
 
 def _inline_table(mapping: dict[str, Any]) -> str:
-    return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in mapping.items() if v is not None) + " }" if mapping else "{}"
+    return (
+        "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in mapping.items() if v is not None) + " }"
+        if mapping
+        else "{}"
+    )
 
 
 def _relative(path: Path, folder: Path) -> str:
@@ -44,8 +48,18 @@ def _relative(path: Path, folder: Path) -> str:
         return str(path)
 
 
-def recipe_text(recipe_path: Path, *, model: Path, output: Path, seed: int, chain: list[dict[str, Any]],
-                data: Path | None, input_shapes: dict[str, Any], gates: list[str], trial: int) -> str:
+def recipe_text(
+    recipe_path: Path,
+    *,
+    model: Path,
+    output: Path,
+    seed: int,
+    chain: list[dict[str, Any]],
+    data: Path | None,
+    input_shapes: dict[str, Any],
+    gates: list[str],
+    trial: int,
+) -> str:
     folder = Path(recipe_path).parent
     lines = [
         f"# onnxshrink tune: trial {trial}, the smallest model that passed every gate.",
@@ -56,7 +70,12 @@ def recipe_text(recipe_path: Path, *, model: Path, output: Path, seed: int, chai
         "",
     ]
     for step in chain:
-        lines += ["[[steps]]", f"plugin = {_toml_value(step['plugin'])}", f"options = {_inline_table(step['options'])}", ""]
+        lines += [
+            "[[steps]]",
+            f"plugin = {_toml_value(step['plugin'])}",
+            f"options = {_inline_table(step['options'])}",
+            "",
+        ]
     if data is not None or input_shapes:
         lines.append("[data]")
         if data is not None:

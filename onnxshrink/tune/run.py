@@ -96,6 +96,7 @@ def parse_bytes(text: str) -> int:
 
 class _Checked:
     """What step 1 found: the space, the backend's inputs, the baseline size."""
+
     def __init__(self, job: TuneJob):
         if job.objective != "size":
             raise UsageError(f"--objective {job.objective!r}: the only objective is size")
@@ -110,14 +111,18 @@ class _Checked:
         registry.raise_for_errors()
         self.space = build_space(registry, job.plugins or None, job.space_file)
         import_optuna()
-        self.output = Path(job.output) if job.output else Path(job.model).with_name(Path(job.model).stem + ".tuned.onnx")
+        self.output = (
+            Path(job.output) if job.output else Path(job.model).with_name(Path(job.model).stem + ".tuned.onnx")
+        )
         loaded = load_model(job.model, load_external=False)
         self.external_files = list(loaded.external_files)
         check_output_path(self.output, [Path(job.model), *self.external_files])
         for path in (job.report, job.save_recipe):
             if path:
                 check_writable_file(path)
-        dataset = load_feeds(str(job.data) if job.data else None, loaded.model, input_shapes=job.input_shapes or None, seed=job.seed)
+        dataset = load_feeds(
+            str(job.data) if job.data else None, loaded.model, input_shapes=job.input_shapes or None, seed=job.seed
+        )
         self.data_warnings = list(dataset.warnings)
         self.baseline_bytes = measure_size(job.model)["file_bytes"]
         self.resume = rep.read_resume(job.resume) if job.resume else None
@@ -126,7 +131,9 @@ class _Checked:
 
 def _make_backend(job: TuneJob, checked: _Checked) -> Any:
     if job.ray:
-        return RayBackend(job.ray_address, job.jobs, Path(job.model), checked.external_files, Path(job.data) if job.data else None)
+        return RayBackend(
+            job.ray_address, job.jobs, Path(job.model), checked.external_files, Path(job.data) if job.data else None
+        )
 
     return LocalBackend(job.jobs or 1)
 
@@ -151,7 +158,9 @@ class _Tuner:
         self.job, self.checked, self.backend, self.workdir, self.started = job, checked, backend, workdir, started
         self.deadline = started + job.time_s if job.time_s else None
         self.search_deadline = started + job.time_s * SEARCH_SHARE if job.time_s else None
-        self.search = Search(checked.space, job.seed, len([c for c in checked.checks if not METRICS[c.metric].per_provider]))
+        self.search = Search(
+            checked.space, job.seed, len([c for c in checked.checks if not METRICS[c.metric].per_provider])
+        )
         self.trials: list[dict[str, Any]] = []
         self.files: dict[int, list[str]] = {}
         self.interrupted = False
@@ -175,7 +184,9 @@ class _Tuner:
         except Exception as exc:  # the report still says what happened, then exit 3
             self.progress.finish()
             if self.job.report:
-                rep.write_json({**self._report(None), "error": f"{type(exc).__name__}: {one_line(exc)}"}, self.job.report)
+                rep.write_json(
+                    {**self._report(None), "error": f"{type(exc).__name__}: {one_line(exc)}"}, self.job.report
+                )
             raise
         chosen = None
         try:
@@ -213,7 +224,9 @@ class _Tuner:
             if entry.get("same_as") is None:
                 self.seen.setdefault(self._config_key(entry["chain"]), int(entry["number"]))
             self.next_number = max(self.next_number, int(entry["number"]) + 1)
-        self.progress.say(f"tune: resumed {len(self.trials)} trials from {self.job.resume} ({replayed} replayed into the search)")
+        self.progress.say(
+            f"tune: resumed {len(self.trials)} trials from {self.job.resume} ({replayed} replayed into the search)"
+        )
 
     def _budget_left(self) -> bool:
         if self.job.trials is not None and self.ran >= self.job.trials:
@@ -227,7 +240,7 @@ class _Tuner:
                 n = min(n, self.job.trials - self.ran)
             asked = [self.search.ask() for _ in range(n)]
             specs = []
-            for optuna_number, chain, params in asked:
+            for _number, chain, _params in asked:
                 specs.append(self._spec(self.next_number, chain))
                 self.next_number += 1
             same_as = self._earlier_runs(specs)
@@ -236,12 +249,17 @@ class _Tuner:
             ]
             runnable = [spec for spec, result, same in zip(specs, results, same_as) if result is None and same is None]
             try:
-                ran = iter(self.backend.run_batch(runnable, self._trial_timeout(), self._trial_memory()) if runnable else [])
+                ran = iter(
+                    self.backend.run_batch(runnable, self._trial_timeout(), self._trial_memory()) if runnable else []
+                )
             except KeyboardInterrupt:
                 for optuna_number, _, _ in asked:
                     self.search.forget(optuna_number)
                 raise
-            results = [result if result is not None or same is not None else next(ran) for result, same in zip(results, same_as)]
+            results = [
+                result if result is not None or same is not None else next(ran)
+                for result, same in zip(results, same_as)
+            ]
             self.ran += len(asked)
             by_number = {t["number"]: t for t in self.trials}
             for (optuna_number, chain, params), spec, result, same in zip(asked, specs, results, same_as):
@@ -266,7 +284,10 @@ class _Tuner:
                 self.progress.trial(entry)
             self._drop_unneeded()
             if self.repeats_in_a_row >= MAX_REPEATS_IN_A_ROW:
-                self.progress.say(f"tune: the last {self.repeats_in_a_row} proposals were all configurations already tried; the search stops")
+                self.progress.say(
+                    f"tune: the last {self.repeats_in_a_row} proposals were all configurations already tried; the "
+                    "search stops"
+                )
                 return
 
     def _config_key(self, chain: list[dict[str, Any]]) -> str:
@@ -302,7 +323,15 @@ class _Tuner:
             try:
                 self.checked.space.methods[step["plugin"]].cls.validate_options(dict(step["options"]))
             except UsageError as exc:
-                return {"status": "invalid", "error": exc.message, "metrics": None, "constraints": None, "gates_passed": False, "files": [], "seconds": 0.0}
+                return {
+                    "status": "invalid",
+                    "error": exc.message,
+                    "metrics": None,
+                    "constraints": None,
+                    "gates_passed": False,
+                    "files": [],
+                    "seconds": 0.0,
+                }
         return None
 
     def _spec(self, number: int, chain: list[PluginSpec]) -> dict[str, Any]:
@@ -354,7 +383,11 @@ class _Tuner:
             self._materialize(numbers)
             ready = [(n, Path(self.files[n][0])) for n in numbers if n in self.files]
             self.progress.say(f"tune: re-timing {len(ready)} candidate(s) one at a time against the baseline")
-            seconds = None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0) / len(self.checked.providers)
+            seconds = (
+                None
+                if self.deadline is None
+                else max(self.deadline - time.monotonic(), 0.0) / len(self.checked.providers)
+            )
             latencies = self.backend.time_candidates(self._timing_job(), ready, self.checked.providers, seconds)
             by_number = {t["number"]: t for t in self.trials}
             for number, latency in latencies.items():
@@ -364,12 +397,14 @@ class _Tuner:
                 return
 
     def _judge_latency(self, trial: dict[str, Any], latency: dict[str, Any]) -> None:
-        """Record one timing of a candidate and judge the latency gates on it (replacing an earlier timing's verdict)."""
+        """Record one timing of a candidate and judge its latency gates (replacing an earlier timing's verdict)."""
         latency_checks = [c for c in self.checked.checks if METRICS[c.metric].per_provider]
         trial["timed"] = True
         trial["metrics"]["latency_ratio"] = latency_ratios(latency)
         trial["latency"] = latency
-        gate = evaluate_gates(latency_checks, {"validation": {"latency": latency}}, allow_unavailable=self.job.allow_unavailable)
+        gate = evaluate_gates(
+            latency_checks, {"validation": {"latency": latency}}, allow_unavailable=self.job.allow_unavailable
+        )
         untimed = [c for c in trial["gate_checks"] if not METRICS[c["metric"]].per_provider]
         trial["gate_checks"] = [*untimed, *gate["checks"]]
         trial["passed"] = bool(trial["gates_passed_untimed"] and gate["passed"])
@@ -385,9 +420,17 @@ class _Tuner:
             again = [(n, path) for n, path in ready if _failed_on_noise(by_number[n])]
             if not again or (self.deadline is not None and time.monotonic() >= self.deadline):
                 return
-            self.progress.say(f"tune: timing {len(again)} candidate(s) again: their latency failed on timings too noisy to trust")
-            seconds = None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0) / len(self.checked.providers)
-            for number, latency in self.backend.time_candidates(self._timing_job(), again, self.checked.providers, seconds).items():
+            self.progress.say(
+                f"tune: timing {len(again)} candidate(s) again: their latency failed on timings too noisy to trust"
+            )
+            seconds = (
+                None
+                if self.deadline is None
+                else max(self.deadline - time.monotonic(), 0.0) / len(self.checked.providers)
+            )
+            for number, latency in self.backend.time_candidates(
+                self._timing_job(), again, self.checked.providers, seconds
+            ).items():
                 self._judge_latency(by_number[number], latency)
 
     def _materialize(self, numbers: list[int]) -> None:
@@ -399,13 +442,20 @@ class _Tuner:
         specs = [self._spec(t["number"], chain) for t, chain in zip(missing, chains)]
         for start in range(0, len(specs), self.backend.jobs):
             batch = specs[start : start + self.backend.jobs]
-            for spec, result in zip(batch, self.backend.run_batch(batch, self.job.trial_timeout_s or 900.0, self._trial_memory())):
+            for spec, result in zip(
+                batch, self.backend.run_batch(batch, self.job.trial_timeout_s or 900.0, self._trial_memory())
+            ):
                 if result["status"] == "ok" and result.get("files"):
                     self.files[spec["number"]] = result["files"]
 
     def _timing_job(self) -> Any:
-        return _TimingJob(str(Path(self.job.model).resolve()), str(Path(self.job.data).resolve()) if self.job.data else None,
-                          {k: list(v) for k, v in self.job.input_shapes.items()}, self.job.seed, self.job.threads)
+        return _TimingJob(
+            str(Path(self.job.model).resolve()),
+            str(Path(self.job.data).resolve()) if self.job.data else None,
+            {k: list(v) for k, v in self.job.input_shapes.items()},
+            self.job.seed,
+            self.job.threads,
+        )
 
     # ------------------------------------------------------------------ outputs
 
@@ -422,14 +472,31 @@ class _Tuner:
             return
 
         trial = self._chosen_trial(number)
-        shrink(Recipe(model=Path(self.job.model), output=output, seed=self.job.seed, validate=False,
-                      steps=[PluginSpec(s["plugin"], s["options"]) for s in trial["chain"]],
-                      data_path=self.job.data, input_shapes=dict(self.job.input_shapes)))
+        shrink(
+            Recipe(
+                model=Path(self.job.model),
+                output=output,
+                seed=self.job.seed,
+                validate=False,
+                steps=[PluginSpec(s["plugin"], s["options"]) for s in trial["chain"]],
+                data_path=self.job.data,
+                input_shapes=dict(self.job.input_shapes),
+            )
+        )
 
     def _write_recipe(self, number: int) -> None:
         trial = self._chosen_trial(number)
-        save_recipe(self.job.save_recipe, model=Path(self.job.model), output=self.checked.output, seed=self.job.seed,
-                    chain=trial["chain"], data=self.job.data, input_shapes=self.job.input_shapes, gates=self.job.gates, trial=number)
+        save_recipe(
+            self.job.save_recipe,
+            model=Path(self.job.model),
+            output=self.checked.output,
+            seed=self.job.seed,
+            chain=trial["chain"],
+            data=self.job.data,
+            input_shapes=self.job.input_shapes,
+            gates=self.job.gates,
+            trial=number,
+        )
 
     def _report(self, chosen: int | None) -> dict[str, Any]:
         return {
@@ -469,7 +536,7 @@ def _constraints_of(entry: dict[str, Any]) -> list[float]:
 
 
 def _failed_on_noise(trial: dict[str, Any]) -> bool:
-    """Met every other gate, failed a latency gate, and that provider's timing carries a warning (too noisy, too wide)."""
+    """Met every other gate, failed a latency gate, and that provider's timing carries a warning (noisy, wide)."""
     if trial["passed"] or not trial["gates_passed_untimed"]:
         return False
     failed = [c for c in trial["gate_checks"] if METRICS[c["metric"]].per_provider and not c["passed"]]

@@ -54,7 +54,9 @@ class Search:
         if result["status"] != "ok" or metrics.get("size_ratio") is None:
             return WORST, [1.0] * self.n_checks
         cosine = metrics.get("cosine")
-        return (float(metrics["size_ratio"]), 1.0 - float(cosine) if cosine is not None else 1.0), list(result.get("constraints") or [0.0])
+        return (float(metrics["size_ratio"]), 1.0 - float(cosine) if cosine is not None else 1.0), list(
+            result.get("constraints") or [0.0]
+        )
 
     def enqueue(self, params: dict[str, Any]) -> None:
         self.study.enqueue_trial(params, skip_if_exists=True)

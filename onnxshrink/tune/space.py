@@ -49,9 +49,16 @@ class MethodSpace:
     def name(self) -> str:
         return self.cls.name
 
+    @property
+    def lossless(self) -> bool:
+        return bool(getattr(self.cls, "lossless", False))
+
     def default_in_space(self) -> bool:
-        """True when every searched option's default is one of the values the search can take."""
+        """True when every option searched with the space (``NAME``) has its default among the values
+        the search can take."""
         for name, t in self.tunables.items():
+            if t.where == "default":
+                continue
             default = self.cls.option(name).default
             if t.choices is not None and default not in t.choices:
                 return False
@@ -75,12 +82,21 @@ class MethodSpace:
                 out[name] = int(middle) if self.cls.option(name).type is int else middle
         return out
 
-
     def searched(self, as_default: bool = False) -> list[str]:
-        """The options searched: every tunable; as ``NAME:default`` only ``bits`` (when it is one), the rest at the defaults."""
-        if not as_default:
-            return list(self.tunables)
-        return [BITS_OPTION] if BITS_OPTION in self.tunables else []
+        """The options searched in chain element ``NAME`` (``where`` "space" or "both") or, with
+        ``as_default``, in ``NAME:default`` ("default" or "both"); the others keep their defaults."""
+        wanted = ("default", "both") if as_default else ("space", "both")
+        return [name for name, t in self.tunables.items() if t.where in wanted]
+
+    def default_only_values(self) -> list[dict[str, Any]]:
+        """Starting values for ``NAME:default`` beyond the first: each other choice of each option
+        searched only there (e.g. each fidelity target), the rest at their first values."""
+        first = self.first_values()
+        out = []
+        for name, t in self.tunables.items():
+            if t.where == "default" and t.choices is not None:
+                out += [{**first, name: value} for value in t.choices if value != first[name]]
+        return out
 
     def low_bit_values(self) -> list[dict[str, Any]]:
         """Starting values at ``START_BITS`` bits: other numeric choices (block or group sizes) at their
@@ -168,31 +184,48 @@ class SearchSpace:
         return out
 
     def start_points(self) -> list[dict[str, Any]]:
-        """The first trials, strong and cheap ones before the optimizer explores: every single
-        quantize method as it is by default (its starting values), then each at ``START_BITS`` bits
-        (where its space has a ``bits`` option that can take them) with each of its other numeric
-        choices at its finest positive value (smallest blocks or groups: the most accurate), then at
-        its coarsest (the smallest file). Derived from the declared spaces and the defaults only."""
-        singles = []
+        """The first trials, strong and cheap ones before the optimizer explores, over the chains of
+        one quantize method (lossless methods after it allowed), in this order:
+
+        1. each method at its own defaults (``NAME:default``, the baseline a tuned model must beat);
+        2. each at ``START_BITS`` bits (where its space has a ``bits`` option that can take them)
+           with its other numeric choices at their finest positive value (smallest blocks or
+           groups: the most accurate), then at their coarsest (the smallest file);
+        3. ``NAME:default`` with each other choice of its options searched only there;
+        4. each other method at its starting values (defaults where they lie in the space);
+        5. ``NAME:default`` at ``START_BITS`` bits.
+
+        The slow, rarely small defaults (4.) come after the low-bit points that most often win.
+        Derived from the declared spaces and the defaults only."""
+        defaults, others = [], []
         for chain in self.chains:
-            plugin, as_default = split_element(chain[0])
-            if len(chain) == 1 and self.methods[plugin].cls.kind == "quantize":
-                singles.append((chain, plugin, as_default))
+            core = [e for e in chain if not self.methods[split_element(e)[0]].lossless]
+            if len(core) != 1:
+                continue
+            plugin, as_default = split_element(core[0])
+            if self.methods[plugin].cls.kind == "quantize":
+                (defaults if as_default else others).append((chain, plugin, as_default))
         points: list[dict[str, Any]] = []
 
-        def add(chain: tuple[str, ...], plugin: str, values: dict[str, Any]) -> None:
-            point = {CHAIN_PARAM: chain_label(chain), **{f"{plugin}.{k}": v for k, v in values.items()}}
+        def add(chain: tuple[str, ...], plugin: str, as_default: bool, values: dict[str, Any]) -> None:
+            searched = self.methods[plugin].searched(as_default)
+            point = {CHAIN_PARAM: chain_label(chain), **{f"{plugin}.{k}": values[k] for k in searched}}
             if point not in points:
                 points.append(point)
 
-        for chain, plugin, as_default in singles:
-            space = self.methods[plugin]
-            first = space.first_values()
-            add(chain, plugin, {k: first[k] for k in space.searched(as_default)})
-        for chain, plugin, as_default in singles:
-            space = self.methods[plugin]
-            for values in space.low_bit_values():
-                add(chain, plugin, {k: values[k] for k in space.searched(as_default)})
+        for chain, plugin, as_default in defaults:
+            add(chain, plugin, as_default, self.methods[plugin].first_values())
+        for chain, plugin, as_default in others:
+            for values in self.methods[plugin].low_bit_values():
+                add(chain, plugin, as_default, values)
+        for chain, plugin, as_default in defaults:
+            for values in self.methods[plugin].default_only_values():
+                add(chain, plugin, as_default, values)
+        for chain, plugin, as_default in others:
+            add(chain, plugin, as_default, self.methods[plugin].first_values())
+        for chain, plugin, as_default in defaults:
+            for values in self.methods[plugin].low_bit_values():
+                add(chain, plugin, as_default, values)
         return points
 
 
@@ -205,7 +238,7 @@ DEFAULT_SUFFIX = ":default"
 
 def split_element(element: str) -> tuple[str, bool]:
     """``"int_quant:default"`` → ``("int_quant", True)``: the method with its defaults (and fixed options);
-    only its ``bits`` is searched, when its space has that option."""
+    only its options declared ``where="default"`` or ``"both"`` are searched."""
     if element.endswith(DEFAULT_SUFFIX):
         return element[: -len(DEFAULT_SUFFIX)], True
     return element, False
@@ -222,14 +255,21 @@ def _suggest(trial: Any, key: str, t: Tunable, kind: type) -> Any:
 def default_chains(methods: dict[str, MethodSpace]) -> list[tuple[str, ...]]:
     """Every quantize method as it is by default where its default lies outside its search space
     (``NAME:default``, so tune always measures it), every single method, then every prune method
-    followed by a method of another kind."""
-    names = list(methods)
-    chains: list[tuple[str, ...]] = [(n + DEFAULT_SUFFIX,) for n in names if methods[n].cls.kind == "quantize" and not methods[n].default_in_space()]
+    followed by a method of another kind. Lossless methods (``Method.lossless``: same outputs, fewer
+    bytes) end every chain, and run alone as one more chain."""
+    names = [n for n in methods if not methods[n].lossless]
+    finish = tuple(n for n in methods if methods[n].lossless)
+    chains: list[tuple[str, ...]] = [
+        (n + DEFAULT_SUFFIX,) for n in names if methods[n].cls.kind == "quantize" and not methods[n].default_in_space()
+    ]
     chains += [(n,) for n in names]
     for first in names:
         if methods[first].cls.kind != "prune":
             continue
         chains += [(first, second) for second in names if methods[second].cls.kind != "prune"]
+    chains = [chain + finish for chain in chains]
+    if finish:
+        chains.append(finish)
     return chains
 
 
@@ -244,19 +284,26 @@ def build_space(
     else:
         methods, chains = {}, None
         for name, info in sorted(registry.methods.items()):
-            if info.cls.search_space:
-                methods[name] = MethodSpace(info.cls, {t.option: t for t in info.cls.search_space}, dict(info.cls.search_fixed))
+            if info.cls.search_space or getattr(info.cls, "lossless", False):
+                methods[name] = MethodSpace(
+                    info.cls, {t.option: t for t in info.cls.search_space}, dict(info.cls.search_fixed)
+                )
     if plugins:
         chosen: dict[str, MethodSpace] = {}
         for spec in plugins:
             info = registry.get(spec.plugin)
-            base = methods.get(spec.plugin) or MethodSpace(info.cls, {t.option: t for t in info.cls.search_space}, dict(info.cls.search_fixed))
+            base = methods.get(spec.plugin) or MethodSpace(
+                info.cls, {t.option: t for t in info.cls.search_space}, dict(info.cls.search_fixed)
+            )
             typed = info.cls.validate_options(dict(spec.options))
             for key in spec.options:
                 base.tunables.pop(key, None)
                 base.fixed[key] = typed[key]
-            if not base.tunables and not spec.options and spec.plugin not in methods:
-                raise UsageError(f"plugin {spec.plugin!r} declares no search space; give its options (--plugin {spec.plugin}:key=value) or a --space file")
+            if not base.tunables and not spec.options and spec.plugin not in methods and not base.lossless:
+                raise UsageError(
+                    f"plugin {spec.plugin!r} declares no search space; give its options (--plugin "
+                    f"{spec.plugin}:key=value) or a --space file"
+                )
             chosen[spec.plugin] = base
         methods = chosen
         chains = [c for c in chains if all(split_element(p)[0] in methods for p in c)] if chains else None
@@ -267,7 +314,22 @@ def build_space(
         raise UsageError("nothing to search: no chain is left after --plugin")
     for space in methods.values():
         space.cls.validate_options(dict(space.fixed))
+        _drop_inapplicable_default_options(space)
     return SearchSpace(methods, chains)
+
+
+def _drop_inapplicable_default_options(space: MethodSpace) -> None:
+    """Options searched only at the defaults (``where="default"``) that the fixed options make
+    meaningless (the method refuses them, e.g. a fidelity target once ``mode`` is fixed to a mode
+    that has none) are not searched: every such trial would be invalid."""
+    first = space.first_values()
+    for name, t in list(space.tunables.items()):
+        if t.where != "default":
+            continue
+        try:
+            space.cls.validate_options({**space.fixed, name: first[name]})
+        except UsageError:
+            del space.tunables[name]
 
 
 def _from_file(registry: Registry, path: Path) -> tuple[dict[str, MethodSpace], list[tuple[str, ...]] | None]:
@@ -293,15 +355,25 @@ def _from_file(registry: Registry, path: Path) -> tuple[dict[str, MethodSpace], 
         cls = registry.methods[key].cls
         space = MethodSpace(cls, {t.option: t for t in cls.search_space}, dict(cls.search_fixed))
         for option, spec in value.items():
-            space.tunables.pop(option, None)
+            declared = space.tunables.pop(option, None)
+            searched_in = declared.where if declared else "space"  # a declared option keeps its chains
             space.fixed.pop(option, None)
             if isinstance(spec, list):
-                space.tunables[option] = Tunable(option, choices=tuple(spec))
+                space.tunables[option] = Tunable(option, choices=tuple(spec), where=searched_in)
             elif isinstance(spec, dict):
                 unknown = set(spec) - {"low", "high", "step", "log"}
                 if unknown:
-                    raise UsageError(f"{where}: {key}.{option}: unknown range key {sorted(unknown)[0]!r} (use low, high, step, log)")
-                space.tunables[option] = Tunable(option, low=spec.get("low"), high=spec.get("high"), step=spec.get("step"), log=bool(spec.get("log", False)))
+                    raise UsageError(
+                        f"{where}: {key}.{option}: unknown range key {sorted(unknown)[0]!r} (use low, high, step, log)"
+                    )
+                space.tunables[option] = Tunable(
+                    option,
+                    low=spec.get("low"),
+                    high=spec.get("high"),
+                    step=spec.get("step"),
+                    log=bool(spec.get("log", False)),
+                    where=searched_in,
+                )
             else:
                 space.fixed[option] = spec
         _check(cls, space, f"{where}: [{key}]")
@@ -319,8 +391,12 @@ def _from_file(registry: Registry, path: Path) -> tuple[dict[str, MethodSpace], 
 
 
 def _chains(value: Any, where: str) -> list[tuple[str, ...]]:
-    if not isinstance(value, list) or not all(isinstance(c, list) and c and all(isinstance(p, str) for p in c) for c in value):
-        raise UsageError(f"{where}: chains must be a list of lists of plugin names, e.g. [[\"weight_prune\", \"int_quant\"]]")
+    if not isinstance(value, list) or not all(
+        isinstance(c, list) and c and all(isinstance(p, str) for p in c) for c in value
+    ):
+        raise UsageError(
+            f'{where}: chains must be a list of lists of plugin names, e.g. [["weight_prune", "int_quant"]]'
+        )
     chains = [tuple(c) for c in value]
     for chain in chains:
         if len(set(chain)) != len(chain):

@@ -11,7 +11,8 @@ from rich.text import Text
 
 def _chain(trial: dict[str, Any]) -> str:
     return " -> ".join(
-        s["plugin"] + (":" + ",".join(f"{k}={v}" for k, v in s["options"].items()) if s["options"] else "") for s in trial["chain"]
+        s["plugin"] + (":" + ",".join(f"{k}={v}" for k, v in s["options"].items()) if s["options"] else "")
+        for s in trial["chain"]
     )
 
 
@@ -21,8 +22,10 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     for t in report["trials"]:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    console.print(f"[bold]tune[/] {report['model']['path']}: {len(trials)} trials ({shown or 'none'}) in {report['seconds']:.0f} s"
-                  + (" (interrupted)" if report.get("interrupted") else ""))
+    console.print(
+        f"[bold]tune[/] {report['model']['path']}: {len(trials)} trials ({shown or 'none'}) in "
+        f"{report['seconds']:.0f} s" + (" (interrupted)" if report.get("interrupted") else "")
+    )
     providers = report.get("providers") or ["cpu"]
     table = Table(title="Pareto front (timed candidates)", title_justify="left")
     for col in ("trial", "size", *[f"latency {ep}" for ep in providers], "cosine", "passed", "chain"):
@@ -42,7 +45,15 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     if report["pareto"]:
         console.print(table)
     if report["chosen"] is None:
-        console.print(Text("no model passed every gate: " + ", ".join(report["gates"]) + "; nothing written", style="red"))
+        console.print(
+            Text("no model passed every gate: " + ", ".join(report["gates"]) + "; nothing written", style="red")
+        )
     else:
         t = trials[report["chosen"]]
-        console.print(Text(f"chosen: trial {t['number']} ({_chain(t)}), size {t['metrics']['size_ratio']:.3f}x, written to {report['output']}", style="green"))
+        console.print(
+            Text(
+                f"chosen: trial {t['number']} ({_chain(t)}), size {t['metrics']['size_ratio']:.3f}x, written to "
+                f"{report['output']}",
+                style="green",
+            )
+        )

@@ -25,7 +25,12 @@ WARMUP = 2
 
 def evaluation_feeds(model: str | Path, data: str | Path | None, input_shapes: dict[str, Any], seed: int) -> list[dict]:
     proto = load_model(model, load_external=False).model
-    dataset = load_feeds(str(data) if data else None, proto, input_shapes={k: tuple(v) for k, v in input_shapes.items()} or None, seed=seed)
+    dataset = load_feeds(
+        str(data) if data else None,
+        proto,
+        input_shapes={k: tuple(v) for k, v in input_shapes.items()} or None,
+        seed=seed,
+    )
     return split_calibration(dataset)[1].feeds
 
 
@@ -60,7 +65,9 @@ def time_candidates(
     repeats = rounds_for(baseline, feeds[0], threads, per_candidate)
     min_time = MIN_TIME_S if repeats == REPEATS else 0.0
     return {
-        number: measure_latency(baseline, path, feeds, providers, threads=threads, warmup=WARMUP, repeats=repeats, min_time_s=min_time)
+        number: measure_latency(
+            baseline, path, feeds, providers, threads=threads, warmup=WARMUP, repeats=repeats, min_time_s=min_time
+        )
         for number, path in candidates
     }
 

@@ -101,7 +101,14 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _result(status: str, error: str | None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"status": status, "error": error, "metrics": metrics, "constraints": None, "gates_passed": False, "files": []}
+    return {
+        "status": status,
+        "error": error,
+        "metrics": metrics,
+        "constraints": None,
+        "gates_passed": False,
+        "files": [],
+    }
 
 
 # ----------------------------------------------------------------------------------- isolation
@@ -128,6 +135,7 @@ def _child(spec: dict[str, Any], memory_bytes: int | None, conn: Any, log_path: 
 
 class Running:
     """A trial running in a spawned child process."""
+
     def __init__(self, spec: dict[str, Any], timeout_s: float, memory_bytes: int | None):
         self.spec, self.timeout_s = spec, timeout_s
         folder = candidate_path(spec).parent

@@ -234,8 +234,10 @@ class IntQuant(Method):
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
     search_space = (
         onnxshrink.Tunable("mode", choices=("storage", "weights")),
-        onnxshrink.Tunable("bits", choices=(8, 4, 2)),
+        onnxshrink.Tunable("bits", choices=(8, 4, 2), where="both"),
         onnxshrink.Tunable("block_size", choices=(0, 32, 128)),
+        # mode=auto (the default) keeps sensitive layers wider until this target: the gate may allow less.
+        onnxshrink.Tunable("target_cosine", choices=(0.995, 0.99, 0.98), where="default"),
     )
 
     @classmethod

@@ -30,11 +30,37 @@ def tuned(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tune")
     (folder / "space.toml").write_text(SPACE)
     before = sha256(MLP)
-    args = ["tune", MLP, "--data", MLP_DATA, "--gate", "cosine>=0.99", "--gate", "latency_ratio[cpu]<=3.0",
-            "--space", folder / "space.toml", "--trials", 3, "--jobs", 2, "-o", folder / "best.onnx",
-            "--report", folder / "tune.json", "--save-recipe", folder / "best.toml", "--html", folder / "tune.html"]
+    args = [
+        "tune",
+        MLP,
+        "--data",
+        MLP_DATA,
+        "--gate",
+        "cosine>=0.99",
+        "--gate",
+        "latency_ratio[cpu]<=3.0",
+        "--space",
+        folder / "space.toml",
+        "--trials",
+        3,
+        "--jobs",
+        2,
+        "-o",
+        folder / "best.onnx",
+        "--report",
+        folder / "tune.json",
+        "--save-recipe",
+        folder / "best.toml",
+        "--html",
+        folder / "tune.html",
+    ]
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return {"folder": folder, "result": result, "report": json.loads((folder / "tune.json").read_text()), "before": before}
+    return {
+        "folder": folder,
+        "result": result,
+        "report": json.loads((folder / "tune.json").read_text()),
+        "before": before,
+    }
 
 
 def test_report_has_the_schema(tuned):
@@ -53,9 +79,10 @@ def test_report_has_the_schema(tuned):
             assert m["size_ratio"] == pytest.approx(m["file_bytes"] / MLP.stat().st_size)
             assert m["size_ratio"] < 0.5  # int8 storage at most
             assert m["latency_ratio"] is None or set(m["latency_ratio"]) == {"cpu"}
-    # the first trial is int_quant's starting point, 8 bits
-    assert report["trials"][0]["chain"][0]["options"]["bits"] == 8
-    assert report["trials"][0]["metrics"]["cosine"] > 0.999
+    # the start points: 4 bits in blocks of 32 then 128 (the low-bit points), then the starting values, 8 bits
+    options = [t["chain"][0]["options"] for t in report["trials"]]
+    assert [(o["bits"], o.get("block_size")) for o in options] == [(4, 32), (4, 128), (8, 0)]
+    assert report["trials"][2]["metrics"]["cosine"] > 0.999
     chosen = next(t for t in report["trials"] if t["number"] == report["chosen"])
     assert chosen["passed"] and chosen["timed"] and chosen["metrics"]["latency_ratio"]["cpu"] > 0
     assert report["chosen"] in report["pareto"]
@@ -85,8 +112,25 @@ def test_output_is_the_chosen_model_and_the_recipe_rebuilds_it_byte_identically(
 
 def test_resume_replays_the_finished_trials(tuned, cli):
     folder = tuned["folder"]
-    result = cli("tune", MLP, "--data", MLP_DATA, "--gate", "cosine>=0.99", "--space", folder / "space.toml", "--trials", 1,
-                 "--resume", folder / "tune.json", "-o", folder / "resumed.onnx", "--report", folder / "resumed.json", "-q")
+    result = cli(
+        "tune",
+        MLP,
+        "--data",
+        MLP_DATA,
+        "--gate",
+        "cosine>=0.99",
+        "--space",
+        folder / "space.toml",
+        "--trials",
+        1,
+        "--resume",
+        folder / "tune.json",
+        "-o",
+        folder / "resumed.onnx",
+        "--report",
+        folder / "resumed.json",
+        "-q",
+    )
     assert result.exit_code == 0, result
     old, new = tuned["report"], json.loads((folder / "resumed.json").read_text())
     assert [t["number"] for t in new["trials"]] == [0, 1, 2, 3]
@@ -100,8 +144,24 @@ def test_resume_replays_the_finished_trials(tuned, cli):
 
 def test_no_model_passing_writes_the_report_but_no_model(tmp_path, cli):
     (tmp_path / "space.toml").write_text(SPACE)
-    result = cli("tune", MLP, "--data", MLP_DATA, "--gate", "size_ratio<=0.01", "--space", tmp_path / "space.toml",
-                 "--trials", 1, "-o", tmp_path / "best.onnx", "--report", tmp_path / "tune.json", "--save-recipe", tmp_path / "b.toml")
+    result = cli(
+        "tune",
+        MLP,
+        "--data",
+        MLP_DATA,
+        "--gate",
+        "size_ratio<=0.01",
+        "--space",
+        tmp_path / "space.toml",
+        "--trials",
+        1,
+        "-o",
+        tmp_path / "best.onnx",
+        "--report",
+        tmp_path / "tune.json",
+        "--save-recipe",
+        tmp_path / "b.toml",
+    )
     assert result.exit_code is ExitCode.GATE_FAILED, result
     report = json.loads((tmp_path / "tune.json").read_text())
     assert report["chosen"] is None and report["trials"][0]["status"] == "ok" and not report["trials"][0]["passed"]
@@ -111,8 +171,26 @@ def test_no_model_passing_writes_the_report_but_no_model(tmp_path, cli):
 
 def test_timeouts_are_recorded_and_the_search_goes_on(tmp_path, cli):
     (tmp_path / "space.toml").write_text(SPACE)
-    result = cli("tune", MLP, "--data", MLP_DATA, "--gate", "cosine>=0.99", "--space", tmp_path / "space.toml",
-                 "--trials", 2, "--jobs", 2, "--trial-timeout", "0.3s", "-o", tmp_path / "best.onnx", "--report", tmp_path / "tune.json")
+    result = cli(
+        "tune",
+        MLP,
+        "--data",
+        MLP_DATA,
+        "--gate",
+        "cosine>=0.99",
+        "--space",
+        tmp_path / "space.toml",
+        "--trials",
+        2,
+        "--jobs",
+        2,
+        "--trial-timeout",
+        "0.3s",
+        "-o",
+        tmp_path / "best.onnx",
+        "--report",
+        tmp_path / "tune.json",
+    )
     assert result.exit_code == 1, result
     report = json.loads((tmp_path / "tune.json").read_text())
     assert [t["status"] for t in report["trials"]] == ["timeout", "timeout"]
@@ -120,8 +198,17 @@ def test_timeouts_are_recorded_and_the_search_goes_on(tmp_path, cli):
 
 
 def test_a_trial_over_its_memory_limit_fails_without_ending_anything(tmp_path):
-    spec = {"number": 0, "chain": [{"plugin": "int_quant", "options": {"mode": "storage"}}], "model": str(MLP), "data": str(MLP_DATA),
-            "input_shapes": {}, "seed": 0, "gates": ["cosine>=0.99"], "workdir": str(tmp_path), "keep": True}
+    spec = {
+        "number": 0,
+        "chain": [{"plugin": "int_quant", "options": {"mode": "storage"}}],
+        "model": str(MLP),
+        "data": str(MLP_DATA),
+        "input_shapes": {},
+        "seed": 0,
+        "gates": ["cosine>=0.99"],
+        "workdir": str(tmp_path),
+        "keep": True,
+    }
     result = run_isolated(spec, 120, 64 * 2**20)
     assert result["status"] == "failed"
     assert "memory" in result["error"].lower() or "crashed" in result["error"]
@@ -132,9 +219,28 @@ def test_a_trial_over_its_memory_limit_fails_without_ending_anything(tmp_path):
 def test_ctrl_c_stops_cleanly_and_keeps_what_was_found(tmp_path):
     (tmp_path / "space.toml").write_text(SPACE)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "onnxshrink", "tune", str(MLP), "--data", str(MLP_DATA), "--gate", "cosine>=0.99",
-         "--space", str(tmp_path / "space.toml"), "--trials", "40", "-o", str(tmp_path / "best.onnx"), "--report", str(tmp_path / "tune.json")],
-        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "onnxshrink",
+            "tune",
+            str(MLP),
+            "--data",
+            str(MLP_DATA),
+            "--gate",
+            "cosine>=0.99",
+            "--space",
+            str(tmp_path / "space.toml"),
+            "--trials",
+            "40",
+            "-o",
+            str(tmp_path / "best.onnx"),
+            "--report",
+            str(tmp_path / "tune.json"),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 240

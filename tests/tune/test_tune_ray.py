@@ -8,7 +8,9 @@ import pytest
 from onnxshrink.tune import TuneJob, tune
 from tests.support.files import MODELS
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'onnxshrink[ray]'); the Ray backend is not tested")
+ray = pytest.importorskip(
+    "ray", reason="Ray is not installed (pip install 'onnxshrink[ray]'); the Ray backend is not tested"
+)
 
 MLP, MLP_DATA = MODELS / "mlp.onnx", MODELS / "mlp_eval.npz"
 
@@ -26,7 +28,9 @@ def ray_runtime():
     os.environ["TMPDIR"], tempfile.tempdir = private, private
     try:
         # address="local": a runtime of the test's own, whatever Ray cluster may run on the machine
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False
+        )
         yield
         ray.shutdown()
     finally:
@@ -41,8 +45,18 @@ def ray_runtime():
 def test_tune_on_ray_matches_the_local_report(ray_runtime, tmp_path):
     space = tmp_path / "space.toml"
     space.write_text('chains = [["int_quant"]]\n[int_quant]\nmode = "storage"\nbits = [8, 4]\n')
-    job = TuneJob(model=MLP, data=MLP_DATA, gates=["cosine>=0.99", "latency_ratio[cpu]<=3.0"], trials=2, jobs=2, ray=True,
-                  space_file=space, output=tmp_path / "best.onnx", report=tmp_path / "tune.json", save_recipe=tmp_path / "best.toml")
+    job = TuneJob(
+        model=MLP,
+        data=MLP_DATA,
+        gates=["cosine>=0.99", "latency_ratio[cpu]<=3.0"],
+        trials=2,
+        jobs=2,
+        ray=True,
+        space_file=space,
+        output=tmp_path / "best.onnx",
+        report=tmp_path / "tune.json",
+        save_recipe=tmp_path / "best.toml",
+    )
     report, code = tune(job)
     assert code == 0
     assert report["backend"]["name"] == "ray" and report["backend"]["jobs"] == 2
@@ -50,15 +64,17 @@ def test_tune_on_ray_matches_the_local_report(ray_runtime, tmp_path):
     assert [t["status"] for t in report["trials"]] == ["ok", "ok"]
     chosen = next(t for t in report["trials"] if t["number"] == report["chosen"])
     assert chosen["passed"] and chosen["timed"]
-    # the start points: 8 bits, then 4 bits in blocks of 32; the smallest that passed is chosen
-    assert [t["chain"][0]["options"]["bits"] for t in report["trials"]] == [8, 4]
+    # the start points: 4 bits in blocks of 32, then of 128; the smallest that passed is chosen
+    assert [t["chain"][0]["options"]["block_size"] for t in report["trials"]] == [32, 128]
     assert chosen["metrics"]["file_bytes"] == min(t["metrics"]["file_bytes"] for t in report["trials"] if t["passed"])
     # the candidate came back through the object store, byte for byte what a local shrink makes
     from click.testing import CliRunner
 
     from onnxshrink.cli import main
 
-    result = CliRunner().invoke(main, ["--recipe", str(tmp_path / "best.toml"), "-o", str(tmp_path / "rebuilt.onnx"), "-q"])
+    result = CliRunner().invoke(
+        main, ["--recipe", str(tmp_path / "best.toml"), "-o", str(tmp_path / "rebuilt.onnx"), "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "rebuilt.onnx").read_bytes() == (tmp_path / "best.onnx").read_bytes()
     assert ray.is_initialized()  # tune joined the runtime it found and left it running

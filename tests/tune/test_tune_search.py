@@ -16,7 +16,6 @@ from onnxshrink.tune import run as tune_run
 from onnxshrink.tune.backends import LocalBackend
 from onnxshrink.tune.search import Search
 from onnxshrink.tune.space import CHAIN_PARAM, MethodSpace, SearchSpace
-
 from tests.support.files import MODELS
 
 MLP, MLP_DATA = MODELS / "mlp.onnx", MODELS / "mlp_eval.npz"
@@ -49,8 +48,15 @@ def counting(monkeypatch):
 
 def _one_config_job(tmp_path: Path, **kw) -> TuneJob:
     (tmp_path / "space.toml").write_text(ONE_CONFIG)
-    return TuneJob(model=MLP, data=MLP_DATA, gates=["cosine>=0.99"], space_file=tmp_path / "space.toml",
-                   output=tmp_path / "best.onnx", report=tmp_path / "tune.json", **kw)
+    return TuneJob(
+        model=MLP,
+        data=MLP_DATA,
+        gates=["cosine>=0.99"],
+        space_file=tmp_path / "space.toml",
+        output=tmp_path / "best.onnx",
+        report=tmp_path / "tune.json",
+        **kw,
+    )
 
 
 def test_a_repeated_configuration_reuses_the_earlier_trial(tmp_path, counting):
@@ -106,19 +112,46 @@ def _probe(kind="quantize"):
     return Probe
 
 
-def test_start_points_are_the_defaults_then_low_bits_at_the_finest_then_coarsest_size():
+def test_start_points_are_low_bits_at_the_finest_then_coarsest_size_then_the_defaults():
     cls = _probe()
     space = SearchSpace(
-        {"probe": MethodSpace(cls, {"bits": Tunable("bits", low=2, high=8),
-                                    "group": Tunable("group", choices=(0, 64, 16)),
-                                    "mode": Tunable("mode", choices=("b", "a"))})},
+        {
+            "probe": MethodSpace(
+                cls,
+                {
+                    "bits": Tunable("bits", low=2, high=8),
+                    "group": Tunable("group", choices=(0, 64, 16)),
+                    "mode": Tunable("mode", choices=("b", "a")),
+                },
+            )
+        },
         [("probe",)],
     )
     assert space.start_points() == [
-        {CHAIN_PARAM: "probe", "probe.bits": 8, "probe.group": 0, "probe.mode": "a"},  # the defaults
         {CHAIN_PARAM: "probe", "probe.bits": 4, "probe.group": 16, "probe.mode": "a"},  # 4 bits, the finest groups
         {CHAIN_PARAM: "probe", "probe.bits": 4, "probe.group": 64, "probe.mode": "a"},  # 4 bits, the coarsest
+        {CHAIN_PARAM: "probe", "probe.bits": 8, "probe.group": 0, "probe.mode": "a"},  # the defaults
     ]
+
+
+def test_the_default_chain_comes_first_and_tries_each_default_only_choice():
+    cls = _probe()
+    cls.options = (*cls.options, Option("target", float, 0.9, "Target.", min=0.0, max=1.0))
+    tunables = {
+        "bits": Tunable("bits", choices=(8, 4), where="both"),
+        "target": Tunable("target", choices=(0.9, 0.8), where="default"),
+        "group": Tunable("group", choices=(0, 64)),
+    }
+    space = SearchSpace({"probe": MethodSpace(cls, tunables)}, [("probe:default",), ("probe",)])
+    assert space.start_points() == [
+        {CHAIN_PARAM: "probe:default", "probe.bits": 8, "probe.target": 0.9},  # the baseline: the defaults
+        {CHAIN_PARAM: "probe", "probe.bits": 4, "probe.group": 64},  # the low-bit point (only positive sizes)
+        {CHAIN_PARAM: "probe:default", "probe.bits": 8, "probe.target": 0.8},  # each default-only choice
+        {CHAIN_PARAM: "probe", "probe.bits": 8, "probe.group": 0},  # the starting values
+        {CHAIN_PARAM: "probe:default", "probe.bits": 4, "probe.target": 0.9},  # the defaults at 4 bits
+    ]
+    assert space.methods["probe"].searched(as_default=True) == ["bits", "target"]
+    assert space.methods["probe"].searched() == ["bits", "group"]
 
 
 def test_no_low_bit_start_point_where_bits_cannot_be_four_or_the_method_does_not_quantize():
@@ -132,8 +165,14 @@ def test_no_low_bit_start_point_where_bits_cannot_be_four_or_the_method_does_not
 
 def test_builtin_start_points_try_each_quantizer_at_4_bits(registry_space):
     points = registry_space.start_points()
-    assert points[0] == {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 8}
-    assert {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 4} in points  # mode=auto at 4 bits
+    assert points[0] == {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 8, "int_quant.target_cosine": 0.995}
+    assert {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 8, "int_quant.target_cosine": 0.99} in points
+    assert {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 4, "int_quant.target_cosine": 0.995} in points
+    assert points.index(
+        {CHAIN_PARAM: "gptq", "gptq.bits": 4, "gptq.group_size": 32, "gptq.bias_correction": True}
+    ) < min(
+        i for i, p in enumerate(points) if p[CHAIN_PARAM] == "binarize"
+    )  # the low-bit points come before the slow defaults
     assert len({tuple(sorted(p.items())) for p in points}) == len(points)  # no point twice
     four_bit = [
         p for p in points if any(k.endswith(".bits") and v == 4 for k, v in p.items()) and ":" not in p[CHAIN_PARAM]
@@ -195,9 +234,17 @@ def _retime(tmp_path, passes):
     candidate = tmp_path / "trial_0" / "candidate.onnx"
     candidate.parent.mkdir()
     shutil.copyfile(MLP, candidate)
-    tuner.trials = [{"number": 0, "status": "ok", "gates_passed_untimed": True, "timed": False, "passed": False,
-                     "metrics": {"file_bytes": 10, "cosine": 0.999, "size_ratio": 0.3, "latency_ratio": None},
-                     "gate_checks": [{"metric": "cosine", "passed": True}]}]
+    tuner.trials = [
+        {
+            "number": 0,
+            "status": "ok",
+            "gates_passed_untimed": True,
+            "timed": False,
+            "passed": False,
+            "metrics": {"file_bytes": 10, "cosine": 0.999, "size_ratio": 0.3, "latency_ratio": None},
+            "gate_checks": [{"metric": "cosine", "passed": True}],
+        }
+    ]
     tuner.files = {0: [str(candidate)]}
     tuner._retime()
     return tuner.trials[0], backend

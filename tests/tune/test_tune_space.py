@@ -48,7 +48,12 @@ def _method(space=(), fixed=None):
 def test_tunable_is_public_and_describes_itself():
     assert onnxshrink.Tunable is Tunable
     assert Tunable("bits", choices=(8, 4)).describe() == {"option": "bits", "choices": [8, 4]}
-    assert Tunable("scale", low=0.1, high=1.0, log=True).describe() == {"option": "scale", "low": 0.1, "high": 1.0, "log": True}
+    assert Tunable("scale", low=0.1, high=1.0, log=True).describe() == {
+        "option": "scale",
+        "low": 0.1,
+        "high": 1.0,
+        "log": True,
+    }
 
 
 @pytest.mark.parametrize(
@@ -70,7 +75,12 @@ def test_a_bad_search_space_keeps_the_method_from_registering(space, fixed, prob
 
 
 def test_a_good_search_space_passes():
-    assert check_method_class(_method((Tunable("bits", low=2, high=8), Tunable("mode", choices=("a", "b"))), {"scale": 0.5})) is None
+    assert (
+        check_method_class(
+            _method((Tunable("bits", low=2, high=8), Tunable("mode", choices=("a", "b"))), {"scale": 0.5})
+        )
+        is None
+    )
 
 
 def test_every_builtin_space_is_valid_and_chains_prune_before_quantize(registry):
@@ -84,7 +94,11 @@ def test_every_builtin_space_is_valid_and_chains_prune_before_quantize(registry)
     assert ("weight_prune", "int_quant") in space.chains and ("int_quant",) in space.chains
     # the start points are valid option sets for their methods
     assert space.chains[0] == ("int_quant:default",)  # its default (mode=auto) lies outside the space: measured as is
-    assert space.start_points()[0] == {"chain": "int_quant:default", "int_quant.bits": 8}  # as it is by default
+    assert space.start_points()[0] == {
+        "chain": "int_quant:default",
+        "int_quant.bits": 8,
+        "int_quant.target_cosine": 0.995,
+    }
     for point in space.start_points():
         [plugin] = point["chain"].replace(":default", "").split("+")
         options = {k.split(".", 1)[1]: v for k, v in point.items() if k != "chain"}
@@ -92,11 +106,16 @@ def test_every_builtin_space_is_valid_and_chains_prune_before_quantize(registry)
 
 
 def test_plugin_restricts_and_fixes_options(registry):
-    space = build_space(registry, [PluginSpec("weight_prune", {"structured": "channel"}), PluginSpec("int_quant", {"mode": "storage"})])
+    space = build_space(
+        registry, [PluginSpec("weight_prune", {"structured": "channel"}), PluginSpec("int_quant", {"mode": "storage"})]
+    )
     assert space.chains == [("int_quant:default",), ("weight_prune",), ("int_quant",), ("weight_prune", "int_quant")]
     assert space.methods["weight_prune"].fixed["structured"] == "channel"
     assert "structured" not in space.methods["weight_prune"].tunables
     assert space.methods["int_quant"].fixed["mode"] == "storage"
+    # mode=storage has no fidelity target: int_quant:default does not search it (every trial would be invalid)
+    assert "target_cosine" not in space.methods["int_quant"].tunables
+    assert "target_cosine" in build_space(registry, [PluginSpec("int_quant", {})]).methods["int_quant"].tunables
     with pytest.raises(UsageError, match="unknown option 'nope'"):
         build_space(registry, [PluginSpec("int_quant", {"nope": "1"})])
     with pytest.raises(UsageError, match="unknown"):
@@ -105,7 +124,10 @@ def test_plugin_restricts_and_fixes_options(registry):
 
 def test_space_file(registry, tmp_path):
     path = tmp_path / "space.toml"
-    path.write_text('chains = [["weight_prune", "int_quant"]]\n[int_quant]\nbits = [8, 4]\nmode = "storage"\n[weight_prune]\nsparsity = { low = 0.3, high = 0.6, step = 0.1 }\n')
+    path.write_text(
+        'chains = [["weight_prune", "int_quant"]]\n[int_quant]\nbits = [8, 4]\nmode = '
+        '"storage"\n[weight_prune]\nsparsity = { low = 0.3, high = 0.6, step = 0.1 }\n'
+    )
     space = build_space(registry, space_file=path)
     assert space.chains == [("weight_prune", "int_quant")]
     assert space.methods["int_quant"].tunables["bits"].choices == (8, 4)
@@ -119,8 +141,8 @@ def test_space_file(registry, tmp_path):
         ("[nope]\nx = 1\n", "unknown plugin 'nope'"),
         ("[int_quant]\nbits = [8, 3]\n", "must be one of 8, 4, 2"),
         ("[int_quant]\nbits = { low = 2, hi = 8 }\n", "unknown range key 'hi'"),
-        ("chains = [[\"int_quant\", \"int_quant\"]]\n", "names a plugin twice"),
-        ("chains = \"int_quant\"\n", "chains must be a list of lists"),
+        ('chains = [["int_quant", "int_quant"]]\n', "names a plugin twice"),
+        ('chains = "int_quant"\n', "chains must be a list of lists"),
         ("[int_quant\n", "invalid TOML"),
     ],
 )
@@ -134,7 +156,13 @@ def test_bad_space_files_name_the_file_and_the_problem(registry, tmp_path, text,
 
 def test_default_chains_only_pair_prune_with_other_kinds(registry):
     space = build_space(registry, [PluginSpec("weight_prune"), PluginSpec("layer_prune"), PluginSpec("gptq")])
-    assert default_chains(space.methods) == [("weight_prune",), ("layer_prune",), ("gptq",), ("weight_prune", "gptq"), ("layer_prune", "gptq")]
+    assert default_chains(space.methods) == [
+        ("weight_prune",),
+        ("layer_prune",),
+        ("gptq",),
+        ("weight_prune", "gptq"),
+        ("layer_prune", "gptq"),
+    ]
 
 
 def _drive(search, n, batch):
@@ -143,8 +171,12 @@ def _drive(search, n, batch):
     while len(seen) < n:
         asked = [search.ask() for _ in range(min(batch, n - len(seen)))]
         for number, chain, params in asked:
-            size = 0.1 + 0.1 * len(chain) + (0.05 if "int_quant.bits" in params and params["int_quant.bits"] == 4 else 0.0)
-            search.tell(number, {"status": "ok", "metrics": {"size_ratio": size, "cosine": 0.995}, "constraints": [-0.005]})
+            size = (
+                0.1 + 0.1 * len(chain) + (0.05 if "int_quant.bits" in params and params["int_quant.bits"] == 4 else 0.0)
+            )
+            search.tell(
+                number, {"status": "ok", "metrics": {"size_ratio": size, "cosine": 0.995}, "constraints": [-0.005]}
+            )
             seen.append((number, [(s.plugin, s.options) for s in chain]))
     return seen
 
@@ -161,8 +193,8 @@ def test_same_seed_same_trials(registry, batch):
     first = run(7)
     assert first == run(7)
     assert first != run(8)
-    assert first[0][1] == [("int_quant", {"bits": 8})]  # start points come first: int_quant as it is by default
-    assert first[1][1][0][0] == "binarize"
+    assert first[0][1] == [("int_quant", {"bits": 8, "target_cosine": 0.995})]  # first: int_quant as it is by default
+    assert first[1][1] == [("gptq", {"bits": 4, "group_size": 32, "bias_correction": True})]  # then the low-bit points
 
 
 def test_failed_trials_are_told_as_infeasible(registry):
@@ -177,10 +209,11 @@ def test_a_default_chain_runs_the_method_with_its_defaults(registry):
 
     class Fixed:
         def suggest_categorical(self, name, choices):
-            return "int_quant:default"
+            return "int_quant:default" if name == "chain" else choices[-1]
 
-    assert space.suggest(Fixed()) == [PluginSpec("int_quant", {"bits": 8})]  # fixed options kept, nothing searched
-    assert space.searched_params("int_quant:default") == set()
+    # fixed options kept; only what int_quant searches at its defaults (its fidelity target) is searched
+    assert space.suggest(Fixed()) == [PluginSpec("int_quant", {"bits": 8, "target_cosine": 0.98})]
+    assert space.searched_params("int_quant:default") == {"int_quant.target_cosine"}
     assert space.searched_params("int_quant") == {"int_quant.mode", "int_quant.block_size"}
 
 
@@ -188,8 +221,12 @@ def test_replay_checks_params_against_the_space(registry):
     space = build_space(registry, [PluginSpec("int_quant")])
     search = Search(space, 0, 1)
     ok = {"status": "ok", "metrics": {"size_ratio": 0.3, "cosine": 0.999}, "constraints": [-0.009]}
-    assert search.replay({"chain": "int_quant", "int_quant.mode": "storage", "int_quant.bits": 4, "int_quant.block_size": 32}, ok)
-    assert not search.replay({"chain": "int_quant", "int_quant.mode": "storage", "int_quant.bits": 3, "int_quant.block_size": 32}, ok)
+    assert search.replay(
+        {"chain": "int_quant", "int_quant.mode": "storage", "int_quant.bits": 4, "int_quant.block_size": 32}, ok
+    )
+    assert not search.replay(
+        {"chain": "int_quant", "int_quant.mode": "storage", "int_quant.bits": 3, "int_quant.block_size": 32}, ok
+    )
     assert not search.replay({"chain": "gptq", "gptq.bits": 4}, ok)
     assert len(search.study.trials) == 1
 
@@ -203,12 +240,24 @@ def test_constraint_sign():
 
 
 def _trial(number, size, cosine, *, passed_untimed=True, status="ok"):
-    return {"number": number, "status": status, "gates_passed_untimed": passed_untimed, "timed": False, "passed": False,
-            "metrics": {"file_bytes": size, "cosine": cosine, "size_ratio": size / 100, "latency_ratio": None}}
+    return {
+        "number": number,
+        "status": status,
+        "gates_passed_untimed": passed_untimed,
+        "timed": False,
+        "passed": False,
+        "metrics": {"file_bytes": size, "cosine": cosine, "size_ratio": size / 100, "latency_ratio": None},
+    }
 
 
 def test_fronts_and_choice():
-    trials = [_trial(0, 50, 0.999), _trial(1, 30, 0.995), _trial(2, 30, 0.990), _trial(3, 20, 0.9, passed_untimed=False), _trial(4, 60, 0.999)]
+    trials = [
+        _trial(0, 50, 0.999),
+        _trial(1, 30, 0.995),
+        _trial(2, 30, 0.990),
+        _trial(3, 20, 0.9, passed_untimed=False),
+        _trial(4, 60, 0.999),
+    ]
     assert rep.untimed_front(trials) == [0, 1]
     assert rep.to_time(trials, 10) == [1, 0, 2, 4]
     assert rep.to_time(trials, 3) == [1, 0, 2]
@@ -244,10 +293,21 @@ def test_saved_recipe_loads_back_as_the_same_run(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"")
     path = tmp_path / "ci" / "best.toml"
     path.parent.mkdir()
-    chain = [{"plugin": "weight_prune", "options": {"sparsity": 0.55, "structured": "channel"}},
-             {"plugin": "int_quant", "options": {"mode": "storage", "bits": 4, "exclude": ["fc"], "block_size": None}}]
-    save_recipe(path, model=tmp_path / "m.onnx", output=tmp_path / "out" / "best.onnx", seed=3, chain=chain,
-                data=tmp_path / "eval.npz", input_shapes={"input": (1, 8)}, gates=["cosine>=0.99", "latency_ratio[cpu]<=1.0"], trial=5)
+    chain = [
+        {"plugin": "weight_prune", "options": {"sparsity": 0.55, "structured": "channel"}},
+        {"plugin": "int_quant", "options": {"mode": "storage", "bits": 4, "exclude": ["fc"], "block_size": None}},
+    ]
+    save_recipe(
+        path,
+        model=tmp_path / "m.onnx",
+        output=tmp_path / "out" / "best.onnx",
+        seed=3,
+        chain=chain,
+        data=tmp_path / "eval.npz",
+        input_shapes={"input": (1, 8)},
+        gates=["cosine>=0.99", "latency_ratio[cpu]<=1.0"],
+        trial=5,
+    )
     recipe = load_recipe(path)
     assert recipe.model == (tmp_path / "m.onnx").resolve() or recipe.model.resolve() == (tmp_path / "m.onnx").resolve()
     assert recipe.output.resolve() == (tmp_path / "out" / "best.onnx").resolve()

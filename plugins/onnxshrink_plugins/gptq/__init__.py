@@ -149,6 +149,8 @@ class Gptq(Method):
     search_space = (
         onnxshrink.Tunable("bits", low=2, high=8),
         onnxshrink.Tunable("group_size", choices=(32, 0, 128)),
+        # The correction's Adds can survive onnxruntime's fusions and cost latency (zoo g2p_id_bert).
+        onnxshrink.Tunable("bias_correction", choices=(True, False)),
     )
 
     @classmethod
