@@ -85,7 +85,7 @@ def mixed_graph() -> onnx.ModelProto:
 
 
 def rounded(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
-    """A copy whose named float32 tensors (initializers and Constant values, subgraphs too) hold float16-rounded values."""
+    """A copy whose named float32 tensors (Constant values and subgraphs too) hold float16-rounded values."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     for tensor in onnxshrink.iter_tensors(copy.graph):
@@ -232,3 +232,14 @@ def test_the_cli_writes_a_smaller_model_and_reports_the_stats(cli, tmp_path):
     [step] = json.loads(report.read_text())["steps"]
     assert step["plugin"] == "float16" and step["stats"]["converted_tensors"] > 0
     assert out.stat().st_size < 0.6 * source.stat().st_size
+
+
+def test_tune_builds_its_space_with_float16_installed(registry):
+    """float16 declares no search space: tune's default space leaves it out; given options, it is a fixed point."""
+    from onnxshrink.plugin.method import PluginSpec
+    from onnxshrink.tune.space import build_space
+
+    assert Float16.search_space == ()
+    assert "float16" not in build_space(registry).methods
+    space = build_space(registry, [PluginSpec("float16", {"min_size": "16"})])
+    assert space.chains == [("float16",)] and space.methods["float16"].fixed == {"min_size": 16}
