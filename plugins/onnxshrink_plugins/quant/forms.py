@@ -15,6 +15,7 @@ import onnx
 import onnxshrink
 from onnxshrink import QuantizedTensor
 
+from ..shared.float16 import beyond_float16, store_float16
 from ..shared.layers import RESHAPED_OPS, matrix_view
 from .targets import Target, node_label
 
@@ -97,38 +98,23 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     return tensor.ByteSize()
 
 
-FLOAT16_LIMIT = float(np.finfo(np.float16).max)
-
-
 def float16_reason(target: Target) -> str | None:
     """Why ``target`` cannot be stored as float16, or None."""
     if target.weight.dtype != onnx.TensorProto.FLOAT:
         return "not float32"
-    if float(np.max(np.abs(target.weight.array()))) > FLOAT16_LIMIT:
+    if beyond_float16(target.weight.array()):
         return "values beyond float16's range"
     return None
 
 
 def write_float16(model: onnx.ModelProto, target: Target, taken: set[str], note: str = "") -> dict:
     """A float16 copy + Cast to float32 in front of the readers (folded at load, half the bytes)."""
-    weight = target.weight
-    original = weight.array()
-    half = onnx.numpy_helper.from_array(
-        original.astype(np.float16), onnxshrink.unique_name(taken, f"{weight.name}_float16")
-    )
-    cast = onnx.helper.make_node(
-        "Cast",
-        [half.name],
-        [weight.name],
-        name=onnxshrink.unique_name(taken, f"{weight.name}_cast"),
-        to=onnx.TensorProto.FLOAT,
-    )
-    onnxshrink.replace_weight(model, weight, [cast], [half], uses=target.uses if target.kept_uses else None)
-    out = record(target, "storage", None, original, [half], note)
+    original = target.weight.array()
+    uses = target.uses if target.kept_uses else None
+    stored = store_float16(model, target.weight, taken, array=original, uses=uses)
+    out = record(target, "storage", None, original, [stored.tensor], note)
     out["scheme"] = "float16"
-    out["max_abs_error"] = (
-        float(np.max(np.abs(original - original.astype(np.float16).astype(np.float32)))) if original.size else 0.0
-    )
+    out["max_abs_error"] = stored.max_abs_error
     return out
 
 

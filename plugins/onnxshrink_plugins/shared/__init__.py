@@ -3,4 +3,6 @@
 ``layers``: which weights the low-bit methods work on and how each weighted op reads its weight,
 used by gptq, binarize, sparse_store and int_quant's packed forms (``quant/forms.py``); it is also
 the one home of ``WEIGHTED_OPS``.
+``float16``: float16 storage of a float32 constant (a Cast back folded at load), used by the
+``float16`` method and int_quant's float16 form.
 """
