@@ -234,12 +234,13 @@ def test_the_cli_writes_a_smaller_model_and_reports_the_stats(cli, tmp_path):
     assert out.stat().st_size < 0.6 * source.stat().st_size
 
 
-def test_tune_builds_its_space_with_float16_installed(registry):
-    """float16 declares no search space: tune's default space leaves it out; given options, it is a fixed point."""
+def test_tune_searches_its_min_size(registry):
+    """tune tries float16 at each declared min_size; given options, it is a fixed point."""
     from onnxshrink.plugin.method import PluginSpec
     from onnxshrink.tune.space import build_space
 
-    assert Float16.search_space == ()
-    assert "float16" not in build_space(registry).methods
-    space = build_space(registry, [PluginSpec("float16", {"min_size": "16"})])
-    assert space.chains == [("float16",)] and space.methods["float16"].fixed == {"min_size": 16}
+    space = build_space(registry)
+    assert space.methods["float16"].tunables["min_size"].choices == (16, 128, 1024)
+    assert {"chain": "float16", "float16.min_size": 16} in space.start_points()
+    fixed = build_space(registry, [PluginSpec("float16", {"min_size": "16"})])
+    assert fixed.chains == [("float16",)] and fixed.methods["float16"].fixed == {"min_size": 16}

@@ -15,7 +15,7 @@ from onnxshrink.tune import TuneJob, tune
 from onnxshrink.tune import run as tune_run
 from onnxshrink.tune.backends import LocalBackend
 from onnxshrink.tune.search import Search
-from onnxshrink.tune.space import CHAIN_PARAM, MethodSpace, SearchSpace
+from onnxshrink.tune.space import CHAIN_PARAM, MethodSpace, SearchSpace, default_chains
 from tests.support.files import MODELS
 
 MLP, MLP_DATA = MODELS / "mlp.onnx", MODELS / "mlp_eval.npz"
@@ -269,3 +269,25 @@ def test_a_slower_clean_retiming_rejects_and_noise_is_retried_at_most_twice(tmp_
     (tmp_path / "again").mkdir()
     trial, backend = _retime(tmp_path / "again", [_latency(1.03, 1.01, 1.05, NOISY)] * 5)
     assert len(backend.calls) == 1 + tune_run.EXTRA_TIMING_PASSES and not trial["passed"]
+
+
+# ------------------------------------------------------------------------- lossless methods
+
+
+def test_lossless_methods_end_every_chain_and_run_alone():
+    quantizer, pruner, finisher = _probe(), _probe(kind="prune"), _probe(kind="transform")
+    pruner.name, finisher.name = "pruner", "finisher"
+    finisher.lossless = True
+    methods = {
+        "probe": MethodSpace(quantizer, {"bits": Tunable("bits", choices=(8, 4))}),
+        "pruner": MethodSpace(pruner, {"group": Tunable("group", choices=(0, 64))}),
+        "finisher": MethodSpace(finisher),
+    }
+    chains = default_chains(methods)
+    assert chains == [("probe", "finisher"), ("pruner", "finisher"), ("pruner", "probe", "finisher"), ("finisher",)]
+    space = SearchSpace(methods, chains)
+    # the start points see through the lossless end: the quantizer's low-bit point, then its starting values
+    assert space.start_points() == [
+        {CHAIN_PARAM: "probe+finisher", "probe.bits": 4},
+        {CHAIN_PARAM: "probe+finisher", "probe.bits": 8},
+    ]
