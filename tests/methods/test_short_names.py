@@ -54,7 +54,9 @@ def if_reading_outer_names() -> onnx.ModelProto:
         helper.make_node("Mul", ["x", "long/weight"], ["long/outer/h"], name="long/mul", doc_string="model.py:12"),
         helper.make_node("ReduceSum", ["x"], ["long/sum"], name="long/sum", keepdims=0),
         helper.make_node("Greater", ["long/sum", "long/zero"], ["long/cond"], name="long/greater"),
-        helper.make_node("If", ["long/cond"], ["y"], name="long/if", then_branch=branch("Add"), else_branch=branch("Sub")),
+        helper.make_node(
+            "If", ["long/cond"], ["y"], name="long/if", then_branch=branch("Add"), else_branch=branch("Sub")
+        ),
     ]
     graph = helper.make_graph(
         nodes,
@@ -183,7 +185,9 @@ def test_cli_on_a_model_with_external_data(cli, tmp_path, monkeypatch, lazy):
 
 def test_cli_runs_are_byte_identical(cli, tmp_path):
     for name in ("a", "b"):
-        result = cli(MODELS / "cnn.onnx", "--plugin", "short_names", "--no-validate", "-o", tmp_path / f"{name}.onnx", "-q")
+        result = cli(
+            MODELS / "cnn.onnx", "--plugin", "short_names", "--no-validate", "-o", tmp_path / f"{name}.onnx", "-q"
+        )
         assert result.exit_code == 0, result
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
 
