@@ -60,7 +60,7 @@ class ShortNames(Method):
         interface = {v.name for v in model.graph.input} | {v.name for v in model.graph.output}
         taken = keep | interface
         tensors = _tensor_map(graphs, taken)
-        nodes = _node_map(graphs, taken)
+        nodes = _node_map(graphs, keep, taken)
         for graph in graphs:
             _rename_graph(graph, tensors, nodes)
         cleared = _clear_doc_strings(graphs) if options.doc_strings else 0
@@ -115,13 +115,15 @@ def _tensor_map(graphs: list[onnx.GraphProto], taken: set[str]) -> dict[str, str
     return mapping
 
 
-def _node_map(graphs: list[onnx.GraphProto], taken: set[str]) -> dict[str, str]:
+def _node_map(graphs: list[onnx.GraphProto], keep: set[str], taken: set[str]) -> dict[str, str]:
+    """Old → new node name: names in ``keep`` stay, the rest get fresh ``n`` names that avoid ``taken``
+    (a node named like a graph output is renamed too)."""
     fresh = _fresh_names(NODE_PREFIX, taken)
     mapping: dict[str, str] = {}
     for graph in graphs:
         for node in graph.node:
             if node.name and node.name not in mapping:
-                mapping[node.name] = node.name if node.name in taken else next(fresh)
+                mapping[node.name] = node.name if node.name in keep else next(fresh)
     return mapping
 
 

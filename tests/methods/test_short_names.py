@@ -75,10 +75,11 @@ def if_reading_outer_names() -> onnx.ModelProto:
 
 def passthrough_and_initializer_outputs() -> onnx.ModelProto:
     """Output ``x`` is the graph input passed straight through, output ``w`` is an initializer, and
-    the graph input is named ``t0``: the first name the renamer would pick."""
+    the graph input is named ``t0``: the first name the renamer would pick. The last node is named
+    ``y``, like the output: the node is renamed, the output is not."""
     nodes = [
         helper.make_node("Add", ["t0", "w"], ["some/long/sum"], name="some/add"),
-        helper.make_node("Relu", ["some/long/sum"], ["y"], name="some/relu"),
+        helper.make_node("Relu", ["some/long/sum"], ["y"], name="y"),  # a node named like an output
     ]
     graph = helper.make_graph(
         nodes,
