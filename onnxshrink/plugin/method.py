@@ -261,6 +261,9 @@ class Method:
     # listed keep their defaults, or the values in ``search_fixed``.
     search_space: ClassVar[tuple[Tunable, ...]] = ()
     search_fixed: ClassVar[dict[str, Any]] = {}
+    # True when the method never changes the model's outputs (bit-identical, e.g. renaming):
+    # ``onnxshrink tune`` appends lossless methods to every chain it tries.
+    lossless: ClassVar[bool] = False
 
     @classmethod
     def summary(cls) -> str:
