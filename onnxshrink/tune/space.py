@@ -51,7 +51,7 @@ class MethodSpace:
 
     @property
     def lossless(self) -> bool:
-        return bool(getattr(self.cls, "lossless", False))
+        return bool(self.cls.lossless)
 
     def default_in_space(self) -> bool:
         """True when every option searched with the space (``NAME``) has its default among the values
@@ -284,7 +284,7 @@ def build_space(
     else:
         methods, chains = {}, None
         for name, info in sorted(registry.methods.items()):
-            if info.cls.search_space or getattr(info.cls, "lossless", False):
+            if info.cls.search_space or info.cls.lossless:
                 methods[name] = MethodSpace(
                     info.cls, {t.option: t for t in info.cls.search_space}, dict(info.cls.search_fixed)
                 )
