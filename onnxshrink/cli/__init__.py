@@ -651,6 +651,8 @@ def plugins_command(as_json: bool) -> int:
             console.print(
                 Text(f"  tune searches: {search_space_text(m['search_space'], m['search_fixed'])}", style="dim")
             )
+        if m["lossless"]:
+            console.print(Text("  lossless (same outputs): tune ends every chain with it", style="dim"))
         console.print()
     for e in errors:
         console.print(

@@ -55,6 +55,7 @@ class MethodInfo:
             "options": [o.describe() for o in self.cls.options],
             "search_space": [t.describe() for t in self.cls.search_space],
             "search_fixed": dict(self.cls.search_fixed),
+            "lossless": self.cls.lossless,
         }
 
 

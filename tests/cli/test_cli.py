@@ -271,6 +271,10 @@ def test_plugins_listing_shows_what_tune_searches(cli, registry):
     lines = [line for line in cli("plugins").stdout.splitlines() if "tune searches:" in line]
     assert len(lines) == len(searched) >= 7
     assert any("sparsity 0.2..0.9 (step 0.05)" in line for line in lines)
+    flat = " ".join(cli("plugins").stdout.split())  # long lines wrap
+    assert "target_cosine in {0.995, 0.99, 0.98} (at its defaults only)" in flat
+    assert [name for name, m in methods.items() if m["lossless"]] == ["short_names"]
+    assert cli("plugins").stdout.count("tune ends every chain with it") == 1
 
 
 def test_inspect(cli):
