@@ -67,6 +67,7 @@ def int_quant_default(model: Path, data: Path, workdir: Path) -> dict:
 
 def tuned(model: Path, data: Path, workdir: Path) -> dict:
     from onnxshrink.tune import TuneJob, parse_duration, tune
+    from onnxshrink.tune.summary import chain_text
 
     started = time.perf_counter()
     report, code = tune(
@@ -96,12 +97,7 @@ def tuned(model: Path, data: Path, workdir: Path) -> dict:
         chosen = next(t for t in report["trials"] if t["number"] == report["chosen"])
         out.update(
             chosen["metrics"],
-            chain=" -> ".join(
-                s["plugin"]
-                + ":"
-                + ",".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["options"].items())
-                for s in chosen["chain"]
-            ),
+            chain=chain_text(chosen["chain"], ".3g"),
         )
         out["latency_ratio"] = chosen["metrics"]["latency_ratio"]["cpu"]
     return out

@@ -9,11 +9,20 @@ from rich.table import Table
 from rich.text import Text
 
 
-def _chain(trial: dict[str, Any]) -> str:
+def chain_text(chain: list[dict[str, Any]], float_format: str = "") -> str:
+    """``weight_prune:sparsity=0.5 -> int_quant -> short_names`` from a trial's ``chain``."""
+
+    def value(v: Any) -> str:
+        return format(v, float_format) if isinstance(v, float) else str(v)
+
     return " -> ".join(
-        s["plugin"] + (":" + ",".join(f"{k}={v}" for k, v in s["options"].items()) if s["options"] else "")
-        for s in trial["chain"]
+        s["plugin"] + (":" + ",".join(f"{k}={value(v)}" for k, v in s["options"].items()) if s["options"] else "")
+        for s in chain
     )
+
+
+def _chain(trial: dict[str, Any]) -> str:
+    return chain_text(trial["chain"])
 
 
 def print_summary(report: dict[str, Any], console: Console) -> None:
