@@ -69,6 +69,7 @@ class Requantize(Method):
         rewritten: list[dict[str, Any]] = []
         left: list[dict[str, Any]] = []
         constants = _constants(model)
+        taken = onnxshrink.all_names(model)
         for weight in _integer_weights(model):
             if all(_is_parameter(u) for u in weight.uses):
                 continue  # a zero point: rewritten with its weight
@@ -76,7 +77,11 @@ class Requantize(Method):
             if reason:
                 left.append({"tensor": weight.name, "shape": list(weight.shape), "reason": reason})
                 continue
-            rewritten.append(_rewrite(model, site, constants, options, opset))
+            done = _rewrite(model, site, constants, options, opset, taken)
+            if isinstance(done, str):
+                left.append({"tensor": weight.name, "shape": list(weight.shape), "reason": done})
+            else:
+                rewritten.append(done)
         stats: dict[str, Any] = {
             "bits": options.bits,
             "rewritten_tensors": len(rewritten),
@@ -226,7 +231,9 @@ def _attribute(node: onnx.NodeProto, name: str, default):
 def _output_axis(node: onnx.NodeProto, rank: int, use: onnxshrink.Use) -> int:
     """The output-channel axis of the DequantizeLinear result for its readers (MatMul: the last axis)."""
     # the graph holding the DequantizeLinear; its readers decide the channel axis
-    readers = [onnxshrink.Use(use.graph, n, i) for n in use.graph.node for i, x in enumerate(n.input) if x == node.output[0]]
+    readers = [
+        onnxshrink.Use(use.graph, n, i) for n in use.graph.node for i, x in enumerate(n.input) if x == node.output[0]
+    ]
     axes = {onnxshrink.weight_axes(r, rank)[0] for r in readers}
     return axes.pop() if len(axes) == 1 else rank - 1
 
@@ -237,8 +244,10 @@ def _rewrite(
     constants: dict[str, onnx.TensorProto],
     options: onnxshrink.Options,
     opset: int,
-) -> dict[str, Any]:
-    """Re-quantize one weight, store it packed and wire the new scale (and zero point) into its node."""
+    taken: set[str],
+) -> dict[str, Any] | str:
+    """Re-quantize one weight, store it packed and wire the new scale (and zero point) into its node; or
+    say why not (the packed codes, unpack nodes and new scales would not be smaller than the int8 tensor)."""
     weight, node, bits = site.weight, site.use.node, options.bits
     codes = weight.array()
     rank = codes.ndim
@@ -266,8 +275,18 @@ def _rewrite(
 
     new_scale, new_zero, axis = _parameters(new_scale_full, codes, groups, node, block, offset)
     qt = onnxshrink.QuantizedTensor(new_codes, np.array(1.0, np.float32), None, bits)
+    old_param_bytes = scale.nbytes + (0 if zero is None else zero.nbytes)
+    new_param_bytes = new_scale.nbytes + (0 if new_zero is None else new_zero.nbytes)
+    nodes, inits = onnxshrink.packed_chain(
+        qt, weight.name, set(taken), shape=weight.shape, dtype=weight.dtype, opset=opset
+    )
+    chain_bytes = sum(n.ByteSize() for n in nodes) + sum(t.ByteSize() for t in inits)
+    if chain_bytes + new_param_bytes >= weight.proto.ByteSize() + old_param_bytes:
+        return (
+            f"not smaller at {bits} bits ({chain_bytes + new_param_bytes} >= {weight.nbytes + old_param_bytes} bytes)"
+        )
     stored = onnxshrink.store_weight(model, weight, qt, form="packed")
-    taken = onnxshrink.all_names(model)
+    taken.update(onnxshrink.all_names(model))
     graph = site.use.graph
     scale_name = onnxshrink.unique_name(taken, f"{node.input[site.scale_slot]}_requantized")
     graph.initializer.append(numpy_helper.from_array(new_scale, scale_name))
@@ -286,8 +305,6 @@ def _rewrite(
             node.input.pop()
     if axis is not None:
         _set_axis(node, axis)
-    old_param_bytes = scale.nbytes + (0 if zero is None else zero.nbytes)
-    new_param_bytes = new_scale.nbytes + (0 if new_zero is None else new_zero.nbytes)
     return {
         "tensor": weight.name,
         "node": onnxshrink.node_label(node),
