@@ -173,7 +173,9 @@ def test_dequantize_linear_weight_is_requantized_per_column_packed_and_folded(dt
     assert not UNPACK_OPS & {n.op_type for n in optimized(model, tmp_path / "ext.onnx").graph.node}
     runs = optimized(model, tmp_path / "opt.onnx", "BASIC")
     assert [n.op_type for n in runs.graph.node] == ["DequantizeLinear", "MatMul"]
-    codes = next(numpy_helper.to_array(t) for t in runs.graph.initializer if t.data_type == dtype and t.dims == [256, 96])
+    codes = next(
+        numpy_helper.to_array(t) for t in runs.graph.initializer if t.data_type == dtype and t.dims == [256, 96]
+    )
     centered = codes.astype(np.int16) - (0 if dtype == TensorProto.INT8 else 64)
     assert centered.min() >= -63 and centered.max() <= 63 and centered.max() == 63
 
@@ -289,7 +291,10 @@ def test_matmul_integer_weights_are_left_with_the_reason():
         "mmi",
         [helper.make_tensor_value_info("x", TensorProto.UINT8, ["batch", 64])],
         [helper.make_tensor_value_info("y", TensorProto.INT32, ["batch", 64])],
-        [numpy_helper.from_array(int8_codes(rng, (64, 64)), "B"), numpy_helper.from_array(np.array(0, np.int8), "B_zp")],
+        [
+            numpy_helper.from_array(int8_codes(rng, (64, 64)), "B"),
+            numpy_helper.from_array(np.array(0, np.int8), "B_zp"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     result = run_method(Requantize, model)
@@ -325,7 +330,9 @@ def test_conformance_kit_on_integer_graphs():
     assert len(report.changed) == 2, report
 
 
-@pytest.mark.parametrize("option, message", [("bits=8", "bits"), ("bits=1", "bits"), ("per_column=maybe", "per_column")])
+@pytest.mark.parametrize(
+    "option, message", [("bits=8", "bits"), ("bits=1", "bits"), ("per_column=maybe", "per_column")]
+)
 def test_bad_option_is_a_one_line_exit_2(cli, tmp_path, option, message):
     source = tmp_path / "lstm.onnx"
     onnx.save(dynamic_quantize_lstm(), str(source))
