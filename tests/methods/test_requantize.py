@@ -380,3 +380,49 @@ def test_vfl_dvector_int8_at_7_bits(tmp_path):
         for x, y in zip(a.run(None, feed), b.run(None, feed)):
             worst = min(worst, cosine(x, y))
     assert worst >= 0.99
+
+
+def test_blocked_dequantize_linear_keeps_its_blocks():
+    """block_size (opset 21): one factor per block, the scale keeps its (blocks, columns) layout."""
+    rng = np.random.default_rng(5)
+    scale = rng.uniform(0.005, 0.02, (8, 96)).astype(np.float32)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["W_q", "W_scale"], ["W"], name="dq", axis=0, block_size=32),
+        helper.make_node("MatMul", ["input", "W"], ["output"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "blocked",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 256])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 96])],
+        [numpy_helper.from_array(int8_codes(rng, (256, 96)), "W_q"), numpy_helper.from_array(scale, "W_scale")],
+    )
+    original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    original.ir_version = 10
+    model = copy(original)
+    [tensor] = run_method(Requantize, model).stats["tensors"]
+    assert tensor["scales"] == 8 * 96
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear")
+    assert next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == dq.input[1]).shape == (8, 96)
+    feeds = {"input": rng.standard_normal((4, 256)).astype(np.float32)}
+    assert cosine(session(original).run(None, feeds)[0], session(model).run(None, feeds)[0]) > 0.9999
+    assert len(model.SerializeToString()) < len(original.SerializeToString())
+
+
+def test_uint8_lstm_weights_keep_their_type_with_a_mid_zero_point():
+    original = dynamic_quantize_lstm()
+    inits = {t.name: t for t in original.graph.initializer}
+    for name in ("W_q", "R_q"):
+        shifted = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
+        inits[name].CopyFrom(numpy_helper.from_array(shifted.astype(np.uint8), name))
+    for name in ("W_zp", "R_zp"):
+        inits[name].CopyFrom(numpy_helper.from_array(np.array([128], np.uint8), name))
+    model = copy(original)
+    stats = run_method(Requantize, model).stats
+    assert stats["rewritten_tensors"] == 2 and {t["dtype"] for t in stats["tensors"]} == {"uint8"}
+    [lstm] = [n for n in model.graph.node if n.op_type == "DynamicQuantizeLSTM"]
+    zero = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == lstm.input[9])
+    assert zero.dtype == np.uint8 and (zero == 64).all()
+    feeds = {"X": np.random.default_rng(6).standard_normal((5, 2, 96)).astype(np.float32)}
+    for expected, got in zip(session(original).run(None, feeds), session(model).run(None, feeds)):
+        assert cosine(expected, got) > 0.995
