@@ -190,8 +190,10 @@ def _site(
     if lstm:
         scale_slot, zero_slot = LSTM_SLOTS[use.index]
         scale = _input(node, scale_slot, constants)
-        if scale is None or rank != 3:
+        if scale is None:
             return None, "DynamicQuantizeLSTM scale is not a constant"
+        if rank != 3:
+            return None, f"DynamicQuantizeLSTM weight of rank {rank}, not [directions, inputs, 4*hidden]"
         kept = (0,) if scale.ndim <= 1 else (0, 2)
         return Site(weight, use, scale_slot, zero_slot, (0, 2), kept), _constant_zero(node, zero_slot, constants)
     scale = _input(node, 1, constants)
@@ -230,7 +232,6 @@ def _attribute(node: onnx.NodeProto, name: str, default):
 
 def _output_axis(node: onnx.NodeProto, rank: int, use: onnxshrink.Use) -> int:
     """The output-channel axis of the DequantizeLinear result for its readers (MatMul: the last axis)."""
-    # the graph holding the DequantizeLinear; its readers decide the channel axis
     readers = [
         onnxshrink.Use(use.graph, n, i) for n in use.graph.node for i, x in enumerate(n.input) if x == node.output[0]
     ]
@@ -315,7 +316,7 @@ def _rewrite(
         "bytes_before": weight.nbytes + old_param_bytes,
         "bytes_after": stored.stored_bytes + new_param_bytes,
         "relative_error": round(error, 6),
-        "clipped_factor_max": round(float(np.max(k)), 6),
+        "max_factor": round(float(np.max(k)), 6),
     }
 
 
