@@ -303,6 +303,14 @@ class Method:
         """Cross-option validation beyond ``Option.only_with``; raise ``UsageError`` (use :meth:`option_error`)."""
 
     @classmethod
+    def not_applicable(cls, model: onnx.ModelProto) -> str | None:
+        """Why this method can change nothing in ``model``, nor in a pruned copy of it (e.g. a
+        quantizer on a model already quantized), or None. A cheap look at the graph: tensor data may
+        be external and not loaded. ``onnxshrink tune`` (whose chains put only pruning in front of
+        another method) leaves such a method out of its search; return None when unsure."""
+        return None
+
+    @classmethod
     def option_error(cls, message: str) -> UsageError:
         return UsageError(f"plugin {cls.name!r}: {message}")
 

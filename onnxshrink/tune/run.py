@@ -124,6 +124,7 @@ class _Checked:
             str(job.data) if job.data else None, loaded.model, input_shapes=job.input_shapes or None, seed=job.seed
         )
         self.data_warnings = list(dataset.warnings)
+        self.space.leave_out_inapplicable(loaded.model)
         self.baseline_bytes = measure_size(job.model)["file_bytes"]
         self.resume = rep.read_resume(job.resume) if job.resume else None
         self.providers = sorted({c.provider for c in self.checks if METRICS[c.metric].per_provider} | {"cpu"})
@@ -174,6 +175,8 @@ class _Tuner:
 
     def run(self) -> tuple[dict[str, Any], ExitCode]:
         self._replay()
+        for name, why in self.checked.space.left_out.items():
+            self.progress.say(f"tune: {name} left out: {why}")
         for point in self.checked.space.start_points():
             self.search.enqueue(point)
         try:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from onnxshrink.errors import UsageError
 from onnxshrink.plugin.method import Method, PluginSpec, Tunable, check_search_space
 from onnxshrink.plugin.registry import Registry
@@ -131,14 +133,34 @@ def _can_take(t: Tunable, value: Any) -> bool:
 class SearchSpace:
     methods: dict[str, MethodSpace]
     chains: list[tuple[str, ...]]
+    left_out: dict[str, str] = field(default_factory=dict)  # method -> why it can change nothing here
 
     @property
     def chain_labels(self) -> list[str]:
         return [chain_label(c) for c in self.chains]
 
+    def leave_out_inapplicable(self, model: onnx.ModelProto) -> dict[str, str]:
+        """Drop the methods that say they can change nothing in ``model`` (``Method.not_applicable``:
+        e.g. a quantizer on a model already quantized) and the chains that use them; returns
+        ``{method: reason}``. A UsageError when no chain is left."""
+        for name, space in self.methods.items():
+            try:
+                reason = space.cls.not_applicable(model)
+            except Exception:  # a third-party hook that fails does not stop the search: the method stays
+                reason = None
+            if reason:
+                self.left_out[name] = str(reason)
+        self.methods = {n: m for n, m in self.methods.items() if n not in self.left_out}
+        self.chains = [c for c in self.chains if all(split_element(e)[0] in self.methods for e in c)]
+        if not self.chains:
+            reasons = "; ".join(f"{name}: {why}" for name, why in self.left_out.items())
+            raise UsageError(f"nothing to search on this model: {reasons}")
+        return dict(self.left_out)
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready, for the report."""
         return {
+            "left_out": dict(self.left_out),
             "chains": [list(c) for c in self.chains],
             "methods": {
                 name: {"search": [t.describe() for t in m.tunables.values()], "fixed": dict(m.fixed)}
@@ -188,14 +210,14 @@ class SearchSpace:
         one quantize method (lossless methods after it allowed), in this order:
 
         1. each method at its own defaults (``NAME:default``, the baseline a tuned model must beat);
-        2. each at ``START_BITS`` bits (where its space has a ``bits`` option that can take them)
-           with its other numeric choices at their finest positive value (smallest blocks or
-           groups: the most accurate), then at their coarsest (the smallest file);
-        3. ``NAME:default`` with each other choice of its options searched only there;
-        4. each other method at its starting values (defaults where they lie in the space);
-        5. ``NAME:default`` at ``START_BITS`` bits.
+        2. ``NAME:default`` at ``START_BITS`` bits (where its ``bits`` can take them);
+        3. each other method at ``START_BITS`` bits with its other numeric choices at their finest
+           positive value (smallest blocks or groups: the most accurate), then at their coarsest
+           (the smallest file);
+        4. ``NAME:default`` with each other choice of its options searched only there;
+        5. each other method at its starting values (defaults where they lie in the space).
 
-        The slow, rarely small defaults (4.) come after the low-bit points that most often win.
+        The low-bit points, which most often win, come before the slow, rarely small defaults (5.).
         Derived from the declared spaces and the defaults only."""
         defaults, others = [], []
         for chain in self.chains:
@@ -215,17 +237,15 @@ class SearchSpace:
 
         for chain, plugin, as_default in defaults:
             add(chain, plugin, as_default, self.methods[plugin].first_values())
-        for chain, plugin, as_default in others:
-            for values in self.methods[plugin].low_bit_values():
-                add(chain, plugin, as_default, values)
+        for group in (defaults, others):
+            for chain, plugin, as_default in group:
+                for values in self.methods[plugin].low_bit_values():
+                    add(chain, plugin, as_default, values)
         for chain, plugin, as_default in defaults:
             for values in self.methods[plugin].default_only_values():
                 add(chain, plugin, as_default, values)
         for chain, plugin, as_default in others:
             add(chain, plugin, as_default, self.methods[plugin].first_values())
-        for chain, plugin, as_default in defaults:
-            for values in self.methods[plugin].low_bit_values():
-                add(chain, plugin, as_default, values)
         return points
 
 

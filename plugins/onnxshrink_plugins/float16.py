@@ -40,6 +40,11 @@ class Float16(Method):
     # (zoo swift_f0: a 95-value table takes the worst cosine to 0.587 at min_size=16, 0.997 at 128).
     search_space = (onnxshrink.Tunable("min_size", choices=(16, 128, 1024)),)
 
+    @classmethod
+    def not_applicable(cls, model: onnx.ModelProto) -> str | None:
+        markers = onnxshrink.quantization_markers(model)
+        return f"the model is already quantized ({markers[0]})" if markers else None
+
     def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
         self.check_exclude(model, options.exclude)
         excluded = set(options.exclude or ())

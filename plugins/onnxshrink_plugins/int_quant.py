@@ -256,6 +256,11 @@ class IntQuant(Method):
         if not values.op_types:
             raise cls.option_error("op_types is empty; name at least one of " + ", ".join(QUANTIZABLE_OPS))
 
+    @classmethod
+    def not_applicable(cls, model: onnx.ModelProto) -> str | None:
+        markers = onnxshrink.quantization_markers(model)
+        return f"the model is already quantized ({markers[0]})" if markers else None
+
     def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
         markers = onnxshrink.quantization_markers(model)
         if markers:

@@ -62,6 +62,22 @@ class Requantize(Method):
     )
     search_space = (Tunable("bits", choices=(7, 6, 5, 4)),)
 
+    @classmethod
+    def not_applicable(cls, model: onnx.ModelProto) -> str | None:
+        graphs = [g for g, _ in onnxshrink.iter_graphs(model.graph)]
+        integer = {t.name for g in graphs for t in g.initializer if t.data_type in INTEGER_TYPES}
+        for node in (n for g in graphs for n in g.node if n.op_type == "Constant"):
+            value = onnxshrink.constant_value(node)
+            if value is not None and value.data_type in INTEGER_TYPES:
+                integer.add(node.output[0])
+        for node in (n for g in graphs for n in g.node):
+            slots = tuple(LSTM_SLOTS) if node.op_type == "DynamicQuantizeLSTM" else (0,)
+            if node.op_type in ("DynamicQuantizeLSTM", "DequantizeLinear") and any(
+                i < len(node.input) and node.input[i] in integer for i in slots
+            ):
+                return None
+        return "no int8/uint8 weight read by DynamicQuantizeLSTM or DequantizeLinear (a float model)"
+
     def apply(self, model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshrink.Context) -> dict[str, Any]:
         self.check_exclude(model, options.exclude)
         excluded = set(options.exclude or ())

@@ -145,10 +145,10 @@ def test_the_default_chain_comes_first_and_tries_each_default_only_choice():
     space = SearchSpace({"probe": MethodSpace(cls, tunables)}, [("probe:default",), ("probe",)])
     assert space.start_points() == [
         {CHAIN_PARAM: "probe:default", "probe.bits": 8, "probe.target": 0.9},  # the baseline: the defaults
+        {CHAIN_PARAM: "probe:default", "probe.bits": 4, "probe.target": 0.9},  # the defaults at 4 bits
         {CHAIN_PARAM: "probe", "probe.bits": 4, "probe.group": 64},  # the low-bit point (only positive sizes)
         {CHAIN_PARAM: "probe:default", "probe.bits": 8, "probe.target": 0.8},  # each default-only choice
         {CHAIN_PARAM: "probe", "probe.bits": 8, "probe.group": 0},  # the starting values
-        {CHAIN_PARAM: "probe:default", "probe.bits": 4, "probe.target": 0.9},  # the defaults at 4 bits
     ]
     assert space.methods["probe"].searched(as_default=True) == ["bits", "target"]
     assert space.methods["probe"].searched() == ["bits", "group"]
@@ -171,7 +171,8 @@ def test_builtin_start_points_try_each_quantizer_at_4_bits(registry_space):
     points = [{**p, CHAIN_PARAM: p[CHAIN_PARAM].removesuffix(end)} for p in points]
     assert points[0] == {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 8, "int_quant.target_cosine": 0.995}
     assert {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 8, "int_quant.target_cosine": 0.99} in points
-    assert {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 4, "int_quant.target_cosine": 0.995} in points
+    # then int_quant's default at 4 bits (mode=auto keeps sensitive layers wider): the cheap low-bit point
+    assert points[1] == {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 4, "int_quant.target_cosine": 0.995}
     gptq_4 = {CHAIN_PARAM: "gptq", "gptq.bits": 4, "gptq.group_size": 32, "gptq.bias_correction": True}
     slow_default = min(i for i, p in enumerate(points) if p[CHAIN_PARAM] == "binarize")
     assert points.index(gptq_4) < slow_default  # the low-bit points come before the slow defaults
@@ -294,3 +295,58 @@ def test_lossless_methods_end_every_chain_and_run_alone():
         {CHAIN_PARAM: "probe+finisher", "probe.bits": 4},
         {CHAIN_PARAM: "probe+finisher", "probe.bits": 8},
     ]
+
+
+# ------------------------------------------------------------------------- methods with nothing to do
+
+
+def test_methods_that_can_change_nothing_are_left_out_with_their_reason():
+    from onnxshrink.errors import UsageError
+
+    quantizer, pruner = _probe(), _probe(kind="prune")
+    pruner.name = "pruner"
+    quantizer.not_applicable = classmethod(lambda cls, model: "already quantized" if model == "q" else None)
+    methods = {
+        "probe": MethodSpace(quantizer, {"bits": Tunable("bits", choices=(8, 4))}),
+        "pruner": MethodSpace(pruner, {"group": Tunable("group", choices=(0, 64))}),
+    }
+    space = SearchSpace(dict(methods), default_chains(methods))
+    assert space.leave_out_inapplicable("float") == {} and len(space.chains) == 3
+    assert space.leave_out_inapplicable("q") == {"probe": "already quantized"}
+    assert space.chains == [("pruner",)] and list(space.methods) == ["pruner"]
+    assert space.describe()["left_out"] == {"probe": "already quantized"}
+    alone = SearchSpace({"probe": methods["probe"]}, [("probe",)])
+    with pytest.raises(UsageError, match="nothing to search on this model: probe: already quantized"):
+        alone.leave_out_inapplicable("q")
+
+
+def test_builtin_quantizers_say_when_they_have_nothing_to_do(tmp_path):
+    import onnx
+
+    from onnxshrink.plugin.registry import default_registry
+
+    methods = default_registry().methods
+    float_model = onnx.load(MODELS / "cnn.onnx")
+    for name in ("int_quant", "gptq", "float16"):
+        assert methods[name].cls.not_applicable(float_model) is None
+    assert "float model" in methods["requantize"].cls.not_applicable(float_model)
+    # an int8-stored copy: the int quantizers and float16 have nothing left to do, requantize does
+    from click.testing import CliRunner
+
+    from onnxshrink.cli import main
+
+    out = tmp_path / "q.onnx"
+    args = [
+        str(MODELS / "cnn.onnx"),
+        "--plugin",
+        "int_quant:mode=weights,weights_format=dequantize_linear",
+        "--no-validate",
+        "-o",
+        str(out),
+        "-q",
+    ]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    quantized = onnx.load(out)
+    for name in ("int_quant", "gptq", "float16"):
+        assert "already quantized" in methods[name].cls.not_applicable(quantized)
+    assert methods["requantize"].cls.not_applicable(quantized) is None

@@ -199,7 +199,7 @@ def test_same_seed_same_trials(registry, batch):
     assert first != run(8)
     names = ("short_names", {})  # lossless: ends every chain
     assert first[0][1] == [("int_quant", {"bits": 8, "target_cosine": 0.995}), names]  # int_quant by default
-    assert first[1][1] == [("gptq", {"bits": 4, "group_size": 32, "bias_correction": True}), names]  # low-bit
+    assert first[1][1] == [("int_quant", {"bits": 4, "target_cosine": 0.995}), names]  # its default at 4 bits
 
 
 def test_failed_trials_are_told_as_infeasible(registry):
