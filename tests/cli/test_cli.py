@@ -273,8 +273,8 @@ def test_plugins_listing_shows_what_tune_searches(cli, registry):
     assert any("sparsity 0.2..0.9 (step 0.05)" in line for line in lines)
     flat = " ".join(cli("plugins").stdout.split())  # long lines wrap
     assert "target_cosine in {0.995, 0.99, 0.98} (at its defaults only)" in flat
-    assert [name for name, m in methods.items() if m["lossless"]] == ["short_names"]
-    assert cli("plugins").stdout.count("tune ends every chain with it") == 1
+    assert [name for name, m in methods.items() if m["lossless"]] == ["int_pack", "short_names"]
+    assert cli("plugins").stdout.count("tune ends every chain with it") == 2
 
 
 def test_inspect(cli):

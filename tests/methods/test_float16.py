@@ -241,6 +241,6 @@ def test_tune_searches_its_min_size(registry):
 
     space = build_space(registry)
     assert space.methods["float16"].tunables["min_size"].choices == (16, 128, 1024)
-    assert {"chain": "float16+short_names", "float16.min_size": 16} in space.start_points()
+    assert {"chain": "float16+int_pack+short_names", "float16.min_size": 16} in space.start_points()
     fixed = build_space(registry, [PluginSpec("float16", {"min_size": "16"})])
     assert fixed.chains == [("float16",)] and fixed.methods["float16"].fixed == {"min_size": 16}

@@ -50,8 +50,11 @@ KIT_OPTIONS = {"sparse_store": {"bits": "4", "min_sparsity": "0"}, "weight_prune
 
 # Built-in methods that only rewrite weights that are already integer: the reference graphs and shipped
 # models hold none they can shrink, so the kit checks they leave them valid and unchanged; their own tests
-# run the kit on integer graphs (tests/methods/test_requantize.py).
-INTEGER_ONLY = {"requantize": "rewrites int8/uint8 weights only; the float graphs and models have none"}
+# run the kit on integer graphs (tests/methods/test_requantize.py, test_int_pack.py).
+INTEGER_ONLY = {
+    "requantize": "rewrites int8/uint8 weights only; the float graphs and models have none",
+    "int_pack": "packs int8 tensors only; the float graphs and models have none",
+}
 
 
 # Built-in methods too slow for the default suite on the shipped models (run by `make test-slow`).

@@ -164,8 +164,8 @@ def test_no_low_bit_start_point_where_bits_cannot_be_four_or_the_method_does_not
 
 
 def test_builtin_start_points_try_each_quantizer_at_4_bits(registry_space):
-    # short_names is lossless: it ends every chain; the points below are read without it
-    end = "+short_names"
+    # int_pack and short_names are lossless: they end every chain; the points below are read without them
+    end = "+int_pack+short_names"
     points = registry_space.start_points()
     assert all(p[CHAIN_PARAM].endswith(end) for p in points)
     points = [{**p, CHAIN_PARAM: p[CHAIN_PARAM].removesuffix(end)} for p in points]

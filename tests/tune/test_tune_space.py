@@ -87,24 +87,25 @@ def test_every_builtin_space_is_valid_and_chains_prune_before_quantize(registry)
     space = build_space(registry)
     assert {"int_quant", "gptq", "weight_prune", "sparse_store"} <= set(space.methods)
     kinds = {name: m.cls.kind for name, m in space.methods.items()}
-    assert space.chains[-1] == ("short_names",)  # the lossless method alone
+    lossless = ("int_pack", "short_names")
+    assert space.chains[-1] == lossless  # the lossless methods alone
     for chain in space.chains[:-1]:
-        assert chain[-1] == "short_names"  # lossless: ends every chain
-        chain = chain[:-1]
+        assert chain[-2:] == lossless  # lossless: they end every chain
+        chain = chain[:-2]
         assert len(chain) in (1, 2)
         if len(chain) == 2:
             assert kinds[chain[0]] == "prune" and kinds[chain[1]] != "prune"
-    assert ("weight_prune", "int_quant", "short_names") in space.chains and ("int_quant", "short_names") in space.chains
+    assert ("weight_prune", "int_quant", *lossless) in space.chains and ("int_quant", *lossless) in space.chains
     # its default (mode=auto) lies outside the space: measured as is, first
-    assert space.chains[0] == ("int_quant:default", "short_names")
+    assert space.chains[0] == ("int_quant:default", *lossless)
     assert space.start_points()[0] == {
-        "chain": "int_quant:default+short_names",
+        "chain": "int_quant:default+int_pack+short_names",
         "int_quant.bits": 8,
         "int_quant.target_cosine": 0.995,
     }
     # the start points are valid option sets for their methods
     for point in space.start_points():
-        [plugin, _] = point["chain"].replace(":default", "").split("+")
+        [plugin, *_] = point["chain"].replace(":default", "").split("+")
         options = {k.split(".", 1)[1]: v for k, v in point.items() if k != "chain"}
         registry.get(plugin).cls.validate_options({**space.methods[plugin].fixed, **options})
 
@@ -197,9 +198,9 @@ def test_same_seed_same_trials(registry, batch):
     first = run(7)
     assert first == run(7)
     assert first != run(8)
-    names = ("short_names", {})  # lossless: ends every chain
-    assert first[0][1] == [("int_quant", {"bits": 8, "target_cosine": 0.995}), names]  # int_quant by default
-    assert first[1][1] == [("int_quant", {"bits": 4, "target_cosine": 0.995}), names]  # its default at 4 bits
+    end = [("int_pack", {}), ("short_names", {})]  # lossless: they end every chain
+    assert first[0][1] == [("int_quant", {"bits": 8, "target_cosine": 0.995}), *end]  # int_quant by default
+    assert first[1][1] == [("int_quant", {"bits": 4, "target_cosine": 0.995}), *end]  # its default at 4 bits
 
 
 def test_failed_trials_are_told_as_infeasible(registry):
