@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxshrink
 from onnxshrink.testing import REFERENCE_GRAPHS, run_method
 from onnxshrink_plugins.float16 import Float16
+from tests.support.cli import assert_one_line_error
 
 MODELS = ["cnn", "mlp", "transformer"]
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -218,9 +219,7 @@ def test_bad_option_is_a_one_line_exit_2(cli, tmp_path, option, message):
     before = source.read_bytes()
     out = tmp_path / "out.onnx"
     result = cli(source, "--plugin", f"float16:{option}", "-o", out, "--no-validate")
-    assert result.exit_code == 2, result
-    assert "float16" in result.stderr and message in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert_one_line_error(result, 2, "float16", message)
     assert not out.exists() and source.read_bytes() == before
 
 

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxshrink.testing import check_method, run_method
 from onnxshrink_plugins.int_pack import IntPack
+from tests.support.cli import assert_one_line_error
 from tests.support.files import MODELS
 
 
@@ -120,7 +121,7 @@ def test_bad_option_is_a_one_line_exit_2(cli, tmp_path, option):
     before = source.read_bytes()
     out = tmp_path / "out.onnx"
     result = cli(str(source), "--plugin", f"int_pack:{option}", "--no-validate", "-o", str(out))
-    assert result.exit_code == 2 and "int_pack" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert_one_line_error(result, 2, "int_pack")
     assert not out.exists() and source.read_bytes() == before
 
 

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxshrink
 from onnxshrink.testing import REFERENCE_GRAPHS, check_method, run_method
 from onnxshrink_plugins.requantize import Requantize
+from tests.support.cli import assert_one_line_error
 from tests.support.files import ROOT
 
 MODELS_DIR = ROOT / "models"
@@ -339,9 +340,7 @@ def test_bad_option_is_a_one_line_exit_2(cli, tmp_path, option, message):
     before = source.read_bytes()
     out = tmp_path / "out.onnx"
     result = cli(source, "--plugin", f"requantize:{option}", "-o", out, "--no-validate")
-    assert result.exit_code == 2, result
-    assert "requantize" in result.stderr and message in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert_one_line_error(result, 2, "requantize", message)
     assert not out.exists() and source.read_bytes() == before
 
 
