@@ -658,6 +658,25 @@ def test_sensitivity_keeps_the_most_sensitive_layers_float(registry):
         assert "to reach 0.97 (reached " in reason
 
 
+def test_sensitivity_ranks_layers_on_the_first_few_calibration_feeds(registry):
+    """Each layer's row is measured on the first RANKING_FEEDS fit feeds only: a layer alone, on those feeds."""
+    from onnxshrink_plugins.quant.sensitivity import RANKING_FEEDS
+
+    model = rg.conv_bn_residual(channels=16)
+    feeds = feeds_for(model, count=4 * RANKING_FEEDS)
+    ranking = feeds[0::2][:RANKING_FEEDS]  # int_quant fits on every other feed and holds the rest back
+    options = {"mode": "storage", "bits": 2, "block_size": 0, "min_size": 0}
+    table = quantize_model(registry, rg.conv_bn_residual(channels=16), feeds, sensitivity="true", **options).stats
+    layers = ["block.conv1", "block.conv2", "fc", "stem"]
+    for row in table["sensitivity"]["layers"]:
+        alone = rg.conv_bn_residual(channels=16)
+        quantize_model(
+            registry, alone, feeds, exclude="[" + ",".join(x for x in layers if x != row["layer"]) + "]", **options
+        )
+        worst = min(cosine([r], [a]) for r, a in zip(run(model, ranking), run(alone, ranking)))
+        assert row["cosine"] == pytest.approx(worst, abs=1e-6), row["layer"]
+
+
 def test_sensitivity_in_static_mode(registry):
     model = rg.conv_bn_residual(channels=16)
     feeds = feeds_for(model)
@@ -736,6 +755,9 @@ def test_auto_low_bits_keeps_sensitive_layers_wider_rather_than_float(registry):
     wider = [item for item in stats["quantized"] if item.get("kept_wider")]
     assert all(item["note"].startswith("kept at int8 by the sensitivity search") for item in wider)
     assert min(cosine([r], [a]) for r, a in zip(reference, run(model, feeds))) >= 0.99
+    rejected = [row for row in report["tried"] if row.get("verdict", "").startswith("fidelity")]
+    assert rejected and all(row["latency_ratio"] is None and "not timed" in row["latency_note"] for row in rejected)
+    assert winner["latency_ratio"] > 0  # only a candidate that could win is timed
 
 
 @pytest.mark.parametrize("mode", ["storage", "weights", "dynamic", "static"])

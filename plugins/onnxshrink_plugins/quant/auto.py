@@ -9,7 +9,8 @@ file wins; files within 2% of each other count as the same size, and among them 
 ``latency_tolerance``, confirmed by timing the two against each other. With ``prefer=speed`` the
 fastest wins (the smallest of those within
 ``latency_tolerance`` of it). A candidate that fails to build or run is recorded with its error
-and skipped. When nothing is good enough, sensitivity-driven mixed precision is tried in the storage
+and skipped. A candidate already rejected on size or fidelity is not timed (its ``latency_ratio`` is
+null). When nothing is good enough, sensitivity-driven mixed precision is tried in the storage
 form (the most sensitive layers kept wider, then float) before the model is left float.
 """
 
@@ -24,7 +25,7 @@ import onnx
 
 from .build import MODES, Built, Settings, build
 from .forms import Scheme
-from .measure import latency_ratio, outputs, top1_agreement, worst_feed_cosines
+from .measure import Judge, latency_ratio
 from .sensitivity import layer_table, mixed_precision
 from .static import Calibrated
 
@@ -75,11 +76,16 @@ def choose(
     digests: dict[str, dict] = {}
     output_names = [o.name for o in model.graph.output]
 
+    judges = {"every": Judge(*every), "check": Judge(*check_only) if check_only is not every else None}
+
+    def judge_for(key: str) -> Judge:
+        return (judges["check"] or judges["every"]) if key == "static" else judges["every"]
+
     def measure(key: str, built: Built, row: dict) -> None:
-        judge_feeds, judge_reference = check_only if key == "static" else every
-        row["judged_on_feeds"] = len(judge_feeds)
+        judge = judge_for(key)
+        row["judged_on_feeds"] = len(judge.feeds)
         digest = hashlib.sha256(built.model.SerializeToString(deterministic=True)).hexdigest()
-        if digest in digests and digests[digest]["judged_on_feeds"] == len(judge_feeds):
+        if digest in digests and digests[digest]["judged_on_feeds"] == len(judge.feeds):
             twin = digests[digest]
             row.update(
                 {
@@ -96,19 +102,23 @@ def choose(
             )
             row["note"] = f"same model as mode={twin['mode']}"
         else:
-            candidate_outputs = outputs(built.model, judge_feeds)
-            per_output = worst_feed_cosines(judge_reference, candidate_outputs)
+            score = judge.score(built.model)
             size = built.model.ByteSize()
             row.update(
                 {
                     "bytes": size,
                     "size_ratio": round(size / float_bytes, 4) if float_bytes else 1.0,
-                    "cosine": round(min(per_output, default=1.0), 8),
-                    "worst_cosine_per_output": {name: round(v, 8) for name, v in zip(output_names, per_output)},
-                    "top1_agreement": top1_agreement(judge_reference, candidate_outputs),
-                    "latency_ratio": round(_latency(model, built.model, judge_feeds[0], tolerance), 4),
+                    "cosine": round(score.cosine, 8),
+                    "worst_cosine_per_output": {name: round(v, 8) for name, v in zip(output_names, score.per_output)},
+                    "top1_agreement": score.top1,
+                    "latency_ratio": None,
                 }
             )
+            # timed only when size and fidelity leave it a chance: timing a large model costs seconds
+            if _verdict(row, target, tolerance) == "meets the target":
+                row["latency_ratio"] = round(_latency(model, built.model, judge.feeds[0], tolerance), 4)
+            else:
+                row["latency_note"] = "not timed: already rejected on size or fidelity"
             digests[digest] = row
         row["verdict"] = _verdict(row, target, tolerance)
         builds[key] = built
@@ -131,7 +141,7 @@ def choose(
                     target,
                     calibrated,
                     advance,
-                    check=check_only if mode == "static" else every,
+                    judge=judge_for(mode),
                 )
                 built = mixed.built
                 row["kept_float"] = mixed.kept_float
@@ -154,7 +164,16 @@ def choose(
                 if table is None:
                     table = layer_table(model, storage, feeds, reference, calibrated, advance)
                 mixed = mixed_precision(
-                    model, storage, feeds, reference, target, calibrated, advance, check=every, wider=wider, table=table
+                    model,
+                    storage,
+                    feeds,
+                    reference,
+                    target,
+                    calibrated,
+                    advance,
+                    wider=wider,
+                    table=table,
+                    judge=judges["every"],
                 )
                 row["kept_" + ("wider" if wider else "float")] = mixed.kept_float
                 if wider:
@@ -273,6 +292,6 @@ def _verdict(row: dict, target: float, tolerance: float) -> str:
         return "not smaller than the float model"
     if row["cosine"] < target:
         return f"fidelity: worst per-feed cosine {row['cosine']:.6f} < {target}"
-    if row["latency_ratio"] > 1 + tolerance:
+    if row["latency_ratio"] is not None and row["latency_ratio"] > 1 + tolerance:  # None: not timed yet
         return f"slower: {row['latency_ratio']:.2f}x the float model"
     return "meets the target"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -123,6 +125,41 @@ def top1_agreement(reference: list[list[np.ndarray]], candidate: list[list[np.nd
     ref = np.concatenate([np.argmax(r[0], axis=-1) for r in reference])
     cand = np.concatenate([np.argmax(c[0], axis=-1) for c in candidate])
     return float(np.mean(ref == cand))
+
+
+@dataclass(frozen=True)
+class Score:
+    """How one candidate's outputs compare with the float model's on a judge's feeds."""
+
+    per_output: list[float]  # worst per-feed cosine of each output
+    top1: float | None
+
+    @property
+    def cosine(self) -> float:
+        return min(self.per_output) if self.per_output else 1.0
+
+
+@dataclass
+class Judge:
+    """Scores candidates on fixed feeds against the float outputs on them, running each distinct model once.
+
+    The auto search builds some models twice (every layer quantized is both the plain storage
+    candidate and mixed precision's first attempt; the chosen mix is measured again as the winner),
+    and each run over the feeds of a large model costs seconds.
+    """
+
+    feeds: Sequence[dict[str, np.ndarray]]
+    reference: list[list[np.ndarray]]
+    _scores: dict[bytes, Score] = field(default_factory=dict)
+
+    def score(self, model: onnx.ModelProto) -> Score:
+        key = hashlib.sha256(model.SerializeToString(deterministic=True)).digest()
+        if key not in self._scores:
+            candidate = outputs(model, self.feeds)
+            self._scores[key] = Score(
+                worst_feed_cosines(self.reference, candidate), top1_agreement(self.reference, candidate)
+            )
+        return self._scores[key]
 
 
 def latency_ratio(

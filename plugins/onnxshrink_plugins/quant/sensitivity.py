@@ -2,10 +2,12 @@
 
 A layer's sensitivity is how far the model's outputs move (1 - the worst per-feed cosine of any
 output against the float model) when that layer alone is quantized, in the representation being
-built. Mixed precision ranks the layers by it and finds, by bisection, the fewest most-sensitive
-layers to keep float (or, with ``wider``, stored at a wider scheme such as int8 under an int4 build)
-so that the whole model meets ``target_cosine``. The ranking runs on ``feeds``; the search can be
-judged on other feeds (``check``), held back from everything that shaped the build.
+built, measured on the first ``RANKING_FEEDS`` of ``feeds`` (a ranking needs fewer feeds than a
+verdict, and on a large model each feed costs one run per layer). Mixed precision ranks the layers
+by it and finds, by bisection, the fewest most-sensitive layers to keep float (or, with ``wider``,
+stored at a wider scheme such as int8 under an int4 build) so that the whole model meets
+``target_cosine``. The search can be judged on other feeds (``check``), held back from everything
+that shaped the build.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from onnxshrink import node_label
 
 from .build import Built, Settings, build
 from .forms import Scheme
-from .measure import outputs, worst_feed_cosine
+from .measure import Judge, outputs, worst_feed_cosine
 from .static import Calibrated
 from .targets import plan_targets
+
+RANKING_FEEDS = 4
 
 
 @dataclass
@@ -61,8 +65,12 @@ def layer_table(
     calibrated: Calibrated | None = None,
     advance: Callable[[], None] = lambda: None,
 ) -> list[dict]:
-    """One row per layer: its op, the output cosine with only it quantized, and 1 - cosine; most sensitive first."""
+    """One row per layer: its op, the output cosine with only it quantized, and 1 - cosine; most sensitive first.
+
+    Measured on the first ``RANKING_FEEDS`` of ``feeds``.
+    """
     layers = quantizable_layers(model, settings, calibrated)
+    feeds, reference = feeds[:RANKING_FEEDS], reference[:RANKING_FEEDS]
     rows = []
     for label in sorted(layers):
         others = [other for other in layers if other != label]
@@ -88,19 +96,22 @@ def mixed_precision(
     check: tuple[Sequence[dict[str, np.ndarray]], list[list[np.ndarray]]] | None = None,
     wider: Scheme | None = None,
     table: list[dict] | None = None,
+    judge: Judge | None = None,
 ) -> MixedPrecision:
     """Quantize everything except the fewest most-sensitive layers that lets the model reach ``target``.
 
     Layers are ranked on ``feeds``; each trial is judged on ``check`` (feeds, float outputs) when
     given, else on ``feeds``. With ``wider`` the kept layers are stored at that scheme, not float.
     ``table``: a :func:`layer_table` already measured for these settings (reused, copied).
+    ``judge``: scores the attempts instead of ``check`` (it remembers models it has already run).
     """
     table = (
         [dict(row) for row in table]
         if table is not None
         else layer_table(model, settings, feeds, reference, calibrated, advance)
     )
-    judge_feeds, judge_reference = check if check is not None else (feeds, reference)
+    if judge is None:
+        judge = Judge(*(check if check is not None else (feeds, reference)))
     order = [row["layer"] for row in table]
     searched: list[dict] = []
     cache: dict[int, tuple[Built, float]] = {}
@@ -108,7 +119,7 @@ def mixed_precision(
     def attempt(k: int) -> tuple[Built, float]:
         if k not in cache:
             built = build(model, settings, keep_float=order[:k], calibrated=calibrated, wider=wider)
-            score = worst_feed_cosine(judge_reference, outputs(built.model, judge_feeds))
+            score = judge.score(built.model).cosine
             cache[k] = (built, score)
             searched.append(
                 {
