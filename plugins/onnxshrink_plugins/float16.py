@@ -11,6 +11,7 @@ import onnxshrink
 from onnxshrink import Method, Option
 
 from .shared.float16 import beyond_float16, store_float16
+from .shared.input_weights import INPUT_WEIGHTS_OPTION, FreedInputs
 
 # Cast from float16 to float32 takes its integer ``to`` attribute from opset 6 on.
 MIN_OPSET = 6
@@ -25,7 +26,8 @@ class Float16(Method):
     readers. onnxruntime folds the Cast when it creates the session, so the model still computes in
     float32 (same kernels, same latency) from values rounded to float16 (relative error at most 2^-11;
     values under float16's smallest subnormal become 0). Left float32, with the reason in ``left``:
-    tensors with values beyond float16's range (|x| > 65504), initializers that are also graph inputs,
+    tensors with values beyond float16's range (|x| > 65504), initializers that are also graph inputs
+    (unless ``input_weights`` makes them constants, as it does by default when every initializer is one),
     tensors under ``min_size`` elements, tensors named in ``exclude`` or read by an excluded node, and
     every tensor of a model that is already quantized. Tensors of other float types stay as they are.
     """
@@ -35,6 +37,7 @@ class Float16(Method):
     options = (
         Option("min_size", int, 16, "Leave float32 tensors with fewer elements as they are.", min=0),
         Option("exclude", list, None, "Node names, op types or tensor names whose tensors stay float32."),
+        INPUT_WEIGHTS_OPTION,
     )
     # Searched by `onnxshrink tune`: small tables (lookup values, windows) are the ones float16 can hurt
     # (zoo swift_f0: a 95-value table takes the worst cosine to 0.587 at min_size=16, 0.997 at 128).
@@ -71,6 +74,8 @@ class Float16(Method):
                 f"opset {onnxshrink.model_opset(model)} < {MIN_OPSET}: Cast to float cannot be written; left unchanged"
             )
             return stats
+        freed = FreedInputs(model, options.input_weights)
+        freed.log(context)
         taken = onnxshrink.all_names(model)
         converted, left = stats["tensors"], stats["left"]
         for weight in onnxshrink.weight_tensors(model, _every_input(model)):
@@ -105,7 +110,10 @@ class Float16(Method):
         if beyond:
             context.warn(f"{beyond} tensor(s) hold values beyond float16's range (|x| > 65504) and stay float32")
         if not converted:
+            freed.restore()
             context.warn("no tensor was stored as float16; the model is unchanged (see 'left' for why)")
+        elif freed.count:
+            stats["input_weights_made_constant"] = freed.count
         return stats
 
 

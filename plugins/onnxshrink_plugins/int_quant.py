@@ -17,6 +17,7 @@ from .quant.measure import outputs, synthetic_feeds
 from .quant.sensitivity import mixed_precision, quantizable_layers
 from .quant.static import CALIBRATION_METHODS, Calibrated, StaticSettings, calibrate
 from .quant.targets import QUANTIZABLE_OPS, WEIGHTED_OPS
+from .shared.input_weights import INPUT_WEIGHTS_OPTION, FreedInputs
 
 DEFAULT_SUBBYTE_BLOCK = 32
 MEASURABLE_BYTES = 2**31 - 2**26  # a serialized ModelProto must stay under 2 GB
@@ -157,15 +158,7 @@ class IntQuant(Method):
             "Quantize Gather tables (embeddings) too, in the storage form (false: leave them float).",
         ),
         Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
-        Option(
-            "input_weights",
-            str,
-            "auto",
-            "Initializers that are also graph inputs: auto (constants when every initializer is one, the layout "
-            "older exporters write, e.g. torch's keep_initializers_as_inputs; else left float), constant (always: "
-            "removed from the inputs and quantized) or float (left float).",
-            choices=("auto", "constant", "float"),
-        ),
+        INPUT_WEIGHTS_OPTION,
         Option(
             "sensitivity",
             bool,
@@ -279,17 +272,8 @@ class IntQuant(Method):
         self.check_exclude(model, options.exclude)
         settings = _settings(options)
         mode = options.mode
-        declared = [onnx.ValueInfoProto.FromString(i.SerializeToString()) for i in model.graph.input]
-        freed = _free_input_weights(model, options.input_weights)
-        if freed:
-            why = (
-                "every initializer, as older exporters write them"
-                if options.input_weights == "auto"
-                else "input_weights=constant"
-            )
-            context.log(
-                f"{freed} initializers were also graph inputs ({why}); treated as constants and removed from the inputs"
-            )
+        freed = FreedInputs(model, options.input_weights)
+        freed.log(context)
         needs_data = mode in ("auto", "static") or options.sensitivity
         on_disk = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
         if needs_data and on_disk and mode == "auto" and not options.sensitivity:
@@ -327,10 +311,8 @@ class IntQuant(Method):
             built, chosen = build(model, settings, calibrated=calibrated, in_place=True, progress=progress), mode
         if built is not None and built.model is not model:
             model.CopyFrom(built.model)
-        if freed and (built is None or not built.quantized):  # left float: the inputs stay as declared
-            del model.graph.input[:]
-            model.graph.input.extend(declared)
-            freed = 0
+        if built is None or not built.quantized:  # left float: the inputs stay as declared
+            freed.restore()
         stats = _summary(built, chosen, options, settings)
         if calibrated is not None and chosen == "static":
             stats["static"] = {
@@ -343,8 +325,8 @@ class IntQuant(Method):
                 "kept_float_nodes": dict(calibrated.unsafe_nodes),
             }
         stats.update(extra)
-        if freed:
-            stats["input_weights_made_constant"] = freed
+        if freed.count:
+            stats["input_weights_made_constant"] = freed.count
         if built is not None and not built.quantized:
             context.warn("no weight was quantized; the model is unchanged (see 'left' for why)")
         return stats
@@ -379,24 +361,6 @@ def _feeds(model: onnx.ModelProto, options: onnxshrink.Options, context: onnxshr
         what = "static ranges calibrated" if options.mode == "static" else "sensitivity and mode=auto measured"
         context.warn(f"no calibration data: {what} on random inputs; pass --data with real inputs for faithful numbers")
     return feeds
-
-
-def _free_input_weights(model: onnx.ModelProto, policy: str) -> int:
-    """Remove initializer names from the main graph's inputs (they become plain constants) when the
-    policy says so; returns how many. ``auto``: only when every initializer is also an input."""
-    inits = {t.name for t in model.graph.initializer}
-    listed = [i for i in model.graph.input if i.name in inits]
-    if policy == "float" or not listed or (policy == "auto" and len(listed) < len(inits)):
-        return 0
-    kept = [i for i in model.graph.input if i.name not in inits]
-    copies = []
-    for value in kept:
-        copy = onnx.ValueInfoProto()
-        copy.CopyFrom(value)
-        copies.append(copy)
-    del model.graph.input[:]
-    model.graph.input.extend(copies)
-    return len(listed)
 
 
 def _held_back(feeds: list[dict], extra: dict[str, Any]) -> tuple[list[dict], list[dict]]:

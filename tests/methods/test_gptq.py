@@ -226,12 +226,6 @@ def test_odd_graphs(registry, builder):
         )
 
 
-def test_graph_input_weights_are_left_and_said_so(registry):
-    model = rg.initializer_as_input()
-    stats = quantize_with(registry, model, [{"input": np.ones((2, 16), np.float32)}], min_size=0)
-    assert stats["quantized_tensors"] == 0 and "graph input" in stats["left"][0]["reason"]
-
-
 def test_same_seed_same_bytes(registry):
     outputs = []
     for _ in range(2):

@@ -307,6 +307,24 @@ def test_same_options_same_bytes_with_tables_and_recurrent_weights(registry, plu
     assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
 
 
+@pytest.mark.parametrize(
+    ("plugin", "changed"),
+    [("int_quant", "quantized_tensors"), ("gptq", "quantized_tensors"), ("float16", "converted_tensors")],
+)
+def test_every_weight_a_graph_input_is_treated_as_constant_by_each_quantizer(registry, plugin, changed):
+    """The zoo's centerface lists every weight as a graph input: left alone, gptq and float16 did nothing."""
+    feeds = [{"input": np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)}] * 2
+    options = {"min_size": 0} | ({"mode": "storage"} if plugin == "int_quant" else {})
+    model = rg.initializer_as_input()
+    before = model.SerializeToString()
+    left = shrink(registry, plugin, model, feeds, input_weights="float", **options).stats
+    assert left[changed] == 0 and "graph input" in str(left["left"]) and model.SerializeToString() == before
+    result = shrink(registry, plugin, model, feeds, **options)
+    assert result.stats[changed] == 1 and result.stats["input_weights_made_constant"] == 1
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert worst_cosine(run(rg.initializer_as_input(), feeds), run(model, feeds)) > 0.99
+
+
 def test_input_weights_become_constants_only_when_every_initializer_is_an_input(registry):
     """Older exporters (torch's keep_initializers_as_inputs, the zoo's centerface) list every weight as
     a graph input; one weight among plain initializers that is an input may be fed on purpose."""

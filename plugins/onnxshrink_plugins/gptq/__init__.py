@@ -11,6 +11,7 @@ import onnxshrink
 from onnxshrink import Method, Option, QuantizedTensor, SegmentRunner
 
 from ..quant.shape_only import shape_only_constants
+from ..shared.input_weights import INPUT_WEIGHTS_OPTION, FreedInputs
 from ..shared.layers import (
     RESHAPED_OPS,
     TABLE_INPUTS,
@@ -60,7 +61,9 @@ class Gptq(Method):
     in groups of ``group_size`` along their reduction axis and stored packed (folded at load), so
     a transformer's or a recurrent model's file shrinks as a whole. Float constants only Shape or
     Size read (exporter leftovers) become ConstantOfShape (``stats.shape_only``). Needs calibration data
-    (``--data``); without it random inputs are used and a warning says so.
+    (``--data``); without it random inputs are used and a warning says so. Initializers that are also
+    graph inputs are quantized only when ``input_weights`` makes them constants (by default: when
+    every initializer is one, the layout older exporters write).
     """
 
     name = "gptq"
@@ -144,6 +147,7 @@ class Gptq(Method):
         Option("exclude", list, None, "Node names, op types or weight names to leave float."),
         Option("min_size", int, 64, "Leave weights with fewer elements float.", min=0),
         Option("calibration_samples", int, 64, "Most calibration feeds used.", min=1),
+        INPUT_WEIGHTS_OPTION,
     )
     # Searched by `onnxshrink tune` (docs/plugin-authors.md, "Search space"); other options keep their defaults.
     search_space = (
@@ -172,6 +176,8 @@ class Gptq(Method):
             return {"quantized_tensors": 0, "already_quantized": markers[:20], "layers": [], "left": []}
         self.check_exclude(model, options.exclude)
         feeds = _feeds(model, options, context)
+        freed = FreedInputs(model, options.input_weights)
+        freed.log(context)
         work = onnx.ModelProto()
         work.CopyFrom(model)
         layers, left = find_layers(
@@ -200,7 +206,10 @@ class Gptq(Method):
             stats["shape_only"] = shape_only
         stats["calibration_output_cosine"] = round(output_cosine(reference, after), 6)
         if not done:
+            freed.restore()
             context.warn("no weight matched; the model is unchanged (see 'left' for why)")
+        elif freed.count:
+            stats["input_weights_made_constant"] = freed.count
         return stats
 
 

@@ -5,4 +5,6 @@ used by gptq, binarize, sparse_store and int_quant's packed forms (``quant/forms
 the one home of ``WEIGHTED_OPS``.
 ``float16``: float16 storage of a float32 constant (a Cast back folded at load), used by the
 ``float16`` method and int_quant's float16 form.
+``input_weights``: the ``input_weights`` option (initializers that are also graph inputs made
+constants) of int_quant, gptq and float16.
 """
