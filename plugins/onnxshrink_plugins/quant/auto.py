@@ -101,6 +101,8 @@ def choose(
                 }
             )
             row["note"] = f"same model as mode={twin['mode']}"
+            if "latency_note" in twin:
+                row["latency_note"] = twin["latency_note"]
         else:
             score = judge.score(built.model)
             size = built.model.ByteSize()
