@@ -472,6 +472,35 @@ def test_static_keeps_a_blown_concat_float(registry):
     assert scores_error < 0.02  # class scores (0-1) survive next to box coordinates (0-320)
 
 
+def test_static_keeps_a_softmax_without_a_calibrated_range_float(registry):
+    """ONNX cannot type a contrib op's output, so the calibrator records no range for the Softmax after it
+    (zoo swift_f0); onnxruntime's quantizer failed on it, and auto lost the static candidate."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+        helper.make_node("Gelu", ["h"], ["g"], name="gelu", domain="com.microsoft"),
+        helper.make_node("Softmax", ["g"], ["p"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "W2"], ["y"], name="mm2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), name) for name in ("W1", "W2")],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 8
+    feeds = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(8)]
+    reference = run(model, feeds)
+    stats = quantize_model(registry, model, feeds, mode="static", min_size=0).stats
+    assert "no calibrated range" in stats["static"]["kept_float_nodes"]["softmax"]
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    assert cosine(reference, run(model, feeds)) > 0.99
+
+
 def test_static_attention_mask_is_not_quantized(registry):
     model = rg.attention_with_mask()
     rng = np.random.default_rng(0)
