@@ -412,10 +412,12 @@ def _auto(
         skipped.update({m: f"int8 only (bits={options.bits})" for m in ("dynamic", "static")})
     reference = outputs(model, feeds)
     check_reference = reference if check is feeds else outputs(model, check)
-    # when no mode meets the target: sensitive layers kept at int8 (under a sub-byte build), then float
-    fallback: list[Scheme | None] = [Scheme(bits=16), None]
+    # when no mode meets the target: sensitive layers kept at int8 (under a sub-byte build), then
+    # float16 with the next ones at int8, then float16, then float
+    fallback: list[Scheme | tuple[Scheme, Scheme] | None] = [Scheme(bits=16), None]
     if options.bits < 8:
-        fallback.insert(0, Scheme(bits=8, symmetric=settings.scheme.symmetric, per_channel=True))
+        int8 = Scheme(bits=8, symmetric=settings.scheme.symmetric, per_channel=True)
+        fallback[:0] = [int8, (Scheme(bits=16), int8)]
     with context.progress("trying representations", total=None) as task:
         choice = auto.choose(
             model,

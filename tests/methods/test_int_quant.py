@@ -697,7 +697,10 @@ def test_sensitivity_ranks_layers_on_the_first_few_calibration_feeds(registry):
     options = {"mode": "storage", "bits": 2, "block_size": 0, "min_size": 0}
     table = quantize_model(registry, rg.conv_bn_residual(channels=16), feeds, sensitivity="true", **options).stats
     layers = ["block.conv1", "block.conv2", "fc", "stem"]
+    sizes = {t.name: t.dims for t in model.graph.initializer}
+    weight_of = {n.name: n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
     for row in table["sensitivity"]["layers"]:
+        assert row["weights"] == int(np.prod(sizes[weight_of[row["layer"]]]))  # what a tier choice weighs
         alone = rg.conv_bn_residual(channels=16)
         quantize_model(
             registry, alone, feeds, exclude="[" + ",".join(x for x in layers if x != row["layer"]) + "]", **options
@@ -757,7 +760,12 @@ def test_auto_leaves_the_model_float_when_nothing_meets_the_target(registry):
     assert result.stats["auto"]["winner"] is None and result.stats["mode"] is None
     assert model.SerializeToString(deterministic=True) == before
     tried = [row["mode"] for row in result.stats["auto"]["tried"]]
-    assert tried[-3:] == ["storage+sensitivity(int8)", "storage+sensitivity(float16)", "storage+sensitivity(float)"]
+    assert tried[-4:] == [
+        "storage+sensitivity(int8)",
+        "storage+sensitivity(float16+int8)",
+        "storage+sensitivity(float16)",
+        "storage+sensitivity(float)",
+    ]
     [warning] = [w for w in result.warnings if "left float" in w]
     assert "storage: worst per-feed cosine 0." in warning and "< target 1.0" in warning  # criterion, value, target
     assert "not smaller" in warning  # every layer kept float: the float model
@@ -787,6 +795,36 @@ def test_auto_low_bits_keeps_sensitive_layers_wider_rather_than_float(registry):
     rejected = [row for row in report["tried"] if row.get("verdict", "").startswith("fidelity")]
     assert rejected and all(row["latency_ratio"] is None and "not timed" in row["latency_note"] for row in rejected)
     assert winner["latency_ratio"] > 0  # only a candidate that could win is timed
+
+
+def test_auto_low_bits_keeps_the_most_sensitive_at_float16_and_the_next_at_int8(registry):
+    """When every layer at int8 still misses the target, the fewest most sensitive go float16, then the
+    fewest next ones stay int8 and the rest take the low bits (zoo centerface: 0.24x at 4 bits)."""
+    model = rg.conv_bn_residual(channels=16)
+    feeds = feeds_for(model, count=16)
+    reference = run(model, feeds)
+    target = 0.99999
+    stats = quantize_model(
+        registry, model, feeds, bits=2, block_size=0, target_cosine=target, latency_tolerance=1.0, min_size=0
+    ).stats
+    report = stats["auto"]
+    tried = {row["mode"]: row for row in report["tried"]}
+    assert tried["storage+sensitivity(int8)"]["verdict"].startswith("fidelity")  # every layer at int8 misses
+    assert report["winner"] == "storage+sensitivity(float16+int8)" and stats["mode"] == "storage"
+    row = tried[report["winner"]]
+    top, middle = row["tiers"]["float16"], row["tiers"]["int8"]
+    assert top and not set(top) & set(middle) and row["kept_wider"] == top + middle
+    schemes = {item["layers"][0]: item["scheme"] for item in stats["quantized"]}
+    assert {schemes[layer].split()[0] for layer in top} == {"float16"}
+    assert {schemes[layer].split()[0] for layer in middle} <= {"int8"}
+    assert all(schemes[layer].startswith("int2") for layer in schemes if layer not in top + middle)
+    # the fewest: one float16 layer fewer (the rest int8), or one int8 layer fewer, misses the target
+    searched = {(s["kept_top"], s["kept_middle"]): s["cosine"] for s in row["searched"]}
+    assert searched[(len(top) - 1, 4 - len(top) + 1)] < target
+    if middle:
+        assert searched[(len(top), len(middle) - 1)] < target
+    assert min(cosine([r], [a]) for r, a in zip(reference, run(model, feeds))) >= target - 1e-6
+    assert "float16" in report["why"] and "at int8" in report["why"]
 
 
 @pytest.mark.parametrize("mode", ["storage", "weights", "dynamic", "static"])

@@ -11,7 +11,8 @@ fastest wins (the smallest of those within
 ``latency_tolerance`` of it). A candidate that fails to build or run is recorded with its error
 and skipped. A candidate already rejected on size or fidelity is not timed (its ``latency_ratio`` is
 null). When nothing is good enough, sensitivity-driven mixed precision is tried in the storage
-form (the most sensitive layers kept wider, then float) before the model is left float.
+form before the model is left float: below 8 bits the most sensitive layers kept at int8, then the
+most sensitive at float16 with the next ones at int8, then kept at float16, then float.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import onnx
 from .build import MODES, Built, Settings, build
 from .forms import Scheme
 from .measure import Judge, latency_ratio
-from .sensitivity import layer_table, mixed_precision
+from .sensitivity import layer_table, mixed_precision, tiered_precision
 from .static import Calibrated
 
 SIZE_TIE = 0.02
@@ -54,7 +55,7 @@ def choose(
     skipped: dict[str, str],
     advance: Callable[[], None] = lambda: None,
     check: tuple[Sequence[dict[str, np.ndarray]], list[list[np.ndarray]]] | None = None,
-    fallback: Sequence[Scheme | None] = (None,),
+    fallback: Sequence[Scheme | tuple[Scheme, Scheme] | None] = (None,),
 ) -> Choice:
     """Try ``modes`` in order and pick the winner; ``skipped`` maps modes not tried to why.
 
@@ -63,7 +64,8 @@ def choose(
     static candidate, calibrated on ``feeds``, is judged on ``check`` alone; the others calibrate on
     nothing and are judged on every feed (``feeds`` and ``check``): more feeds, a sterner worst case.
     ``fallback``: the mixed-precision searches tried in the storage form when no mode meets the
-    target, in order; each entry is the wider scheme the sensitive layers keep (None: float).
+    target, in order; each entry is the wider scheme the sensitive layers keep (None: float), or a
+    pair (top, middle): the most sensitive layers at top, the next ones at middle (``tiered_precision``).
     """
     if check is None or check[0] is feeds:
         every = check_only = (feeds, reference)
@@ -165,23 +167,26 @@ def choose(
             try:
                 if table is None:
                     table = layer_table(model, storage, feeds, reference, calibrated, advance)
-                mixed = mixed_precision(
-                    model,
-                    storage,
-                    feeds,
-                    reference,
-                    target,
-                    calibrated,
-                    advance,
-                    wider=wider,
-                    table=table,
-                    judge=judges["every"],
-                )
-                row["kept_" + ("wider" if wider else "float")] = mixed.kept_float
-                if wider:
-                    row["kept_as"] = kept_as
-                row["layers"] = len(mixed.table)
-                measure(key, mixed.built, row)
+                if isinstance(wider, tuple):
+                    _tiered(model, storage, table, target, judges["every"], wider, key, row, measure)
+                else:
+                    mixed = mixed_precision(
+                        model,
+                        storage,
+                        feeds,
+                        reference,
+                        target,
+                        calibrated,
+                        advance,
+                        wider=wider,
+                        table=table,
+                        judge=judges["every"],
+                    )
+                    row["kept_" + ("wider" if wider else "float")] = mixed.kept_float
+                    if wider:
+                        row["kept_as"] = kept_as
+                    row["layers"] = len(mixed.table)
+                    measure(key, mixed.built, row)
             except Exception as exc:  # noqa: BLE001
                 row["verdict"] = "failed"
                 row["error"] = f"{type(exc).__name__}: {_one_line(exc)}"
@@ -236,7 +241,46 @@ def choose(
     return Choice(builds[winner["mode"]], winner["mode"].split("+")[0], report)
 
 
-def _kept_as(wider: Scheme | None) -> str:
+def _tiered(
+    model: onnx.ModelProto,
+    storage: Settings,
+    table: list[dict],
+    target: float,
+    judge: Judge,
+    schemes: tuple[Scheme, Scheme],
+    key: str,
+    row: dict,
+    measure: Callable[[str, Built, dict], None],
+) -> None:
+    """The float16+int8 row: the most sensitive layers at float16, the next at int8, the rest at the low bits."""
+    top, middle = schemes
+    order = [r["layer"] for r in table]
+    tiered = tiered_precision(model, storage, table, target, judge, top=top, middle=middle)
+    row["layers"] = len(order)
+    row["kept_as"] = _kept_as(schemes)
+    if tiered is None:
+        row.update({"verdict": "failed", "error": f"every layer at {_kept_as(top)} still misses {target}"})
+        return
+    row["kept_wider"] = tiered.top + tiered.middle
+    row["tiers"] = {_kept_as(top): tiered.top, _kept_as(middle): tiered.middle}
+    row["searched"] = tiered.searched
+    cosines = {r["layer"]: r["cosine"] for r in table}
+    for item in tiered.built.quantized:
+        if item.get("kept_wider"):
+            scheme = top if any(label in tiered.top for label in item.get("layers", [])) else middle
+            alone = min((cosines[label] for label in item.get("layers", []) if label in cosines), default=None)
+            why = f": at {storage.scheme.bits} bits alone it gives a worst per-feed cosine of {alone:.6f}"
+            item["note"] = (
+                f"kept at {_kept_as(scheme)} by the sensitivity search{why if alone is not None else ''}; "
+                f"{len(tiered.top)} layers at {_kept_as(top)} and {len(tiered.middle)} at {_kept_as(middle)} "
+                f"reach {tiered.cosine:.6f} ≥ {target}"
+            )
+    measure(key, tiered.built, row)
+
+
+def _kept_as(wider: Scheme | tuple[Scheme, ...] | None) -> str:
+    if isinstance(wider, tuple):
+        return "+".join(_kept_as(w) for w in wider)
     return "float" if wider is None else "float16" if wider.bits == 16 else f"int{wider.bits}"
 
 
@@ -272,6 +316,13 @@ def _describe(row: dict, target: float, tolerance: float) -> str:
         f"worst per-feed cosine {row['cosine']:.6f} ≥ {target}, "
         f"latency {row['latency_ratio']:.2f}x float ≤ {1 + tolerance:.2f}x"
     )
+    if row.get("tiers"):
+        (top, top_layers), (middle, middle_layers) = row["tiers"].items()
+        names = ", ".join(top_layers[:5]) + (f" and {len(top_layers) - 5} more" if len(top_layers) > 5 else "")
+        return (
+            text + f"; {len(top_layers)} most sensitive layers kept at {top} ({names}), the next "
+            f"{len(middle_layers)} at {middle}"
+        )
     for key, how in (("kept_wider", f"kept at {row.get('kept_as')}"), ("kept_float", "kept float")):
         if row.get(key):
             names = ", ".join(row[key][:5]) + (f" and {len(row[key]) - 5} more" if len(row[key]) > 5 else "")

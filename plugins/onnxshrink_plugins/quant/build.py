@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import onnx
@@ -68,6 +68,7 @@ def build(
     in_place: bool = False,
     progress: Progress | None = None,
     wider: Scheme | None = None,
+    tiers: Sequence[tuple[Sequence[str], Scheme]] = (),
 ) -> Built:
     """A quantized copy of ``model`` (``model`` itself is not modified). ``keep_float``: node labels left float.
 
@@ -75,7 +76,8 @@ def build(
     after an opset upgrade): no copy of a large model's new tensors. ``progress(total_bytes)`` opens a
     progress task advanced by each weight's bytes as it is written (storage, weights, dynamic).
     ``wider``: the ``keep_float`` layers are stored in the storage form at this scheme instead of float
-    (mixed precision: int8 where int4 costs too much fidelity).
+    (mixed precision: int8 where int4 costs too much fidelity). ``tiers``: several such groups, each
+    (layer labels, scheme), e.g. the most sensitive layers at float16 and the next ones at int8.
     """
     work = model
     if not in_place:
@@ -85,8 +87,10 @@ def build(
     before = onnxshrink.model_opset(work)
     if settings.mode == "static":
         built = _build_static(work, settings, keep_float, calibrated)
+    elif tiers:
+        built = _build_tiers(work, settings, tiers)
     elif wider is not None and keep_float:
-        built = _build_wider(work, settings, keep_float, wider)
+        built = _build_tiers(work, settings, [(keep_float, wider)])
     else:
         built = _build_weight_forms(work, settings, keep_float, progress=progress)
     built.shape_only = shape_only_constants(built.model, settings.min_size)
@@ -225,18 +229,25 @@ def _build_weight_forms(
     return Built(work, quantized, left, notes, {})
 
 
-def _build_wider(work: onnx.ModelProto, settings: Settings, kept: tuple[str, ...], wider: Scheme) -> Built:
-    """The ``kept`` layers stored at ``wider`` (storage form), then every other layer as ``settings`` say."""
+def _build_tiers(work: onnx.ModelProto, settings: Settings, tiers: Sequence[tuple[Sequence[str], Scheme]]) -> Built:
+    """Each tier's layers stored at its scheme (storage form), then every other layer as ``settings`` say."""
     layers = set(_plan(work, settings, ()).layers)
-    others = tuple(sorted(layers - set(kept)))
-    first = _build_weight_forms(work, replace(settings, mode="storage", scheme=wider), others)
-    for item in first.quantized:
-        item["kept_wider"] = True
-    second = _build_weight_forms(first.model, settings, ())
-    kept_float = [item for item in first.left if item.get("reason") != "kept float by the sensitivity search"]
-    return Built(
-        second.model, first.quantized + second.quantized, kept_float + second.left, first.notes + second.notes, {}
-    )
+    quantized: list[dict] = []
+    left: list[dict] = []
+    notes: list[str] = []
+    for labels, scheme in tiers:
+        if not labels:
+            continue
+        others = tuple(sorted(layers - set(labels)))
+        tier = _build_weight_forms(work, replace(settings, mode="storage", scheme=scheme), others)
+        for item in tier.quantized:
+            item["kept_wider"] = True
+        work = tier.model
+        quantized += tier.quantized
+        left += [item for item in tier.left if item.get("reason") != "kept float by the sensitivity search"]
+        notes += tier.notes
+    rest = _build_weight_forms(work, settings, ())
+    return Built(rest.model, quantized + rest.quantized, left + rest.left, notes + rest.notes, {})
 
 
 def _dq_format(settings: Settings) -> bool:

@@ -13,7 +13,7 @@ that shaped the build.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -42,6 +42,13 @@ class MixedPrecision:
 
 def quantizable_layers(model: onnx.ModelProto, settings: Settings, calibrated: Calibrated | None) -> dict[str, str]:
     """label → op type of every layer the build would quantize (the static build's pre-processed graph)."""
+    return {label: op for label, (op, _) in _layer_weights(model, settings, calibrated).items()}
+
+
+def _layer_weights(
+    model: onnx.ModelProto, settings: Settings, calibrated: Calibrated | None
+) -> dict[str, tuple[str, int]]:
+    """label → (op type, elements of the weights it reads) of every layer the build would quantize."""
     source = calibrated.model if settings.mode == "static" and calibrated is not None else model
     plan = plan_targets(
         source,
@@ -50,10 +57,12 @@ def quantizable_layers(model: onnx.ModelProto, settings: Settings, calibrated: C
         exclude=settings.exclude,
         min_size=settings.min_size,
     )
-    layers = {}
+    layers: dict[str, tuple[str, int]] = {}
     for target in plan.targets:
         for use in target.uses:
-            layers[node_label(use.node)] = use.node.op_type
+            label = node_label(use.node)
+            op, size = layers.get(label, (use.node.op_type, 0))
+            layers[label] = (op, size + target.weight.size)
     return layers
 
 
@@ -69,15 +78,22 @@ def layer_table(
 
     Measured on the first ``RANKING_FEEDS`` of ``feeds``.
     """
-    layers = quantizable_layers(model, settings, calibrated)
+    layers = _layer_weights(model, settings, calibrated)
     feeds, reference = feeds[:RANKING_FEEDS], reference[:RANKING_FEEDS]
     rows = []
     for label in sorted(layers):
         others = [other for other in layers if other != label]
         built = build(model, settings, keep_float=others, calibrated=calibrated)
         score = worst_feed_cosine(reference, outputs(built.model, feeds))
+        op, size = layers[label]
         rows.append(
-            {"layer": label, "op_type": layers[label], "cosine": round(score, 8), "sensitivity": round(1.0 - score, 8)}
+            {
+                "layer": label,
+                "op_type": op,
+                "weights": size,
+                "cosine": round(score, 8),
+                "sensitivity": round(1.0 - score, 8),
+            }
         )
         advance()
     rows.sort(key=lambda row: (-row["sensitivity"], row["layer"]))
@@ -167,3 +183,79 @@ def mixed_precision(
                     f"among the {k} most sensitive layers kept back to reach {target} (reached {score:.6f})"
                 )
     return MixedPrecision(built, score, table, order[:k], searched, score >= target, wider)
+
+
+@dataclass
+class Tiered:
+    built: Built
+    cosine: float
+    top: list[str]  # the most sensitive layers, at the top scheme (float16)
+    middle: list[str]  # the next ones, at the middle scheme (int8)
+    searched: list[dict]
+
+
+def tiered_precision(
+    model: onnx.ModelProto,
+    settings: Settings,
+    table: list[dict],
+    target: float,
+    judge: Judge,
+    *,
+    top: Scheme,
+    middle: Scheme,
+) -> Tiered | None:
+    """Three precisions: the most sensitive layers at ``top``, the next ones at ``middle``, the rest as ``settings``.
+
+    For a model where no split between ``middle`` and the low bits meets the target (every layer at
+    int8 already misses it) but a few layers at float16 let the rest stay int8. ``table``: a
+    :func:`layer_table`, most sensitive first. First the fewest most sensitive layers at ``top``
+    that let every other layer at ``middle`` meet the target; then, keeping those, the fewest
+    ``middle`` layers with the rest at the low bits, taken in order of sensitivity per weight (a
+    small depthwise kernel kept at int8 costs almost nothing; a large layer at the low bits saves
+    the most). None when even the first step cannot meet the target.
+    """
+    order = [row["layer"] for row in table]
+    per_weight = {row["layer"]: row["sensitivity"] / max(row.get("weights", 1), 1) for row in table}
+    searched: list[dict] = []
+    builds: dict[tuple[int, int], tuple[Built, float]] = {}
+    at_middle = replace(settings, mode="storage", scheme=middle)
+
+    def attempt(k_top: int, k_middle: int | None) -> bool:
+        """k_middle None: every layer below the top ones at ``middle``."""
+        key = (k_top, len(order) - k_top if k_middle is None else k_middle)
+        if key not in builds:
+            if k_middle is None:
+                built = build(model, at_middle, tiers=[(order[:k_top], top)])
+            else:
+                tiers = [(order[:k_top], top), (order[k_top : k_top + k_middle], middle)]
+                built = build(model, replace(settings, mode="storage"), tiers=tiers)
+            score = judge.score(built.model).cosine
+            builds[key] = (built, score)
+            searched.append({"kept_top": key[0], "kept_middle": key[1], "cosine": round(score, 8)})
+        return builds[key][1] >= target
+
+    k_top = _fewest(len(order), lambda k: attempt(k, None))
+    if k_top is None:
+        return None
+    order = order[:k_top] + sorted(order[k_top:], key=lambda label: (-per_weight[label], label))
+    rest = len(order) - k_top
+    k_middle = _fewest(rest, lambda j: attempt(k_top, j) if j < rest else attempt(k_top, None))
+    key = (k_top, rest if k_middle is None else k_middle)
+    built, score = builds[key]
+    return Tiered(built, score, list(order[:k_top]), list(order[k_top : k_top + key[1]]), searched)
+
+
+def _fewest(count: int, meets: Callable[[int], bool]) -> int | None:
+    """The smallest k in 0..count with ``meets(k)``, by bisection (assumes more is never worse); None if none."""
+    if meets(0):
+        return 0
+    if not meets(count):
+        return None
+    low, high = 0, count  # low fails; high meets
+    while high - low > 1:
+        middle = (low + high) // 2
+        if meets(middle):
+            high = middle
+        else:
+            low = middle
+    return high
