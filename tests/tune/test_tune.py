@@ -217,7 +217,9 @@ def test_a_trial_over_its_memory_limit_fails_without_ending_anything(tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_what_was_found(tmp_path):
-    (tmp_path / "space.toml").write_text(SPACE)
+    # thousands of distinct points: SPACE's two are tried within a second and the rest of the 40 trials
+    # repeat them at no cost, so on a loaded machine the search could end before the signal arrives
+    (tmp_path / "space.toml").write_text(SPACE + "min_size = { low = 0, high = 4096, step = 1 }\n")
     proc = subprocess.Popen(
         [
             sys.executable,
