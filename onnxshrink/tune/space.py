@@ -92,12 +92,16 @@ class MethodSpace:
 
     def default_only_values(self) -> list[dict[str, Any]]:
         """Starting values for ``NAME:default`` beyond the first: each other choice of each option
-        searched only there (e.g. each fidelity target), the rest at their first values."""
+        searched only there (e.g. each fidelity target), the rest at their first values; then the
+        same at ``START_BITS`` bits when ``bits`` is searched there too and can take them."""
         first = self.first_values()
         out = []
         for name, t in self.tunables.items():
             if t.where == "default" and t.choices is not None:
                 out += [{**first, name: value} for value in t.choices if value != first[name]]
+        bits = self.tunables.get(BITS_OPTION)
+        if bits is not None and bits.where == "both" and _can_take(bits, START_BITS):
+            out += [{**values, BITS_OPTION: START_BITS} for values in out if values.get(BITS_OPTION) != START_BITS]
         return out
 
     def low_bit_values(self) -> list[dict[str, Any]]:
@@ -214,7 +218,8 @@ class SearchSpace:
         3. each other method at ``START_BITS`` bits with its other numeric choices at their finest
            positive value (smallest blocks or groups: the most accurate), then at their coarsest
            (the smallest file);
-        4. ``NAME:default`` with each other choice of its options searched only there;
+        4. ``NAME:default`` with each other choice of its options searched only there, at its first
+           bits and then at ``START_BITS`` bits (zoo centerface: 4 bits at ``target_cosine=0.99``);
         5. each other method at its starting values (defaults where they lie in the space).
 
         The low-bit points, which most often win, come before the slow, rarely small defaults (5.).

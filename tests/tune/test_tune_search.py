@@ -148,6 +148,7 @@ def test_the_default_chain_comes_first_and_tries_each_default_only_choice():
         {CHAIN_PARAM: "probe:default", "probe.bits": 4, "probe.target": 0.9},  # the defaults at 4 bits
         {CHAIN_PARAM: "probe", "probe.bits": 4, "probe.group": 64},  # the low-bit point (only positive sizes)
         {CHAIN_PARAM: "probe:default", "probe.bits": 8, "probe.target": 0.8},  # each default-only choice
+        {CHAIN_PARAM: "probe:default", "probe.bits": 4, "probe.target": 0.8},  # ... and at 4 bits
         {CHAIN_PARAM: "probe", "probe.bits": 8, "probe.group": 0},  # the starting values
     ]
     assert space.methods["probe"].searched(as_default=True) == ["bits", "target"]
@@ -173,6 +174,14 @@ def test_builtin_start_points_try_each_quantizer_at_4_bits(registry_space):
     assert {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 8, "int_quant.target_cosine": 0.99} in points
     # then int_quant's default at 4 bits (mode=auto keeps sensitive layers wider): the cheap low-bit point
     assert points[1] == {CHAIN_PARAM: "int_quant:default", "int_quant.bits": 4, "int_quant.target_cosine": 0.995}
+    # each default-only fidelity target at the default bits, then at 4 bits (the smaller of the two)
+    targets = [p for p in points if p[CHAIN_PARAM] == "int_quant:default" and p["int_quant.target_cosine"] != 0.995]
+    assert [(p["int_quant.bits"], p["int_quant.target_cosine"]) for p in targets] == [
+        (8, 0.99),
+        (8, 0.98),
+        (4, 0.99),
+        (4, 0.98),
+    ]
     gptq_4 = {CHAIN_PARAM: "gptq", "gptq.bits": 4, "gptq.group_size": 32, "gptq.bias_correction": True}
     slow_default = min(i for i, p in enumerate(points) if p[CHAIN_PARAM] == "binarize")
     assert points.index(gptq_4) < slow_default  # the low-bit points come before the slow defaults
