@@ -244,6 +244,9 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_found(tmp_path):
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        # a shell without job control starts background jobs (`make test &`) with SIGINT ignored, and a
+        # Python started with it ignored never raises KeyboardInterrupt: give the run a terminal's default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         # off a terminal the first finished trial prints a progress line at once; with 2000 trials to go
