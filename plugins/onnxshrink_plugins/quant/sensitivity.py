@@ -146,19 +146,9 @@ def mixed_precision(
             )
         return cache[k]
 
-    if attempt(0)[1] >= target or not order:
-        k = 0
-    elif attempt(len(order))[1] < target:
+    k = _fewest(len(order), lambda count: attempt(count)[1] >= target)
+    if k is None:
         k = len(order)  # not even every layer kept back reaches the target: the caller decides
-    else:
-        low, high = 0, len(order)  # low fails; high meets the target
-        while high - low > 1:
-            middle = (low + high) // 2
-            if attempt(middle)[1] >= target:
-                high = middle
-            else:
-                low = middle
-        k = high
     built, score = attempt(k)
     rows = {row["layer"]: row for row in table}
     how = ("kept at float16" if wider.bits == 16 else f"kept at int{wider.bits}") if wider else "kept float"
